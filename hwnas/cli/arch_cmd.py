@@ -53,7 +53,7 @@ def arch_report(arch: Architecture) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, arch in sorted(builtin().networks.items()):
         total = network_cost(arch).total
         rows.append({"name": name, "space": arch.space.name, "macro": arch.macro.name,

@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hwnas.cli import arch_cmd, space_cmd
+    from hwnas.cli import arch_cmd, search_cmd, space_cmd, table_cmd
 
     parser = _Parser(prog="hwnas", description=(
         "Hardware-aware NAS for GPUs: describe NSE search spaces and networks, count their "
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     arch_cmd.register(sub)
     space_cmd.register(sub)
+    table_cmd.register(sub)
+    search_cmd.register(sub)
     return parser
 
 

@@ -43,9 +43,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     macro_ref = args.macro or DEFAULT_MACRO.get(space.name)
     macro = resolve_macro(macro_ref) if macro_ref else None
     positions = macro.positions(args.scale) if macro else []
-    ops = [{"index": i, "name": op.name, "kind": op.kind, "kernel": op.kernel, "expand": op.expand,
+    ops: list[dict[str, Any]] = [{"index": i, "name": op.name, "kind": op.kind, "kernel": op.kernel, "expand": op.expand,
             "dilation": op.dilation, "groups": list(op.groups)} for i, op in enumerate(space.ops)]
-    pos = [{"key": p.key, "type": p.cell_type, "cin": p.cin, "cout": p.cout, "resolution": p.resolution,
+    pos: list[dict[str, Any]] = [{"key": p.key, "type": p.cell_type, "cin": p.cin, "cout": p.cout, "resolution": p.resolution,
             "stride": p.stride} for p in positions]
     if args.json:
         print_json({"space": space.name, "macro": macro.name if macro else None, "scale": args.scale,

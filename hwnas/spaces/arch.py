@@ -18,6 +18,9 @@ class Space:
     name: str
     ops: tuple[OpSpec, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"ops": [op.to_dict() for op in self.ops]}
+
     def op(self, index: int) -> OpSpec:
         if not 0 <= index < len(self.ops):
             raise SpecError(f"space {self.name} has ops 0..{len(self.ops) - 1}, not {index}")

@@ -64,6 +64,11 @@ class Macro:
     head_channels: int
     classes: int
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "stem": {"channels": self.stem_channels, "stride": self.stem_stride},
+                "stages": [{"channels": s.channels, "cells": s.cells, "first": s.first} for s in self.stages],
+                "head": {"conv1x1": self.head_channels, "classes": self.classes}}
+
     def stage_channels(self, scale: float) -> list[int]:
         """Channels of each stage: the first is kept, the others scaled and made divisible by 8."""
         return [s.channels if i == 0 else make_divisible(s.channels * scale)

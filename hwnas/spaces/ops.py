@@ -50,6 +50,10 @@ class OpSpec:
     dilation: int = 1
     groups: tuple[int, int] = (1, 1)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "kernel": self.kernel, "expand": self.expand,
+                "dilation": self.dilation, "groups": list(self.groups)}
+
     def hidden(self, cin: int) -> int:
         return cin * self.expand
 

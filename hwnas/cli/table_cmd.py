@@ -1,0 +1,161 @@
+"""`hwnas table build|show`, `hwnas predict`, `hwnas validate`: lookup tables and their use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from hwnas.cli.output import millions, print_json, table
+from hwnas.profiling.backends import REGISTRY
+
+
+def register(sub: Any) -> None:
+    tbl = sub.add_parser("table", help="build and inspect latency/MACs lookup tables",
+                         description="Lookup tables: one entry per (operation, layer position), plus stem, "
+                                     "head and the merge of multi-branch cells.")
+    tsub = tbl.add_subparsers(dest="table_command", metavar="ACTION", parser_class=type(tbl))
+    tsub.required = True
+    build = tsub.add_parser(
+        "build", help="profile every op at every position and write a table",
+        description="Profile every candidate op of SPACE at every layer position of MACRO and write a table. "
+                    "The file is rewritten atomically after every group of entries; an interrupted build "
+                    "continues with --resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build.add_argument("--space", required=True, metavar="NAME|FILE", help="search space")
+    build.add_argument("--macro", required=True, metavar="NAME|FILE", help="macro-architecture")
+    build.add_argument("--scale", type=float, default=1.0, help="channel scale")
+    build.add_argument("--backend", choices=list(REGISTRY), default="ort",
+                       help="ort: onnxruntime CPU; torch: eager PyTorch (CUDA if present); tensorrt: "
+                            "TensorRT engines on a GPU; none: MACs and params only")
+    build.add_argument("--batch", type=int, default=16, help="batch size the latencies are measured at")
+    build.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    build.add_argument("--threads", type=int, default=None, help="CPU threads (ort/torch on the CPU; default 1)")
+    build.add_argument("--rounds", type=int, default=None, help="interleaved rounds per entry (protocol default 15)")
+    build.add_argument("--drift-wait", type=float, default=None, metavar="S",
+                       help="seconds to wait before re-measuring a group measured while the machine was "
+                            "slowed (doubles per retry; protocol default 5)")
+    build.add_argument("--seed", type=int, default=0, help="seed of weights and measurement order")
+    build.add_argument("-o", "--output", required=True, help="table file (JSON)")
+    build.add_argument("--resume", action="store_true", help="continue an interrupted build of the same table")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=cmd_build)
+
+    show = tsub.add_parser("show", help="summarise a table: metadata and entries")
+    show.add_argument("table", help="table file")
+    show.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    show.set_defaults(func=cmd_show)
+
+    pred = sub.add_parser("predict", help="price an architecture with a table",
+                          description="Predict an architecture's latency (when the table is profiled), MACs "
+                                      "and params from a lookup table.")
+    pred.add_argument("--table", required=True, help="table file")
+    pred.add_argument("arch", metavar="NAME|FILE", help="architecture: built-in name, file, or FILE:NAME")
+    pred.add_argument("--batch", type=int, default=None, help="refuse unless the table was measured at this batch")
+    pred.add_argument("--json", action="store_true", help="machine-readable output")
+    pred.set_defaults(func=cmd_predict)
+
+    val = sub.add_parser(
+        "validate", help="check a table's predictions against end-to-end measurements",
+        description="Sample random architectures of the table's space (every branch Bernoulli(0.5), "
+                    "R/E cells non-empty), time each whole network with the table's backend and "
+                    "protocol, and compare with the table's predictions.")
+    val.add_argument("--table", required=True, help="table file")
+    val.add_argument("--samples", type=int, default=20, help="number of random architectures")
+    val.add_argument("--seed", type=int, default=0)
+    val.add_argument("--rounds", type=int, default=None, help="override the table protocol's rounds")
+    val.add_argument("--plot", metavar="PNG", help="write a predicted-vs-measured scatter plot")
+    val.add_argument("-o", "--output", metavar="JSON", help="also write the full report to this file")
+    val.add_argument("--json", action="store_true", help="machine-readable output")
+    val.add_argument("--quiet", action="store_true", help="no progress bar")
+    val.set_defaults(func=cmd_validate)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from hwnas.profiling.backends import get_backend
+    from hwnas.profiling.build import build_table
+    from hwnas.profiling.protocol import Protocol
+    from hwnas.spaces import resolve_macro, resolve_space
+
+    space, macro = resolve_space(args.space), resolve_macro(args.macro)
+    backend = get_backend(args.backend, precision=args.precision, threads=args.threads)
+    protocol = Protocol()
+    if args.rounds is not None:
+        protocol = replace(protocol, rounds=args.rounds)
+    if args.drift_wait is not None:
+        protocol = replace(protocol, drift_wait_s=args.drift_wait)
+    tbl = build_table(space, macro, args.scale, backend, args.batch, args.output, resume=args.resume,
+                      protocol=protocol, seed=args.seed, progress=not args.quiet)
+    flagged = sum(1 for e in tbl.entries.values() if e.get("latency", {}).get("flags"))
+    print(f"wrote {args.output}: {len(tbl.entries)} entries ({args.backend}, batch {args.batch})"
+          + (f", {flagged} flagged (see 'hwnas table show')" if flagged else ""))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from hwnas.profiling.table import Table
+
+    tbl = Table.load(args.table)
+    if args.json:
+        print_json(tbl.meta)
+        return 0
+    m = tbl.meta
+    dev = m.get("device", {})
+    print(f"{args.table}: space {m['space']}, macro {m['macro']}, scale {m['scale']}, batch {m['batch']}, "
+          f"{m['precision']}, backend {m['backend']['name']} {m['backend'].get('version') or ''}".rstrip())
+    print(f"device: {dev.get('name', dev.get('type'))}" + (f", {dev['logical_cores']} cores" if "logical_cores" in dev
+                                                            else "") + f"; threads {m['backend'].get('threads')}")
+    print(f"entries: {len(tbl.entries)}{'' if m.get('complete') else ' (incomplete)'}; statistic "
+          f"{m.get('statistic')}; created {m.get('created')}")
+    if tbl.has_latency:
+        rows = [[k, e["latency"]["median"], e["latency"]["min"], e["latency"]["cov"],
+                 ",".join(e["latency"].get("flags", []))] for k, e in tbl.entries.items()]
+        print(table(rows, ["entry", "median ms", "min ms", "cov", "flags"]))
+    else:
+        print(table([[k, millions(e["macs"]), e["params"]] for k, e in tbl.entries.items()],
+                    ["entry", "MACs", "params"]))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hwnas.profiling.predict import predict
+    from hwnas.profiling.table import Table
+    from hwnas.spaces import resolve_architecture
+
+    result = predict(Table.load(args.table), resolve_architecture(args.arch), args.batch)
+    if args.json:
+        print_json(result)
+        return 0
+    timed = "latency_ms" in result
+    rows = []
+    for c in result["cells"]:
+        rows.append([c["index"], c["position"], " + ".join(o["name"] for o in c["ops"]), millions(c["macs"]),
+                     f"{c['latency_ms']:.3f}" if timed else "-", f"{c['merge_ms']:.3f}" if timed else "-"])
+    print(table(rows, ["cell", "position", "ops", "MACs", "latency ms", "of which merge"]))
+    line = f"{result['arch']}: {result['macs']:,} MACs, {result['params']:,} params per image"
+    if timed:
+        line += f"; predicted {result['latency_ms']:.2f} ms per batch of {result['batch']} ({result['statistic']})"
+    print(line)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hwnas.profiling.table import Table
+    from hwnas.profiling.validate import plot, validate
+
+    report = validate(Table.load(args.table), args.samples, args.seed, progress=not args.quiet, rounds=args.rounds)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        plot(report, args.plot)
+    if args.json:
+        print_json(report)
+        return 0
+    print(table([[f"{report['within_10pct']:.1%}", f"{report['mape']:.2%}", f"{report['rmse_ms']:.2f}",
+                  f"{report['spearman']:.4f}", f"{report['mean_signed_error']:+.2%}"]],
+                ["within ±10%", "MAPE", "RMSE ms", "Spearman", "mean signed error"]))
+    print(f"{report['n']} random architectures, batch {report['batch']}, statistic {report['statistic']}")
+    return 0

@@ -1,0 +1,65 @@
+"""Eager PyTorch: CPU here, CUDA with CUDA-event timing where a GPU exists."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwnas.errors import HwnasError
+from hwnas.profiling.backends.base import Backend, Shape
+from hwnas.profiling.device import cpu_fingerprint, gpu_fingerprint, software_versions
+from hwnas.profiling.protocol import Runner
+
+
+class TorchRunner(Runner):
+    def __init__(self, module: nn.Module, inputs: list[torch.Tensor]):
+        self.module, self.inputs = module, inputs
+        self.cuda = inputs[0].is_cuda
+
+    @torch.inference_mode()
+    def run(self, iterations: int) -> float:
+        module, inputs = self.module, self.inputs
+        if not self.cuda:
+            start = time.perf_counter()
+            for _ in range(iterations):
+                module(*inputs)
+            return (time.perf_counter() - start) * 1e3
+        # GPU time of the enqueued work, between two events on the current stream.
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(iterations):
+            module(*inputs)
+        end.record()
+        end.synchronize()
+        return float(begin.elapsed_time(end))
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    precisions = ("fp32", "fp16")
+
+    def __init__(self, precision: str = "fp32", threads: int | None = None, device: str | None = None):
+        super().__init__(precision, threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            if precision != "fp32":
+                raise HwnasError("the torch backend on the CPU measures fp32 only; fp16 needs a CUDA GPU")
+            # torch's intra-op thread count is process-wide; the backend owns it while it profiles.
+            self.threads = threads or 1
+            torch.set_num_threads(self.threads)
+
+    def describe(self) -> dict[str, Any]:
+        device = gpu_fingerprint(self.device.index or 0) if self.device.type == "cuda" else cpu_fingerprint()
+        return {"name": self.name, "version": torch.__version__, "precision": self.precision,
+                "threads": self.threads, "device": device, "software": software_versions()}
+
+    def load(self, module: nn.Module, input_shapes: Sequence[Shape]) -> Runner:
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        module = module.eval().to(self.device, dtype)
+        gen = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(shape, generator=gen).to(self.device, dtype) for shape in input_shapes]
+        return TorchRunner(module, inputs)

@@ -1,0 +1,82 @@
+"""Pricing an architecture with a table: latency (when measured), MACs and params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hwnas.errors import HwnasError
+from hwnas.profiling.table import HEAD_KEY, STEM_KEY, Table, merge_add_key, merge_scale_key, op_key
+from hwnas.spaces.arch import Architecture, PlacedCell
+
+
+def check_compatible(table: Table, arch: Architecture, batch: int | None = None) -> None:
+    meta = table.meta
+    if meta.get("space_def") != arch.space.to_dict():
+        raise HwnasError(f"architecture {arch.name} uses space {arch.space.name}, the table was built for "
+                         f"space {meta.get('space')} (other ops): build a table for {arch.space.name}")
+    if meta.get("macro_def") != arch.macro.to_dict():
+        raise HwnasError(f"architecture {arch.name} uses macro-architecture {arch.macro.name}, the table "
+                         f"was built for {meta.get('macro')} (another definition)")
+    if meta.get("scale") != arch.scale:
+        raise HwnasError(f"architecture {arch.name} has scale {arch.scale}, the table was built at scale "
+                         f"{meta.get('scale')}: build one with --scale {arch.scale}")
+    if batch is not None and batch != meta.get("batch"):
+        raise HwnasError(f"the table was measured at batch {meta.get('batch')}, not {batch}: latency does not "
+                         f"scale linearly with batch; build a table at batch {batch}")
+
+
+def cell_terms(placed: PlacedCell) -> int:
+    return len(placed.ops) + int(placed.slot.position.cell_type == "N")
+
+
+def cell_latency(table: Table, arch: Architecture, placed: PlacedCell) -> tuple[list[float], float]:
+    """Each branch's latency and the merge's, by the table's combination model."""
+    pos = placed.slot.position
+    branches = [table.latency(op_key(arch.space.ops[i], pos)) for i in placed.ops]
+    terms = cell_terms(placed)
+    merge = 0.0
+    if placed.ops and terms > 1:
+        merge = (terms - 1) * table.latency(merge_add_key(pos)) + table.latency(merge_scale_key(pos))
+    return branches, merge
+
+
+def predict(table: Table, arch: Architecture, batch: int | None = None) -> dict[str, Any]:
+    check_compatible(table, arch, batch)
+    timed = table.has_latency
+    cells = []
+    for pc in arch.placed:
+        if not pc.ops:
+            continue
+        pos = pc.slot.position
+        entries = [table.entry(op_key(arch.space.ops[i], pos)) for i in pc.ops]
+        cell: dict[str, Any] = {
+            "index": pc.slot.index, "position": pos.key,
+            "ops": [{"index": i, "name": arch.space.ops[i].name, "macs": e["macs"], "params": e["params"]}
+                    for i, e in zip(pc.ops, entries)],
+            "macs": sum(e["macs"] for e in entries), "params": sum(e["params"] for e in entries),
+        }
+        if timed:
+            branches, merge = cell_latency(table, arch, pc)
+            for op, ms in zip(cell["ops"], branches):
+                op["latency_ms"] = ms
+            cell["merge_ms"] = merge
+            cell["latency_ms"] = sum(branches) + merge
+        cells.append(cell)
+    stem, head = table.entry(STEM_KEY), table.entry(HEAD_KEY)
+    out: dict[str, Any] = {
+        "arch": arch.name, "space": arch.space.name, "batch": table.meta.get("batch"),
+        "macs": stem["macs"] + head["macs"] + sum(c["macs"] for c in cells),
+        "params": stem["params"] + head["params"] + sum(c["params"] for c in cells),
+        "stem": {"macs": stem["macs"], "params": stem["params"]},
+        "head": {"macs": head["macs"], "params": head["params"]},
+        "cells": cells,
+    }
+    if timed:
+        out["stem"]["latency_ms"] = table.latency(STEM_KEY)
+        out["head"]["latency_ms"] = table.latency(HEAD_KEY)
+        raw = out["stem"]["latency_ms"] + out["head"]["latency_ms"] + sum(c["latency_ms"] for c in cells)
+        out["latency_ms_uncalibrated"] = raw
+        out["calibration_factor"] = table.calibration_factor
+        out["latency_ms"] = raw * table.calibration_factor
+        out["statistic"] = table.statistic
+    return out

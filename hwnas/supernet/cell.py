@@ -1,0 +1,68 @@
+"""The supernet's multi-branch cell (eager reference) and its configurations.
+
+A configuration is a bool tensor with one entry per branch (True = active). It is always
+passed explicitly: the cell holds no sampling state. The identity of a normal cell is always
+on and is not part of the configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hwnas.model.blocks import Operation
+from hwnas.spaces.arch import Space
+from hwnas.spaces.macro import Position
+
+
+def sample_config(n: int, needs_branch: bool, generator: torch.Generator | None = None,
+                  p: torch.Tensor | float = 0.5) -> torch.Tensor:
+    """Each branch ~ Bernoulli(p); redrawn while empty when the cell needs a branch (R/E)."""
+    probs = p if isinstance(p, torch.Tensor) else torch.full((n,), float(p))
+    while True:
+        config = torch.rand(n, generator=generator) < probs.detach().cpu()
+        if config.any() or not needs_branch:
+            return config
+
+
+class SupernetCell(nn.Module):
+    """The branches of one layer's search-space subset; computes any configuration of them.
+
+    out = (x + sum_{active n} op_n(x)) / (1 + k) for a normal cell (identity always on),
+    sum_{active n} op_n(x) / k otherwise, with k active branches.
+    """
+
+    def __init__(self, space: Space, ops: Sequence[int], position: Position):
+        super().__init__()
+        if not ops:
+            raise ValueError("a supernet cell needs at least one candidate op")
+        self.ops = tuple(ops)
+        self.position = position
+        self.identity = position.cell_type == "N"
+        self.branches = nn.ModuleList(Operation(space.ops[i], position) for i in self.ops)
+
+    @property
+    def needs_branch(self) -> bool:
+        return not self.identity
+
+    def check_config(self, config: torch.Tensor) -> None:
+        if config.dtype != torch.bool or config.shape != (len(self.branches),):
+            raise ValueError(f"config must be a bool tensor of shape ({len(self.branches)},), got "
+                             f"{config.dtype} {tuple(config.shape)}")
+        if self.needs_branch and not bool(config.any()):
+            raise ValueError(f"a {self.position.cell_type} cell needs at least one active branch")
+
+    def forward(self, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
+        self.check_config(config)
+        active = [b for b, on in zip(self.branches, config.tolist()) if on]
+        if not active:
+            return x
+        out = x if self.identity else None
+        for branch in active:
+            y = branch(x)
+            out = y if out is None else out + y
+        assert out is not None
+        terms = len(active) + int(self.identity)
+        return out / terms if terms > 1 else out

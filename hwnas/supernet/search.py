@@ -1,0 +1,81 @@
+"""Optimising theta against the regularizer alone (`hwnas search --dry-run`).
+
+No data, no weights: the tool for choosing alpha, beta and tau before spending GPU days.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from hwnas.profiling.table import Table
+from hwnas.spaces.macro import Position
+from hwnas.supernet.costs import cost_model
+from hwnas.supernet.fitness import FitnessIndicators
+from hwnas.supernet.regularizer import ResourceRegularizer
+
+
+def supernet_layers(table: Table, k: int | None, seed: int) -> list[tuple[Position, list[int]]]:
+    """Every cell slot of the table's macro with its candidate ops: all of the space, or K of them
+    drawn per layer (the paper's current subsets have K = 6 for latency, 5 for FLOPs)."""
+    space, macro = table.space(), table.macro()
+    rng = random.Random(seed)
+    n = len(space.ops)
+    layers = []
+    for slot in macro.slots(float(table.meta["scale"])):
+        ops = list(range(n)) if k is None or k >= n else sorted(rng.sample(range(n), k))
+        layers.append((slot.position, ops))
+    return layers
+
+
+def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: float | None = None,
+            beta: float | None = None, steps: int = 400, lr: float = 0.05, k: int | None = None,
+            seed: int = 0, record_every: int = 10, pairs_per_step: int = 1) -> dict[str, Any]:
+    layers = supernet_layers(table, k, seed)
+    model = cost_model(table, layers, metric)
+    reg = ResourceRegularizer(model, target, form, alpha, beta)
+    fitness = FitnessIndicators([len(ops) for _, ops in layers], [pos.cell_type != "N" for pos, _ in layers])
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(fitness.parameters(), lr=lr)
+    # Cosine decay: Adam's steps have a fixed size, so without decay theta keeps oscillating
+    # around the target by about lr.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    with torch.no_grad():
+        initial = float(reg.expected_cost(fitness))
+    trajectory: list[dict[str, float]] = [{"step": 0, "expected": initial}]
+    for step in range(1, steps + 1):
+        # The paper's estimator, averaged over independent pairs to lower its variance.
+        loss = sum(reg(fitness.sample_pairs(gen)) for _ in range(pairs_per_step)) / pairs_per_step
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % record_every == 0 or step == steps:
+            with torch.no_grad():
+                trajectory.append({"step": step, "expected": float(reg.expected_cost(fitness)),
+                                   "penalty": float(loss)})
+    final = trajectory[-1]["expected"]
+    return {
+        "metric": metric, "unit": model.unit, "form": form, "alpha": reg.alpha, "beta": reg.beta,
+        "target": target, "steps": steps, "lr": lr, "seed": seed, "pairs_per_step": pairs_per_step, "k": k, "initial_expected": initial,
+        "final_expected": final, "relative_error": (final - target) / target,
+        "fixed_cost": model.fixed, "min_cost": model.fixed + _extreme(model.layers, min),
+        "max_cost": model.fixed + _extreme(model.layers, max), "trajectory": trajectory,
+        "probabilities": [[round(float(p), 4) for p in torch.sigmoid(t.detach())] for t in fitness.thetas],
+        "layer_ops": [ops for _, ops in layers],
+    }
+
+
+def _extreme(layers: Sequence[Any], pick: Any) -> float:
+    """Cheapest/dearest reachable cost (normal cells may be empty, R/E need one branch)."""
+    total = 0.0
+    for layer in layers:
+        if pick is min:
+            total += 0.0 if layer.identity else float(layer.branches.min())
+        else:
+            n = len(layer.branches)
+            total += float(layer.branches.sum()) + layer.merge(n)
+    return total

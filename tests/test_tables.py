@@ -1,0 +1,163 @@
+"""Lookup tables: MACs/params tables, prediction and its refusals, kill-and-resume, validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hwnas.costs import network_cost, op_cost
+from hwnas.errors import HwnasError
+from hwnas.profiling.backends import get_backend
+from hwnas.profiling.build import build_table
+from hwnas.profiling.predict import predict
+from hwnas.profiling.protocol import Protocol
+from hwnas.profiling.table import Table, op_key
+from hwnas.profiling.validate import metrics, validate
+from hwnas.spaces import builtin, resolve_architecture, resolve_macro, resolve_space
+
+from conftest import REPO
+
+TINY = str(REPO / "tests" / "data" / "tiny.json")
+QUICK = Protocol(warmup_ms=5.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3, drift_wait_s=0.0,
+                 calibration_architectures=2)
+
+
+@pytest.mark.parametrize("space,macro,scale,net", [("latency19", "latency", 1.0, "nsenet_gpu"),
+                                                   ("flops27", "flops", 1.04, "nsenet27"),
+                                                   ("flops27+second45", "flops", 1.045, "nsenet")])
+def test_macs_table_prices_the_published_networks(tmp_path, space, macro, scale, net):
+    sp, mc = builtin().spaces[space], builtin().macros[macro]
+    table = build_table(sp, mc, scale, get_backend("none"), 16, tmp_path / "t.json", progress=False)
+    positions = mc.positions(scale)
+    assert len(table.entries) == len(positions) * (len(sp.ops) + 2) + 2
+    for pos in positions[:3]:
+        for op in sp.ops:
+            assert table.entries[op_key(op, pos)]["macs"] == op_cost(op, pos).macs
+    reloaded = Table.load(tmp_path / "t.json")
+    result = predict(reloaded, builtin().networks[net], batch=16)
+    cost = network_cost(builtin().networks[net]).total
+    assert (result["macs"], result["params"]) == (cost.macs, cost.params)
+    assert "latency_ms" not in result
+
+
+@pytest.fixture(scope="module")
+def latency19_macs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t") / "l19.json"
+    build_table(builtin().spaces["latency19"], builtin().macros["latency"], 1.0, get_backend("none"), 16, path,
+                progress=False)
+    return Table.load(path)
+
+
+def test_predict_refuses_what_the_table_cannot_price(latency19_macs):
+    with pytest.raises(HwnasError, match="uses space flops27"):
+        predict(latency19_macs, builtin().networks["nsenet27"])
+    with pytest.raises(HwnasError, match="measured at batch 16, not 32"):
+        predict(latency19_macs, builtin().networks["nsenet_gpu"], batch=32)
+    scaled = dict(builtin().networks["nsenet_gpu"].to_dict(), scale=1.5)
+    arch_file = latency19_macs.meta  # noqa: F841  (the table is unchanged by a refusal)
+    from hwnas.spaces.catalog import catalog_from_dict
+
+    arch = catalog_from_dict({"networks": {"big": scaled}}, "big.json", builtin()).networks["big"]
+    with pytest.raises(HwnasError, match="scale 1.5, the table was built at scale 1.0"):
+        predict(latency19_macs, arch)
+
+
+def test_existing_output_needs_resume(tmp_path, latency19_macs):
+    path = tmp_path / "t.json"
+    latency19_macs.save(path)
+    with pytest.raises(HwnasError, match="exists; pass --resume"):
+        build_table(builtin().spaces["latency19"], builtin().macros["latency"], 1.0, get_backend("none"), 16, path,
+                    progress=False)
+    with pytest.raises(HwnasError, match=r"cannot resume .*batch: 16 vs 8"):
+        build_table(builtin().spaces["latency19"], builtin().macros["latency"], 1.0, get_backend("none"), 8, path,
+                    resume=True, progress=False)
+
+
+def test_unknown_backend_and_missing_tensorrt():
+    with pytest.raises(HwnasError, match="unknown backend 'cuda'"):
+        get_backend("cuda")
+    with pytest.raises(HwnasError, match=r"pip install 'hwnas\[gpu\]'"):
+        get_backend("tensorrt")
+
+
+def test_not_a_table(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"spaces": {}}))
+    with pytest.raises(HwnasError, match="not an hwnas lookup table"):
+        Table.load(bad)
+
+
+def _build_cmd(out, *extra):
+    return [sys.executable, "-m", "hwnas.cli.main", "table", "build", "--space", TINY, "--macro", TINY,
+            "--backend", "ort", "--batch", "2", "--rounds", "3", "--drift-wait", "0", "-o", str(out), "--quiet", *extra]
+
+
+def test_kill_and_resume_loses_no_finished_entry(tmp_path):
+    out = tmp_path / "tiny.json"
+    proc = subprocess.Popen(_build_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    snapshot = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists():
+            table = json.loads(out.read_text())  # never a half-written file
+            if table["entries"]:
+                snapshot = table
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert snapshot is not None, "the build wrote no entry before finishing or timing out"
+    assert not snapshot["meta"]["complete"]
+    killed = json.loads(out.read_text())
+    assert killed["entries"].keys() >= snapshot["entries"].keys()
+    resumed = subprocess.run(_build_cmd(out, "--resume"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(out.read_text())
+    assert final["meta"]["complete"]
+    assert len(final["entries"]) == 6 * 5 + 2
+    for key, entry in killed["entries"].items():
+        assert final["entries"][key] == entry  # finished entries were kept, not re-measured
+    # resuming with other settings is refused, and the file is left as it was
+    other = subprocess.run(_build_cmd(out, "--resume", "--threads", "2"), capture_output=True, text=True)
+    assert other.returncode == 1 and "cannot resume" in other.stderr and "threads" in other.stderr
+    assert json.loads(out.read_text()) == final
+
+
+def test_validate_on_a_tiny_space(tmp_path):
+    path = tmp_path / "tiny.json"
+    space, macro = resolve_space(TINY), resolve_macro(TINY)
+    table = build_table(space, macro, 1.0, get_backend("ort"), 2, path, protocol=QUICK, progress=False)
+    assert table.meta["complete"] and table.meta["backend"]["threads"] == 1
+    result = predict(table, resolve_architecture(TINY))
+    summed = result["stem"]["latency_ms"] + result["head"]["latency_ms"] + sum(c["latency_ms"] for c in result["cells"])
+    calibration = table.meta["calibration"]
+    assert calibration["architectures"] == QUICK.calibration_architectures == len(calibration["ratios"])
+    assert result["latency_ms_uncalibrated"] == pytest.approx(summed)
+    assert result["latency_ms"] == pytest.approx(summed * calibration["factor"]) and result["latency_ms"] > 0
+    report = validate(Table.load(path), samples=3, seed=1, progress=False)
+    assert report["n"] == 3 and 0 <= report["within_10pct"] <= 1 and -1 <= report["spearman"] <= 1
+    assert report["uncalibrated"]["n"] == 3 and report["calibration_factor"] == calibration["factor"]
+    assert all(s["measured_ms"] > 0 for s in report["samples"])
+    # a table measured elsewhere cannot be validated here
+    table.meta["device"] = dict(table.meta["device"], name="NVIDIA GeForce GTX TITAN Xp")
+    with pytest.raises(HwnasError, match="measurements here cannot validate it"):
+        validate(table, samples=3)
+
+
+def test_metrics_against_numpy_and_scipy():
+    np = pytest.importorskip("numpy")
+    stats = pytest.importorskip("scipy.stats")
+    pred = [10.0, 12.0, 9.0, 20.0, 15.0, 15.0]
+    meas = [11.0, 12.5, 8.0, 19.0, 18.0, 14.0]
+    m = metrics(pred, meas)
+    rel = np.abs(np.array(pred) - meas) / meas
+    assert m["within_10pct"] == pytest.approx(np.mean(rel <= 0.1))
+    assert m["mape"] == pytest.approx(rel.mean())
+    assert m["rmse_ms"] == pytest.approx(np.sqrt(np.mean((np.array(pred) - meas) ** 2)))
+    assert m["spearman"] == pytest.approx(stats.spearmanr(pred, meas).statistic)
