@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 from trt_stubs import installed_stub_dir, mypy_available, patched_stubs, run_mypy
 
-TENSORRT_CODE = ["hwnas/profiling/backends/tensorrt.py"]  # must pass with the TensorRT stubs
+TENSORRT_CODE = ["hwnas/profiling/backends/tensorrt.py", "hwnas/export/engine.py"]  # must pass with the TensorRT stubs
 PACKAGE = ["hwnas"]  # the whole package, type-checked with the same stubs
 
 pytestmark = pytest.mark.skipif(

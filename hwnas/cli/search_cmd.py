@@ -7,6 +7,7 @@ from typing import Any
 
 from hwnas.cli.output import print_json, table
 from hwnas.errors import HwnasError
+from hwnas.supernet.search import DEFAULT_K, DEFAULT_LR
 
 
 def register(sub: Any) -> None:
@@ -27,9 +28,12 @@ def register(sub: Any) -> None:
     s.add_argument("--form", choices=["nse", "nss", "linear", "fbnet"], default="nse")
     s.add_argument("--alpha", type=float, default=None, help="default: the paper's (2e-2 latency, 1e-5 macs)")
     s.add_argument("--beta", type=float, default=None, help="default: the paper's (2)")
+    s.add_argument("--outer", choices=["expected", "sampled"], default="expected",
+                   help="the penalty's derivative at the exact E[C] (unbiased fixed point) or at the sampled "
+                        "cost (the paper's literal form, settles 1-4%% off the target)")
     s.add_argument("--steps", type=int, default=400)
-    s.add_argument("--lr", type=float, default=0.2, help="Adam learning rate of theta (cosine-decayed)")
-    s.add_argument("--k", type=int, default=6,
+    s.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate of theta (cosine-decayed)")
+    s.add_argument("--k", type=int, default=DEFAULT_K,
                    help="candidate ops per layer, drawn from the space (the paper's K: 6 latency, 5 FLOPs); "
                         "0 for the whole space")
     s.add_argument("--pairs", type=int, default=1, help="configuration pairs averaged per step")
@@ -51,7 +55,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise HwnasError("--steps must be at least 1")
     result = dry_run(tbl, args.metric, args.target, args.form, args.alpha, args.beta, args.steps, args.lr,
-                     args.k or None, args.seed, pairs_per_step=args.pairs)
+                     args.k or None, args.seed, pairs_per_step=args.pairs, outer=args.outer)
     if args.json:
         print_json(result)
         return 0

@@ -63,6 +63,11 @@ class Architecture:
     cells: tuple[Cell, ...]
     placed: tuple[PlacedCell, ...]
 
+    def document(self) -> dict[str, Any]:
+        """A self-contained file of this architecture: its space and macro defined beside it."""
+        return {"spaces": {self.space.name: self.space.to_dict()}, "macro": {self.macro.name: self.macro.to_dict()},
+                "networks": {self.name: self.to_dict()}}
+
     def to_dict(self) -> dict[str, Any]:
         """The architecture in the file schema (space and macro by name)."""
         return {"space": self.space.name, "macro": self.macro.name, "scale": self.scale,

@@ -18,6 +18,12 @@ from hwnas.supernet.fitness import FitnessIndicators
 from hwnas.supernet.regularizer import ResourceRegularizer
 
 
+# Defaults shared by dry_run and the CLI: the paper's K for latency, a learning rate that
+# reaches targets within 50-120% of the start in about 50 steps (measured; see README).
+DEFAULT_K = 6
+DEFAULT_LR = 0.2
+
+
 def supernet_layers(table: Table, k: int | None, seed: int) -> list[tuple[Position, list[int]]]:
     """Every cell slot of the table's macro with its candidate ops: all of the space, or K of them
     drawn per layer (the paper's current subsets have K = 6 for latency, 5 for FLOPs)."""
@@ -32,11 +38,11 @@ def supernet_layers(table: Table, k: int | None, seed: int) -> list[tuple[Positi
 
 
 def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: float | None = None,
-            beta: float | None = None, steps: int = 400, lr: float = 0.05, k: int | None = None,
-            seed: int = 0, record_every: int = 10, pairs_per_step: int = 1) -> dict[str, Any]:
+            beta: float | None = None, steps: int = 400, lr: float = DEFAULT_LR, k: int | None = DEFAULT_K,
+            seed: int = 0, record_every: int = 10, pairs_per_step: int = 1, outer: str = "expected") -> dict[str, Any]:
     layers = supernet_layers(table, k, seed)
     model = cost_model(table, layers, metric)
-    reg = ResourceRegularizer(model, target, form, alpha, beta)
+    reg = ResourceRegularizer(model, target, form, alpha, beta, outer)
     fitness = FitnessIndicators([len(ops) for _, ops in layers], [pos.cell_type != "N" for pos, _ in layers])
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(fitness.parameters(), lr=lr)
@@ -48,7 +54,7 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
     trajectory: list[dict[str, float]] = [{"step": 0, "expected": initial}]
     for step in range(1, steps + 1):
         # The paper's estimator, averaged over independent pairs to lower its variance.
-        loss = sum(reg(fitness.sample_pairs(gen)) for _ in range(pairs_per_step)) / pairs_per_step
+        loss = sum(reg(fitness.sample_pairs(gen), fitness) for _ in range(pairs_per_step)) / pairs_per_step
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -60,7 +66,8 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
     final = trajectory[-1]["expected"]
     return {
         "metric": metric, "unit": model.unit, "form": form, "alpha": reg.alpha, "beta": reg.beta,
-        "target": target, "steps": steps, "lr": lr, "seed": seed, "pairs_per_step": pairs_per_step, "k": k, "initial_expected": initial,
+        "target": target, "steps": steps, "lr": lr, "seed": seed, "pairs_per_step": pairs_per_step, "k": k,
+        "outer": outer, "initial_expected": initial,
         "final_expected": final, "relative_error": (final - target) / target,
         "fixed_cost": model.fixed, "min_cost": model.fixed + _extreme(model.layers, min),
         "max_cost": model.fixed + _extreme(model.layers, max), "trajectory": trajectory,

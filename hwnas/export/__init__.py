@@ -1,0 +1,1 @@
+"""Exports: ONNX (plain or re-parameterised) and TensorRT engines."""

@@ -1,0 +1,126 @@
+"""`hwnas export onnx`: an architecture as a verified, self-contained ONNX model."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import hwnas
+from hwnas.errors import HwnasError
+from hwnas.model.network import Network, build_network
+from hwnas.profiling.onnx_io import module_to_onnx
+from hwnas.spaces.arch import Architecture
+
+# Refuse an export whose ONNX output differs from PyTorch's by more than this (relative to the
+# output's scale): fp32 graphs differ by rounding only; fp16 by its 11-bit mantissa.
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+
+
+def seeded_network(arch: Architecture, seed: int = 0, weights: str | None = None) -> Network:
+    """Deterministic weights from the seed (BN statistics and affine randomised too, so that
+    folding them is exercised), or a checkpoint's state_dict."""
+    net = build_network(arch, seed)
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise HwnasError(f"cannot read checkpoint {weights}: {exc}") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise HwnasError(f"checkpoint {weights} does not fit {arch.name}: missing {missing[:3]}..., "
+                             f"unexpected {unexpected[:3]}...")
+    else:
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=gen))
+                    m.bias.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+                    stats: Any = m  # running statistics are Optional in torch's stubs
+                    stats.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+                    stats.running_var.copy_(1 + 0.2 * torch.rand(m.num_features, generator=gen))
+    return net.eval()
+
+
+@dataclass
+class ExportReport:
+    path: str
+    nodes: int
+    max_abs_error: float
+    max_rel_error: float
+    batch: int | str
+    reparam: bool
+    precision: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def count_nodes(model_bytes: bytes) -> int:
+    import onnx
+
+    return len(onnx.load_model_from_string(model_bytes).graph.node)
+
+
+def verify(model_bytes: bytes, reference: nn.Module, shape: tuple[int, ...], precision: str,
+           seed: int) -> tuple[float, float]:
+    """Max abs and relative (to the output's max magnitude) error of onnxruntime vs PyTorch fp32."""
+    import onnxruntime as ort
+
+    gen = torch.Generator().manual_seed(seed + 2)
+    x = torch.randn(shape, generator=gen)
+    with torch.no_grad():
+        want = reference.eval().float()(x).numpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    feed = x.numpy().astype(np.float16 if precision == "fp16" else np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: feed})[0].astype(np.float32)
+    abs_err = float(np.max(np.abs(got - want)))
+    return abs_err, abs_err / max(float(np.max(np.abs(want))), 1e-12)
+
+
+def export_onnx(arch: Architecture, out: str | Path, batch: int = 16, dynamic_batch: bool = False,
+                reparam: bool = False, fp16: bool = False, seed: int = 0, weights: str | None = None,
+                merge: str = "auto", verify_batch: int = 2) -> ExportReport:
+    import onnx
+
+    net = seeded_network(arch, seed, weights)
+    module: nn.Module = net
+    if reparam:
+        from hwnas.export.reparam import reparameterize
+
+        module = reparameterize(net, merge)
+    precision = "fp16" if fp16 else "fp32"
+    shape = (verify_batch if dynamic_batch else batch, 3, arch.macro.input, arch.macro.input)
+    model_bytes = module_to_onnx(module, [shape], dynamic_batch=dynamic_batch,
+                                 dtype=torch.float16 if fp16 else torch.float32)
+    module.float()
+    model = onnx.load_model_from_string(model_bytes)
+    meta = {"hwnas_version": hwnas.__version__, "hwnas_arch": json.dumps(arch.document()), "hwnas_arch_name": arch.name,
+            "hwnas_space": arch.space.name, "hwnas_reparam": str(reparam), "hwnas_seed": str(seed),
+            "hwnas_weights": weights or "seeded"}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model_bytes = model.SerializeToString()
+    abs_err, rel_err = verify(model_bytes, net, shape, precision, seed)
+    if not math.isfinite(rel_err) or rel_err > TOLERANCE[precision]:
+        raise HwnasError(f"the ONNX export of {arch.name} does not match PyTorch: max abs error {abs_err:.3g}, "
+                         f"relative {rel_err:.3g} > {TOLERANCE[precision]}; nothing was written")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(model_bytes) < 2 ** 31 - 2 ** 20:
+        out.write_bytes(model_bytes)  # one self-contained file
+    else:  # protobuf's 2 GB limit: weights beside it
+        onnx.save_model(model, str(out), save_as_external_data=True, location=out.name + ".data")
+    return ExportReport(str(out), len(model.graph.node), abs_err, rel_err, "dynamic" if dynamic_batch else batch,
+                        reparam, precision)

@@ -1,0 +1,64 @@
+"""The CPU twin of the kernel, compiled from kernels/mixed_dw_cpu.cpp with the system C++
+compiler (g++ or $CXX, OpenMP) into a cache keyed by the sources' hash, and called with ctypes.
+
+A plain shared library, not a torch extension: it builds in about a second (no torch
+headers) and needs nothing but a C++ compiler, which every machine that builds Python
+packages has.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from hwnas.errors import HwnasError
+from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
+
+SOURCES = ("mixed_dw.h", "mixed_dw_cpu.cpp")
+FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fPIC", "-shared", "-march=native", "-ffp-contract=off")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas")) / "kernels"
+
+
+def compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not cxx:
+        raise HwnasError("building the CPU kernel needs a C++ compiler (g++ or clang++, or set $CXX)")
+    return cxx
+
+
+def build(force: bool = False) -> Path:
+    texts = [(SOURCE_DIR / name).read_bytes() for name in SOURCES]
+    key = hashlib.sha256(b"\0".join([*texts, " ".join(FLAGS).encode()])).hexdigest()[:16]
+    lib = cache_dir() / f"mixed_dw_cpu-{key}.so"
+    if lib.exists() and not force:
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    cmd = [compiler(), *FLAGS, f"-I{SOURCE_DIR}", str(SOURCE_DIR / "mixed_dw_cpu.cpp"), "-o", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise HwnasError(f"building the CPU kernel failed: {' '.join(cmd)}\n{proc.stderr.strip()}")
+    os.replace(tmp, lib)
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build()))
+    size = lib.mixed_dw_segment_table_size()
+    if size != ctypes.sizeof(CSegmentTable):
+        raise AssertionError(f"SegmentTable is {size} bytes in C, {ctypes.sizeof(CSegmentTable)} in Python")
+    for name in ("forward", "grad_input", "grad_weight"):
+        for suffix in ("f32", "f64"):
+            fn = getattr(lib, f"mixed_dw_{name}_{suffix}")
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(CSegmentTable)]
+            fn.restype = None
+    return lib

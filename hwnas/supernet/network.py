@@ -1,0 +1,81 @@
+"""A supernet: stem, one SupernetCell per slot of the macro-architecture, head; and its two
+kinds of training step (weights on sampled subnets, theta through the simulated gradient)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hwnas.model.blocks import Head, conv_block, stem_layer
+from hwnas.spaces.arch import Space
+from hwnas.spaces.macro import Macro
+from hwnas.supernet.cell import SupernetCell, sample_config
+from hwnas.supernet.fitness import FitnessIndicators, PairSample, simulated_output
+from hwnas.supernet.fused import FusedSupernetCell
+from hwnas.supernet.regularizer import ResourceRegularizer
+
+
+class Supernet(nn.Module):
+    def __init__(self, space: Space, macro: Macro, scale: float, layer_ops: Sequence[Sequence[int]],
+                 fused: bool = False):
+        super().__init__()
+        slots = macro.slots(scale)
+        if len(layer_ops) != len(slots):
+            raise ValueError(f"{len(layer_ops)} op lists for {len(slots)} cell slots")
+        self.stem = conv_block(stem_layer(macro))
+        self.cells = nn.ModuleList(SupernetCell(space, ops, s.position) for s, ops in zip(slots, layer_ops))
+        self.head = Head(macro, macro.last_channels(scale))
+        self.fused = fused
+
+    def _cell(self, i: int, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
+        cell = self.cells[i]
+        return FusedSupernetCell(cell)(x, config) if self.fused else cell(x, config)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor, configs: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = self.stem(x)
+        for i, config in enumerate(configs):
+            x = self._cell(i, x, config)
+        return self.head(x)
+
+    def forward_pairs(self, x: torch.Tensor, pairs: Sequence[PairSample]) -> torch.Tensor:
+        """Forward g_a of every layer; theta gets the brief's simulated gradient through g_b."""
+        x = self.stem(x)
+        for i, pair in enumerate(pairs):
+            o_a = self._cell(i, x, pair.config_a)
+            with torch.no_grad():
+                o_b = self._cell(i, x, pair.config_b)
+            x = simulated_output(o_a, o_b, pair)
+        return self.head(x)
+
+    def sample_configs(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Every branch ~ Bernoulli(0.5), R/E cells non-empty: the weight-training subnets."""
+        cells: Any = self.cells
+        return [sample_config(len(c.branches), c.needs_branch, generator) for c in cells]
+
+
+def weight_step(net: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator | None = None) -> float:
+    net.train()
+    loss = F.cross_entropy(net(x, net.sample_configs(generator)), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+
+
+def theta_step(net: Supernet, fitness: FitnessIndicators, regularizer: ResourceRegularizer,
+               optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               generator: torch.Generator | None = None) -> tuple[float, float]:
+    """One update of theta (only theta is in `optimizer`) on validation data: CE + penalty."""
+    pairs = fitness.sample_pairs(generator)
+    ce = F.cross_entropy(net.forward_pairs(x, pairs), y)
+    penalty = regularizer(pairs, fitness)
+    optimizer.zero_grad()
+    net.zero_grad(set_to_none=True)
+    (ce + penalty).backward()
+    optimizer.step()
+    return float(ce), float(penalty)
