@@ -15,8 +15,16 @@ from hwnas.supernet import (FitnessIndicators, LayerCosts, ResourceRegularizer, 
 from hwnas.supernet.costs import CostModel
 from hwnas.supernet.fitness import PairSample, config_log_prob
 
-torch.set_default_dtype(torch.float64)
 SPACE = builtin().spaces["latency19"]
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Double precision for this module's checks (finite differences), restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def all_configs(k: int, needs_branch: bool):
