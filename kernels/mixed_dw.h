@@ -17,6 +17,13 @@
 
 #define HWNAS_MAX_SEGMENTS 32
 
+// Lets the compiler vectorise a sum by reassociating it (CPU only; CUDA ignores it).
+#if defined(_OPENMP) && !defined(__CUDACC__)
+#define HWNAS_SIMD_SUM(acc) _Pragma("omp simd reduction(+ : acc)")
+#else
+#define HWNAS_SIMD_SUM(acc)
+#endif
+
 typedef long long hwnas_index;
 
 struct Segment {
@@ -108,4 +115,114 @@ HWNAS_HD Acc dw_grad_weight_row(const T* x, const T* gy, const SegmentTable& t, 
     if (ix >= 0 && ix < t.W) acc += load(xr[ix]) * load(gr[ox]);
   }
   return acc;
+}
+
+// ---- Plane-at-a-time forms (the CPU twin's fast path) -------------------------------------
+// The same sums as above, reordered tap by tap so the innermost loop runs over contiguous
+// output columns without bounds checks (vectorisable). The CUDA kernels use the per-element
+// forms; the CPU library exports both, and the tests check both against PyTorch.
+
+// Output columns [lo, hi) whose input column ox*stride - pad + kx*dil lies in [0, W).
+HWNAS_HD void valid_columns(const Segment& s, int W, int kx, int* lo, int* hi) {
+  const int shift = kx * s.dilation - s.padding;  // ix = ox * stride + shift
+  int a = shift < 0 ? (-shift + s.stride - 1) / s.stride : 0;
+  int b = (W - 1 - shift) >= 0 ? (W - 1 - shift) / s.stride + 1 : 0;
+  if (b > s.w_out) b = s.w_out;
+  *lo = a;
+  *hi = b > a ? b : a;
+}
+
+// Stride 2 reads input columns 2*ox + shift: with the plane split into its even and odd
+// columns (`phases`: even | odd, each H rows of `half` = ceil(W/2) columns), every inner
+// loop becomes contiguous again. Column 2*ox + shift of phase p = shift & 1 is
+// phases[p][ox + floor(shift / 2)].
+HWNAS_HD int floor_half(int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); }
+
+template <typename T>
+HWNAS_HD void split_phases(const T* xp, T* phases, int H, int W) {
+  const int half = (W + 1) / 2;
+  for (int iy = 0; iy < H; ++iy)
+    for (int ix = 0; ix < W; ++ix) phases[(ix & 1) * H * half + iy * half + (ix >> 1)] = xp[iy * W + ix];
+}
+
+template <typename T>
+HWNAS_HD void merge_phases(const T* phases, T* xp, int H, int W) {
+  const int half = (W + 1) / 2;
+  for (int iy = 0; iy < H; ++iy)
+    for (int ix = 0; ix < W; ++ix) xp[iy * W + ix] = phases[(ix & 1) * H * half + iy * half + (ix >> 1)];
+}
+
+// The row of input iy that tap column shift reads, as a pointer r with r[ox] = x[iy][ox*stride + shift].
+template <typename T>
+HWNAS_HD T* tap_row(T* plane, T* phases, const Segment& s, int H, int W, int iy, int shift) {
+  if (s.stride == 1) return plane + (hwnas_index)iy * W + shift;
+  const int half = (W + 1) / 2;
+  return phases + (hwnas_index)(shift & 1) * H * half + (hwnas_index)iy * half + floor_half(shift);
+}
+
+// y plane (h_out x w_out) of one (n, c) = sum over taps of w[ky,kx] * shifted x plane.
+// `phases` is scratch of 2 * H * ceil(W/2) values, used when stride is 2.
+template <typename T>
+HWNAS_HD void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, int H, int W, T* phases) {
+  if (s.stride == 2) split_phases(xp, phases, H, W);
+  for (int i = 0; i < s.h_out * s.w_out; ++i) yp[i] = T(0);
+  for (int ky = 0; ky < s.kernel; ++ky)
+    for (int kx = 0; kx < s.kernel; ++kx) {
+      const T wv = wp[ky * s.kernel + kx];
+      int lo, hi;
+      valid_columns(s, W, kx, &lo, &hi);
+      const int shift = kx * s.dilation - s.padding;
+      for (int oy = 0; oy < s.h_out; ++oy) {
+        const int iy = oy * s.stride - s.padding + ky * s.dilation;
+        if (iy < 0 || iy >= H) continue;
+        const T* xr = tap_row(const_cast<T*>(xp), phases, s, H, W, iy, shift);
+        T* yr = yp + (hwnas_index)oy * s.w_out;
+        for (int ox = lo; ox < hi; ++ox) yr[ox] += wv * xr[ox];
+      }
+    }
+}
+
+// dL/dx plane of one (n, c): each tap scatters w[ky,kx] * gy back to the inputs it read.
+template <typename T>
+HWNAS_HD void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment& s, int H, int W, T* phases) {
+  T* target = s.stride == 2 ? phases : gxp;
+  const int size = s.stride == 2 ? 2 * H * ((W + 1) / 2) : H * W;
+  for (int i = 0; i < size; ++i) target[i] = T(0);
+  for (int ky = 0; ky < s.kernel; ++ky)
+    for (int kx = 0; kx < s.kernel; ++kx) {
+      const T wv = wp[ky * s.kernel + kx];
+      int lo, hi;
+      valid_columns(s, W, kx, &lo, &hi);
+      const int shift = kx * s.dilation - s.padding;
+      for (int oy = 0; oy < s.h_out; ++oy) {
+        const int iy = oy * s.stride - s.padding + ky * s.dilation;
+        if (iy < 0 || iy >= H) continue;
+        T* xr = tap_row(gxp, phases, s, H, W, iy, shift);
+        const T* gr = gp + (hwnas_index)oy * s.w_out;
+        for (int ox = lo; ox < hi; ++ox) xr[ox] += wv * gr[ox];
+      }
+    }
+  if (s.stride == 2) merge_phases(phases, gxp, H, W);
+}
+
+// dL/dw[ky,kx] contribution of one (n, c) plane pair: a dot product per tap.
+template <typename T>
+HWNAS_HD void dw_grad_weight_plane(const T* xp, const T* gp, T* gwp, const Segment& s, int H, int W, T* phases) {
+  if (s.stride == 2) split_phases(xp, phases, H, W);
+  for (int ky = 0; ky < s.kernel; ++ky)
+    for (int kx = 0; kx < s.kernel; ++kx) {
+      int lo, hi;
+      valid_columns(s, W, kx, &lo, &hi);
+      const int shift = kx * s.dilation - s.padding;
+      T acc = T(0);
+      for (int oy = 0; oy < s.h_out; ++oy) {
+        const int iy = oy * s.stride - s.padding + ky * s.dilation;
+        if (iy < 0 || iy >= H) continue;
+        const T* xr = tap_row(const_cast<T*>(xp), phases, s, H, W, iy, shift);
+        const T* gr = gp + (hwnas_index)oy * s.w_out;
+        HWNAS_SIMD_SUM(acc)
+        for (int ox = lo; ox < hi; ++ox) acc += xr[ox] * gr[ox];
+      }
+      gwp[ky * s.kernel + kx] += acc;
+    }
 }

@@ -29,24 +29,29 @@ def inputs(segments, n=2, h=13, w=11, dtype=torch.float32, seed=0):
     return x, weights
 
 
+IMPLS = ["fast", "elementwise"]  # the CPU plane forms, and the per-element forms the CUDA kernels use
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("seed", range(6))
-def test_forward_matches_torch_conv(seed):
+def test_forward_matches_torch_conv(seed, impl):
     rng = random.Random(seed)
     segments = random_segments(rng, rng.randint(1, 6))
     x, weights = inputs(segments, h=rng.randint(5, 16), w=rng.randint(5, 16), seed=seed)
-    ours = mixed_depthwise(x, torch.cat([w.reshape(-1) for w in weights]), segments)
+    ours = mixed_depthwise(x, torch.cat([w.reshape(-1) for w in weights]), segments, impl)
     for got, want in zip(ours, reference_mixed_depthwise(x, weights, segments)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("seed", range(4))
-def test_gradients_match_torch_autograd(seed):
+def test_gradients_match_torch_autograd(seed, impl):
     rng = random.Random(100 + seed)
     segments = random_segments(rng, rng.randint(2, 5))
     x, weights = inputs(segments, h=12, w=12, seed=seed)
     flat = torch.cat([w.reshape(-1) for w in weights]).requires_grad_()
     x1 = x.clone().requires_grad_()
-    outs = mixed_depthwise(x1, flat, segments)
+    outs = mixed_depthwise(x1, flat, segments, impl)
     upstream = [torch.randn_like(o) for o in outs]
     sum((o * u).sum() for o, u in zip(outs, upstream)).backward()
     x2 = x.clone().requires_grad_()
@@ -57,19 +62,30 @@ def test_gradients_match_torch_autograd(seed):
     torch.testing.assert_close(flat.grad, torch.cat([w.grad.reshape(-1) for w in ws]), rtol=1e-4, atol=1e-4)
 
 
-def test_gradcheck_double():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradcheck_double(impl):
     segments = [SegmentSpec(2, 3, 1, 1), SegmentSpec(1, 5, 2, 2), SegmentSpec(2, 3, 3, 2)]
     x, weights = inputs(segments, n=1, h=7, w=6, dtype=torch.float64)
     flat = torch.cat([w.reshape(-1) for w in weights])
-    assert torch.autograd.gradcheck(lambda a, b: MixedDepthwiseFn.apply(a, b, tuple(segments)),
+    assert torch.autograd.gradcheck(lambda a, b: MixedDepthwiseFn.apply(a, b, tuple(segments), impl),
                                     (x.requires_grad_(), flat.requires_grad_()))
 
 
-def test_supernet_shape_float32():
+def test_unused_segment_outputs_get_zero_gradient():
+    segments = [SegmentSpec(2, 3), SegmentSpec(3, 5, 1, 2)]
+    x, weights = inputs(segments, n=1, h=8, w=8)
+    flat = torch.cat([w.reshape(-1) for w in weights]).requires_grad_()
+    outs = mixed_depthwise(x, flat, segments)
+    outs[1].sum().backward()  # segment 0 unused: its weights get exactly zero
+    assert torch.all(flat.grad[:2 * 9] == 0) and torch.any(flat.grad[2 * 9:] != 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_supernet_shape_float32(impl):
     """A real layer: 6 depthwise branches of a latency19 cell at N-64-64-28 (hidden 64*T), batch 4."""
     segments = [SegmentSpec(64 * t, k) for k in (3, 5, 7) for t in (1, 3)]
     x, weights = inputs(segments, n=4, h=28, w=28)
-    ours = mixed_depthwise(x, torch.cat([w.reshape(-1) for w in weights]), segments)
+    ours = mixed_depthwise(x, torch.cat([w.reshape(-1) for w in weights]), segments, impl)
     for got, want in zip(ours, reference_mixed_depthwise(x, weights, segments)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 

@@ -20,7 +20,7 @@ from hwnas.errors import HwnasError
 from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
 
 SOURCES = ("mixed_dw.h", "mixed_dw_cpu.cpp")
-FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fPIC", "-shared", "-march=native", "-ffp-contract=off")
+FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fPIC", "-shared", "-march=native")
 
 
 def cache_dir() -> Path:
@@ -36,7 +36,12 @@ def compiler() -> str:
 
 def build(force: bool = False) -> Path:
     texts = [(SOURCE_DIR / name).read_bytes() for name in SOURCES]
-    key = hashlib.sha256(b"\0".join([*texts, " ".join(FLAGS).encode()])).hexdigest()[:16]
+    # -march=native code is CPU-specific: the CPU model is part of the key (a shared home directory
+    # on another machine must not load it).
+    from hwnas.profiling.device import cpu_fingerprint
+
+    cpu = str(cpu_fingerprint()).encode()
+    key = hashlib.sha256(b"\0".join([*texts, " ".join(FLAGS).encode(), cpu])).hexdigest()[:16]
     lib = cache_dir() / f"mixed_dw_cpu-{key}.so"
     if lib.exists() and not force:
         return lib
@@ -56,7 +61,7 @@ def library() -> ctypes.CDLL:
     size = lib.mixed_dw_segment_table_size()
     if size != ctypes.sizeof(CSegmentTable):
         raise AssertionError(f"SegmentTable is {size} bytes in C, {ctypes.sizeof(CSegmentTable)} in Python")
-    for name in ("forward", "grad_input", "grad_weight"):
+    for name in ("forward", "grad_input", "grad_weight", "forward_fast", "grad_input_fast", "grad_weight_fast"):
         for suffix in ("f32", "f64"):
             fn = getattr(lib, f"mixed_dw_{name}_{suffix}")
             fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(CSegmentTable)]

@@ -60,12 +60,12 @@ def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor) -> 
         blocks = [branches[i] for i in fused]  # Sequential(expand, depthwise, project)
         expand_w = torch.cat([b[0][0].weight for b in blocks])
         h = F.conv2d(x, expand_w)
-        h = F.relu(batch_norm_concat(h, [b[0][1] for b in blocks], cell.training))
+        h = F.relu(batch_norm_concat(h, [b[0][1] for b in blocks], cell.training), inplace=True)
         segments = [SegmentSpec(b[1][0].out_channels, b[1][0].kernel_size[0], b[1][0].dilation[0],
                                 b[1][0].stride[0]) for b in blocks]
         dw_w = torch.cat([b[1][0].weight.reshape(-1) for b in blocks])
         for b, y in zip(blocks, mixed_depthwise(h.contiguous(), dw_w, segments)):
-            outs.append(b[2](F.relu(b[1][1](y))))
+            outs.append(b[2](F.relu(b[1][1](y), inplace=True)))
     outs.extend(branches[i](x) for i in active if i not in fused)
     total = x if cell.identity else None
     for y in outs:
