@@ -160,69 +160,59 @@ HWNAS_HD T* tap_row(T* plane, T* phases, const Segment& s, int H, int W, int iy,
   return phases + (hwnas_index)(shift & 1) * H * half + (hwnas_index)iy * half + floor_half(shift);
 }
 
-// y plane (h_out x w_out) of one (n, c) = sum over taps of w[ky,kx] * shifted x plane.
-// `phases` is scratch of 2 * H * ceil(W/2) values, used when stride is 2.
-template <typename T>
-HWNAS_HD void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, int H, int W, T* phases) {
-  if (s.stride == 2) split_phases(xp, phases, H, W);
-  for (int i = 0; i < s.h_out * s.w_out; ++i) yp[i] = T(0);
+// Calls f(tap, in_row, oy, lo, hi) for every (tap, output row oy) whose input row lies inside
+// the plane: in_row[ox] is the input value that tap reads for output column ox (through the
+// even/odd phases when the stride is 2), for ox in [lo, hi).
+template <typename T, typename F>
+HWNAS_HD void for_each_tap_row(const Segment& s, int H, int W, T* plane, T* phases, F f) {
   for (int ky = 0; ky < s.kernel; ++ky)
     for (int kx = 0; kx < s.kernel; ++kx) {
-      const T wv = wp[ky * s.kernel + kx];
       int lo, hi;
       valid_columns(s, W, kx, &lo, &hi);
       const int shift = kx * s.dilation - s.padding;
       for (int oy = 0; oy < s.h_out; ++oy) {
         const int iy = oy * s.stride - s.padding + ky * s.dilation;
-        if (iy < 0 || iy >= H) continue;
-        const T* xr = tap_row(const_cast<T*>(xp), phases, s, H, W, iy, shift);
-        T* yr = yp + (hwnas_index)oy * s.w_out;
-        for (int ox = lo; ox < hi; ++ox) yr[ox] += wv * xr[ox];
+        if (iy >= 0 && iy < H) f(ky * s.kernel + kx, tap_row(plane, phases, s, H, W, iy, shift), oy, lo, hi);
       }
     }
 }
 
-// dL/dx plane of one (n, c): each tap scatters w[ky,kx] * gy back to the inputs it read.
+// y plane (h_out x w_out) of one (n, c) = sum over taps of w[tap] * shifted x plane.
+// `phases` is scratch of 2 * H * ceil(W/2) values, used when the stride is 2.
+template <typename T>
+HWNAS_HD void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, int H, int W, T* phases) {
+  if (s.stride == 2) split_phases(xp, phases, H, W);
+  for (int i = 0; i < s.h_out * s.w_out; ++i) yp[i] = T(0);
+  for_each_tap_row(s, H, W, const_cast<T*>(xp), phases, [&](int tap, const T* xr, int oy, int lo, int hi) {
+    const T wv = wp[tap];
+    T* yr = yp + (hwnas_index)oy * s.w_out;
+    for (int ox = lo; ox < hi; ++ox) yr[ox] += wv * xr[ox];
+  });
+}
+
+// dL/dx plane of one (n, c): each tap scatters w[tap] * gy back to the inputs it read.
 template <typename T>
 HWNAS_HD void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment& s, int H, int W, T* phases) {
   T* target = s.stride == 2 ? phases : gxp;
   const int size = s.stride == 2 ? 2 * H * ((W + 1) / 2) : H * W;
   for (int i = 0; i < size; ++i) target[i] = T(0);
-  for (int ky = 0; ky < s.kernel; ++ky)
-    for (int kx = 0; kx < s.kernel; ++kx) {
-      const T wv = wp[ky * s.kernel + kx];
-      int lo, hi;
-      valid_columns(s, W, kx, &lo, &hi);
-      const int shift = kx * s.dilation - s.padding;
-      for (int oy = 0; oy < s.h_out; ++oy) {
-        const int iy = oy * s.stride - s.padding + ky * s.dilation;
-        if (iy < 0 || iy >= H) continue;
-        T* xr = tap_row(gxp, phases, s, H, W, iy, shift);
-        const T* gr = gp + (hwnas_index)oy * s.w_out;
-        for (int ox = lo; ox < hi; ++ox) xr[ox] += wv * gr[ox];
-      }
-    }
+  for_each_tap_row(s, H, W, gxp, phases, [&](int tap, T* xr, int oy, int lo, int hi) {
+    const T wv = wp[tap];
+    const T* gr = gp + (hwnas_index)oy * s.w_out;
+    for (int ox = lo; ox < hi; ++ox) xr[ox] += wv * gr[ox];
+  });
   if (s.stride == 2) merge_phases(phases, gxp, H, W);
 }
 
-// dL/dw[ky,kx] contribution of one (n, c) plane pair: a dot product per tap.
+// dL/dw[tap] contribution of one (n, c) plane pair: a dot product per tap.
 template <typename T>
 HWNAS_HD void dw_grad_weight_plane(const T* xp, const T* gp, T* gwp, const Segment& s, int H, int W, T* phases) {
   if (s.stride == 2) split_phases(xp, phases, H, W);
-  for (int ky = 0; ky < s.kernel; ++ky)
-    for (int kx = 0; kx < s.kernel; ++kx) {
-      int lo, hi;
-      valid_columns(s, W, kx, &lo, &hi);
-      const int shift = kx * s.dilation - s.padding;
-      T acc = T(0);
-      for (int oy = 0; oy < s.h_out; ++oy) {
-        const int iy = oy * s.stride - s.padding + ky * s.dilation;
-        if (iy < 0 || iy >= H) continue;
-        const T* xr = tap_row(const_cast<T*>(xp), phases, s, H, W, iy, shift);
-        const T* gr = gp + (hwnas_index)oy * s.w_out;
-        HWNAS_SIMD_SUM(acc)
-        for (int ox = lo; ox < hi; ++ox) acc += xr[ox] * gr[ox];
-      }
-      gwp[ky * s.kernel + kx] += acc;
-    }
+  for_each_tap_row(s, H, W, const_cast<T*>(xp), phases, [&](int tap, const T* xr, int oy, int lo, int hi) {
+    const T* gr = gp + (hwnas_index)oy * s.w_out;
+    T acc = T(0);
+    HWNAS_SIMD_SUM(acc)
+    for (int ox = lo; ox < hi; ++ox) acc += xr[ox] * gr[ox];
+    gwp[tap] += acc;
+  });
 }

@@ -110,7 +110,15 @@ def cmd_show(args: argparse.Namespace) -> int:
                                                             else "") + f"; threads {m['backend'].get('threads')}")
     print(f"entries: {len(tbl.entries)}{'' if m.get('complete') else ' (incomplete)'}; statistic "
           f"{m.get('statistic')}; created {m.get('created')}")
+    if "calibration" in m:
+        c = m["calibration"]
+        print(f"calibration: factor {c['factor']} (median measured/summed over {c['architectures']} random "
+              f"architectures timed whole; ratios {c['ratios']})")
     if tbl.has_latency:
+        flagged = sum(1 for e in tbl.entries.values() if e["latency"].get("flags"))
+        print(f"flagged entries: {flagged} (remeasured: coefficient of variation over "
+              f"{m['protocol']['cov_threshold']}; unstable: still over after re-measuring; drift: the machine "
+              f"changed speed during the group)")
         rows = [[k, e["latency"]["median"], e["latency"]["min"], e["latency"]["cov"],
                  ",".join(e["latency"].get("flags", []))] for k, e in tbl.entries.items()]
         print(table(rows, ["entry", "median ms", "min ms", "cov", "flags"]))

@@ -74,8 +74,9 @@ def metrics(predicted: list[float], measured: list[float]) -> dict[str, float]:
 
 
 def measure_architectures(archs: list[Architecture], table: Table, backend: Backend, protocol: Protocol,
-                          seed: int, progress: Any = None) -> list[Stats]:
-    """End-to-end latency of each architecture, in interleaved groups with the drift probe."""
+                          seed: int, progress: Any = None, drifts: list[float] | None = None) -> list[Stats]:
+    """End-to-end latency of each architecture, in interleaved groups with the drift probe
+    (each architecture's group probe ratio is appended to `drifts` when given)."""
     batch = int(table.meta["batch"])
     macro = archs[0].macro
     rng = random.Random(seed)
@@ -96,6 +97,8 @@ def measure_architectures(archs: list[Architecture], table: Table, backend: Back
                 for r in runners.values():
                     r.close()
             out.extend(result.stats[str(i)] for i in range(len(chunk)))
+            if drifts is not None:
+                drifts.extend([result.drift] * len(chunk))
             if progress is not None:
                 progress.update(len(chunk))
     finally:
@@ -137,7 +140,8 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     from tqdm import tqdm
 
     with tqdm(total=samples, unit="arch", desc="validate", disable=not progress) as bar:
-        stats = measure_architectures(archs, table, backend, protocol, seed, bar)
+        drifts: list[float] = []
+        stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts)
     measured = [s.value(table.statistic) for s in stats]
     report: dict[str, Any] = metrics(predictions, measured)
     report["uncalibrated"] = metrics([p["latency_ms_uncalibrated"] for p in priced], measured)
@@ -145,8 +149,8 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     report.update({
         "seed": seed, "batch": table.meta["batch"], "statistic": table.statistic, "rounds": protocol.rounds,
         "samples": [{"cells": [list(c.ops) for c in a.cells], "predicted_ms": p, "measured_ms": m,
-                     "measured_cov": round(s.cov, 5), "flags": list(s.flags)}
-                    for a, p, m, s in zip(archs, predictions, measured, stats)],
+                     "measured_cov": round(s.cov, 5), "probe_drift": round(d, 4), "flags": list(s.flags)}
+                    for a, p, m, s, d in zip(archs, predictions, measured, stats, drifts)],
     })
     return report
 
