@@ -66,9 +66,8 @@ def compile_cubin(arch: str) -> tuple[bytes, str]:
     header = (SOURCE_DIR / "mixed_dw.h").read_bytes()
     prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), b"mixed_dw.cu", 1, [header], [b"mixed_dw.h"]),
                   "nvrtcCreateProgram")
-    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"--use_fast_math=false", b"-default-device",
+    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-default-device",
             *[f"-I{d}".encode() for d in _nvrtc_include_dirs()]]
-    opts = [o for o in opts if o != b"--use_fast_math=false"]
     result = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
     log = b" " * size
