@@ -49,6 +49,9 @@ class Protocol:
     min_sample_ms: float = 5.0
     rounds: int = 15
     network_rounds: int = 5  # whole networks (validate, bench) run ~100x longer than one entry
+    # Whole networks are compared with each other (rank correlation): a slowdown that entries
+    # tolerate (8%) scrambles them, so their groups are re-measured from 3% drift on.
+    network_drift_tolerance: float = 0.03
     statistic: str = "median"
     cov_threshold: float = 0.05
     max_remeasure: int = 2

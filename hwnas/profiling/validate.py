@@ -117,7 +117,9 @@ def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> 
     n = protocol.calibration_architectures
     archs = [sample_architecture(space, macro, float(table.meta["scale"]), rng, name=f"calib{i}") for i in range(n)]
     summed = [predict(table, a)["latency_ms_uncalibrated"] for a in archs]
-    stats = measure_architectures(archs, table, backend, replace(protocol, rounds=protocol.network_rounds),
+    stats = measure_architectures(archs, table, backend,
+                                  replace(protocol, rounds=protocol.network_rounds,
+                                          drift_tolerance=protocol.network_drift_tolerance),
                                   CALIBRATION_SEED + seed)
     ratios = [s.value(table.statistic) / p for s, p in zip(stats, summed)]
     return {"factor": round(statistics.median(ratios), 5), "architectures": n, "seed": CALIBRATION_SEED + seed,
@@ -136,7 +138,8 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     priced = [predict(table, a) for a in archs]
     predictions = [p["latency_ms"] for p in priced]
     protocol = Protocol.from_dict(table.meta["protocol"])
-    protocol = replace(protocol, rounds=rounds or protocol.network_rounds)
+    protocol = replace(protocol, rounds=rounds or protocol.network_rounds,
+                       drift_tolerance=protocol.network_drift_tolerance)
     from tqdm import tqdm
 
     with tqdm(total=samples, unit="arch", desc="validate", disable=not progress) as bar:
