@@ -143,6 +143,7 @@ def test_validate_on_a_tiny_space(tmp_path):
     report = validate(Table.load(path), samples=3, seed=1, progress=False)
     assert report["n"] == 3 and 0 <= report["within_10pct"] <= 1 and -1 <= report["spearman"] <= 1
     assert report["uncalibrated"]["n"] == 3 and report["calibration_factor"] == calibration["factor"]
+    assert report["machine_vs_table"] > 0 and all(s["probe_drift"] > 0 for s in report["samples"])
     assert all(s["measured_ms"] > 0 for s in report["samples"])
     # a table measured elsewhere cannot be validated here
     table.meta["device"] = dict(table.meta["device"], name="NVIDIA GeForce GTX TITAN Xp")

@@ -18,7 +18,7 @@ from hwnas.model.network import build_network
 from hwnas.profiling.backends import Backend, get_backend
 from hwnas.profiling.entries import probe_entry
 from hwnas.profiling.predict import predict
-from hwnas.profiling.protocol import Protocol, Stats, measure_group
+from hwnas.profiling.protocol import Protocol, Stats, measure_group, probe_baseline
 from hwnas.profiling.table import Table
 from hwnas.spaces.arch import Architecture
 from hwnas.spaces.sampling import sample_architecture
@@ -75,14 +75,21 @@ def metrics(predicted: list[float], measured: list[float]) -> dict[str, float]:
 
 def measure_architectures(archs: list[Architecture], table: Table, backend: Backend, protocol: Protocol,
                           seed: int, progress: Any = None, drifts: list[float] | None = None) -> list[Stats]:
-    """End-to-end latency of each architecture, in interleaved groups with the drift probe
-    (each architecture's group probe ratio is appended to `drifts` when given)."""
+    """End-to-end latency of each architecture, in interleaved groups with the drift probe.
+
+    When `drifts` is given it receives first this run's probe baseline over the table's, then
+    each architecture's group probe ratio."""
     batch = int(table.meta["batch"])
     macro = archs[0].macro
     rng = random.Random(seed)
     probe_spec = probe_entry(macro, batch)
     probe = backend.load(probe_spec.build(), probe_spec.input_shapes)
-    baseline = Stats.from_dict(table.meta["probe_baseline"]).median
+    # The drift reference is this run's own probe baseline: networks compared with each other
+    # must share one machine state. How that state compares with the table's build is reported
+    # separately (`machine_vs_table`), not re-measured away.
+    baseline = probe_baseline(probe, protocol, rng).median
+    if drifts is not None:
+        drifts.append(baseline / Stats.from_dict(table.meta["probe_baseline"]).median)
     out: list[Stats] = []
     try:
         for start in range(0, len(archs), GROUP):
@@ -145,10 +152,12 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     with tqdm(total=samples, unit="arch", desc="validate", disable=not progress) as bar:
         drifts: list[float] = []
         stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts)
+    machine_vs_table, drifts = drifts[0], drifts[1:]
     measured = [s.value(table.statistic) for s in stats]
     report: dict[str, Any] = metrics(predictions, measured)
     report["uncalibrated"] = metrics([p["latency_ms_uncalibrated"] for p in priced], measured)
     report["calibration_factor"] = table.calibration_factor
+    report["machine_vs_table"] = round(machine_vs_table, 4)  # probe now / probe when the table was built
     report.update({
         "seed": seed, "batch": table.meta["batch"], "statistic": table.statistic, "rounds": protocol.rounds,
         "samples": [{"cells": [list(c.ops) for c in a.cells], "predicted_ms": p, "measured_ms": m,
