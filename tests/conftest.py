@@ -15,6 +15,20 @@ def nse_doc() -> dict:
     return json.loads((REPO / "hwnas" / "data" / "nse.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def latency19_macs(tmp_path_factory):
+    """A MACs/params table (backend none) of latency19 on the latency macro; tests must not mutate it."""
+    from hwnas.profiling.backends import get_backend
+    from hwnas.profiling.build import build_table
+    from hwnas.profiling.table import Table
+    from hwnas.spaces import builtin
+
+    path = tmp_path_factory.mktemp("tables") / "latency19_macs.json"
+    build_table(builtin().spaces["latency19"], builtin().macros["latency"], 1.0, get_backend("none"), 16, path,
+                progress=False)
+    return Table.load(path)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -10,10 +10,7 @@ import pytest
 import torch
 
 from hwnas.cli.main import main
-from hwnas.profiling.backends import get_backend
-from hwnas.profiling.build import build_table
 from hwnas.profiling.table import Table
-from hwnas.spaces import builtin
 from hwnas.supernet import FitnessIndicators, ResourceRegularizer
 from hwnas.supernet.search import dry_run
 
@@ -22,18 +19,10 @@ from conftest import REPO
 SHIPPED = REPO / "latency_tables" / "latency19_ort-cpu_b16.json"
 
 
-@pytest.fixture(scope="module")
-def macs_table(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t") / "macs.json"
-    build_table(builtin().spaces["latency19"], builtin().macros["latency"], 1.0, get_backend("none"), 16, path,
-                progress=False)
-    return Table.load(path)
-
-
 @pytest.mark.parametrize("fraction", [0.5, 0.8, 1.2])
-def test_dry_run_reaches_macs_target(macs_table, fraction):
-    start = dry_run(macs_table, "macs", 1.0, steps=1)["initial_expected"]
-    result = dry_run(macs_table, "macs", fraction * start, steps=400, beta=2.0)
+def test_dry_run_reaches_macs_target(latency19_macs, fraction):
+    start = dry_run(latency19_macs, "macs", 1.0, steps=1)["initial_expected"]
+    result = dry_run(latency19_macs, "macs", fraction * start, steps=400, beta=2.0)
     assert abs(result["relative_error"]) <= 0.02
     assert result["final_expected"] == pytest.approx(result["trajectory"][-1]["expected"])
 
@@ -47,12 +36,12 @@ def test_dry_run_reaches_latency_target(fraction):
     assert abs(result["relative_error"]) <= 0.02
 
 
-def test_expected_outer_gradient(macs_table):
+def test_expected_outer_gradient(latency19_macs):
     from hwnas.supernet.costs import cost_model
     from hwnas.supernet.search import supernet_layers
 
-    layers = supernet_layers(macs_table, 4, 0)
-    model = cost_model(macs_table, layers, "macs")
+    layers = supernet_layers(latency19_macs, 4, 0)
+    model = cost_model(latency19_macs, layers, "macs")
     fitness = FitnessIndicators([4] * len(layers), [p.cell_type != "N" for p, _ in layers])
     reg = ResourceRegularizer(model, 1000.0, "nse", 1e-5, 2.0, outer="expected")
     pairs = fitness.sample_pairs(torch.Generator().manual_seed(0))
@@ -69,9 +58,9 @@ def test_expected_outer_gradient(macs_table):
         reg(pairs)
 
 
-def test_search_cli_json(macs_table, tmp_path, capsys):
+def test_search_cli_json(latency19_macs, tmp_path, capsys):
     path = tmp_path / "t.json"
-    macs_table.save(path)
+    latency19_macs.save(path)
     code = main(["search", "--dry-run", "--space", "latency19", "--macro", "latency", "--table", str(path),
                  "--metric", "macs", "--target", "5000", "--steps", "50", "--json"])
     out = json.loads(capsys.readouterr().out)

@@ -46,14 +46,6 @@ def test_macs_table_prices_the_published_networks(tmp_path, space, macro, scale,
     assert "latency_ms" not in result
 
 
-@pytest.fixture(scope="module")
-def latency19_macs(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t") / "l19.json"
-    build_table(builtin().spaces["latency19"], builtin().macros["latency"], 1.0, get_backend("none"), 16, path,
-                progress=False)
-    return Table.load(path)
-
-
 def test_predict_refuses_what_the_table_cannot_price(latency19_macs):
     with pytest.raises(HwnasError, match="uses space flops27"):
         predict(latency19_macs, builtin().networks["nsenet27"])

@@ -38,9 +38,8 @@ def arch_report(arch: Architecture) -> dict[str, Any]:
         cells.append({
             "index": pc.slot.index, "stage": pc.slot.stage + 1, "type": pos.cell_type,
             "position": pos.key, "macs": cc.macs, "params": cc.params,
-            "ops": [{"index": i, "name": arch.space.ops[i].name,
-                     "macs": op_cost(arch.space.ops[i], pos).macs,
-                     "params": op_cost(arch.space.ops[i], pos).params} for i in pc.ops],
+            "ops": [{"index": i, "name": arch.space.ops[i].name, "macs": c.macs, "params": c.params}
+                    for i, c in ((i, op_cost(arch.space.ops[i], pos)) for i in pc.ops)],
         })
     total = cost.total
     return {

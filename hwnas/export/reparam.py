@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwnas.model.blocks import is_fusable_depthwise
 from hwnas.model.network import Network
 
 MERGES = ("auto", "padded", "grouped")
@@ -45,11 +46,6 @@ def fold_block(block: Any) -> tuple[nn.Conv2d, bool]:
     conv: nn.Conv2d = block[0]
     bn = next((m for m in block if isinstance(m, nn.BatchNorm2d)), None)
     return fold_bn(conv, bn), any(isinstance(m, nn.ReLU) for m in block)
-
-
-def _fusable(branch: nn.Module) -> bool:
-    op = getattr(branch, "op", None)
-    return op is not None and op.kind == "dw" and op.groups == (1, 1)
 
 
 def _effective(conv: nn.Conv2d) -> int:
@@ -125,11 +121,11 @@ class ReparamCell(nn.Module):
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
         terms = len(cell.branches) + int(cell.identity)
         self.identity_scale = 1.0 / terms if cell.identity else 0.0
-        fused = [b for b in cell.branches if _fusable(b)]
+        fused = [b for b in cell.branches if is_fusable_depthwise(b)]
         self.merged = nn.ModuleList(MergedDepthwiseBranches(g, terms) for g in depthwise_groups(fused, merge))
         others = []
         for b in cell.branches:
-            if _fusable(b):
+            if is_fusable_depthwise(b):
                 continue
             layers: list[nn.Module] = []
             blocks = list(b)

@@ -43,6 +43,13 @@ class Operation(nn.Sequential):
         self.op, self.position = op, position
 
 
+def is_fusable_depthwise(branch: nn.Module) -> bool:
+    """A depthwise branch with ungrouped 1x1s: its expand/depthwise/project can be merged with
+    other such branches of its cell (fused supernet layer, inference re-parameterisation)."""
+    op = getattr(branch, "op", None)
+    return isinstance(op, OpSpec) and op.kind == "dw" and op.groups == (1, 1)
+
+
 class MultiBranchCell(nn.Module):
     """Mean of the branches' outputs; a normal cell counts its input (identity) as one more term.
 

@@ -109,8 +109,9 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
                   file=sys.stderr)
         table.meta["calibration"] = calibrate(table, backend, protocol, seed)
         table.meta["updated"] = _now()
-        table.meta["complete"] = False  # forces the save below
-    if not table.meta.get("complete"):
+        table.meta["complete"] = True
+        table.save(out)
+    elif not table.meta.get("complete"):  # nothing left to measure or calibrate
         table.meta["complete"] = True
         table.save(out)
     return table

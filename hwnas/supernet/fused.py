@@ -19,12 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from hwnas.kernels import SegmentSpec, mixed_depthwise
+from hwnas.model.blocks import is_fusable_depthwise
 from hwnas.supernet.cell import SupernetCell
-
-
-def _fusable(branch: nn.Module) -> bool:
-    op = getattr(branch, "op", None)
-    return op is not None and op.kind == "dw" and op.groups == (1, 1)
 
 
 def batch_norm_concat(h: torch.Tensor, bns: list[nn.BatchNorm2d], training: bool) -> torch.Tensor:
@@ -54,7 +50,7 @@ def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor) -> 
     if not active:
         return x
     branches: Any = cell.branches
-    fused = [i for i in active if _fusable(branches[i])]
+    fused = [i for i in active if is_fusable_depthwise(branches[i])]
     outs: list[torch.Tensor] = []
     if fused:
         blocks = [branches[i] for i in fused]  # Sequential(expand, depthwise, project)
