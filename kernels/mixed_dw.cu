@@ -6,11 +6,12 @@
 // -Xptxas -v for sm_80 and sm_90 (zero spills required). Kernel names are extern "C" so the
 // driver API finds them: mixed_dw_{forward,grad_input,grad_weight}_{f32,f16,bf16}.
 //
-// Bytes moved (fp32, per layer, hidden tensor of E elements, output O elements): the kernel
-// reads the hidden tensor once and writes the outputs once (4E + 4O bytes), for all
-// branches in one launch; the unfused layer runs one depthwise conv per branch, each reading
-// its slice of the hidden tensor: the same bytes, in K launches. Arithmetic intensity stays
-// ~k^2/4 FLOP per byte: the win is launches and the passes fused around it (see README).
+// Every kernel takes the optional BN1+ReLU prologue (scale, shift per concatenated channel;
+// null = plain convolution): the pre-BN hidden tensor h is read and relu(h*scale + shift)
+// used, so the activated tensor is never written. grad_input then masks its result by the
+// ReLU and accumulates the batch norm's per-channel sums (g, g*(h-mean)) in its epilogue, and
+// bn_backward finishes dL/dh in place. Passes over the hidden tensor per layer (README):
+// 3 forward + 8 backward fused, against 7 + 12 unfused; the activated tensor is not kept.
 #include "mixed_dw.h"
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -31,7 +32,7 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 // One thread per output element, grid-stride over all segments' outputs.
 template <typename T, typename Load>
 __device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                               const SegmentTable& t, hwnas_index total) {
+                               BnRelu<float> bn, const SegmentTable& t, hwnas_index total) {
   for (hwnas_index i = blockIdx.x * (hwnas_index)blockDim.x + threadIdx.x; i < total;
        i += (hwnas_index)gridDim.x * blockDim.x) {
     const Segment& s = t.seg[segment_of_output(t, i)];
@@ -40,24 +41,68 @@ __device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
     const int oy = (int)(r % s.h_out); r /= s.h_out;
     const int c = (int)(r % s.channels);
     const int n = (int)(r / s.channels);
-    store(y + i, dw_forward_at<T, float>(x, w, t, s, n, c, oy, ox, Load()));
+    store(y + i, dw_forward_at<T, float>(x, w, t, s, n, c, oy, ox, bn, Load()));
   }
 }
 
-// One thread per input element of the concatenated tensor.
+// One thread per input element of the concatenated tensor. With the prologue, the result is
+// masked by the ReLU and the per-channel sums of g and g*(h-mean) gathered: first in shared memory
+// per (n, c) plane the block touches (at most one slot per thread), then one global atomic
+// per plane. The loop runs over block-aligned bases so every thread reaches __syncthreads.
 template <typename T, typename Load>
 __device__ void grad_input_kernel(const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx,
+                                  const T* __restrict__ h, BnRelu<float> bn, float* __restrict__ sums,
                                   const SegmentTable& t) {
+  __shared__ float plane_sums[2 * 256];
+  const hwnas_index total = (hwnas_index)t.N * t.C * t.H * t.W;
+  const int plane = t.H * t.W;
+  for (hwnas_index base = blockIdx.x * (hwnas_index)blockDim.x; base < total;
+       base += (hwnas_index)gridDim.x * blockDim.x) {
+    const hwnas_index i = base + threadIdx.x;
+    const hwnas_index first_plane = base / plane;
+    if (bn.scale) {
+      plane_sums[2 * threadIdx.x] = plane_sums[2 * threadIdx.x + 1] = 0.f;
+      __syncthreads();
+    }
+    if (i < total) {
+      hwnas_index r = i;
+      const int ix = (int)(r % t.W); r /= t.W;
+      const int iy = (int)(r % t.H); r /= t.H;
+      const int cg = (int)(r % t.C);
+      const int n = (int)(r / t.C);
+      const Segment& s = t.seg[segment_of_channel(t, cg)];
+      float g = dw_grad_input_at<T, float>(gy, w, s, n, cg - s.c_begin, iy, ix, Load());
+      if (bn.scale) {
+        const float hv = Load()(h[i]);
+        g = relu_mask(g, hv, bn.scale[cg], bn.shift[cg]);
+        const int slot = (int)(i / plane - first_plane);
+        atomicAdd(&plane_sums[2 * slot], g);
+        atomicAdd(&plane_sums[2 * slot + 1], g * (hv - bn.mean[cg]));
+      }
+      store(gx + i, g);
+    }
+    if (bn.scale) {
+      __syncthreads();
+      const hwnas_index p = first_plane + threadIdx.x;
+      if (p * plane < total && p * plane < base + blockDim.x) {
+        const int c = (int)(p % t.C);
+        atomicAdd(&sums[2 * c], plane_sums[2 * threadIdx.x]);
+        atomicAdd(&sums[2 * c + 1], plane_sums[2 * threadIdx.x + 1]);
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// The prologue's backward, part 2, in place: g <- dL/dh (bn_backward_at in mixed_dw.h).
+template <typename T, typename Load>
+__device__ void bn_backward_kernel(T* __restrict__ g, const T* __restrict__ h, const float* __restrict__ coef,
+                                   const SegmentTable& t) {
   const hwnas_index total = (hwnas_index)t.N * t.C * t.H * t.W;
   for (hwnas_index i = blockIdx.x * (hwnas_index)blockDim.x + threadIdx.x; i < total;
        i += (hwnas_index)gridDim.x * blockDim.x) {
-    hwnas_index r = i;
-    const int ix = (int)(r % t.W); r /= t.W;
-    const int iy = (int)(r % t.H); r /= t.H;
-    const int cg = (int)(r % t.C);
-    const int n = (int)(r / t.C);
-    const Segment& s = t.seg[segment_of_channel(t, cg)];
-    store(gx + i, dw_grad_input_at<T, float>(gy, w, s, n, cg - s.c_begin, iy, ix, Load()));
+    const int c = (int)(i / ((hwnas_index)t.H * t.W) % t.C);
+    store(g + i, bn_backward_at(Load()(g[i]), Load()(h[i]), coef, c));
   }
 }
 
@@ -65,7 +110,7 @@ __device__ void grad_input_kernel(const T* __restrict__ gy, const T* __restrict_
 // blockIdx.x enumerates all taps of all segments in weight order (weight_offset + tap).
 template <typename T, typename Load>
 __device__ void grad_weight_kernel(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ gw,
-                                   const SegmentTable& t) {
+                                   BnRelu<float> bn, const SegmentTable& t) {
   const hwnas_index tap = blockIdx.x;
   int si = 0;
   while (si + 1 < t.count && tap >= t.seg[si + 1].weight_offset) ++si;
@@ -75,7 +120,7 @@ __device__ void grad_weight_kernel(const T* __restrict__ x, const T* __restrict_
   const int c = local / kk, ky = local % kk / s.kernel, kx = local % s.kernel;
   float acc = 0.f;
   for (int row = threadIdx.x; row < t.N * s.h_out; row += blockDim.x)
-    acc += dw_grad_weight_row<T, float>(x, gy, t, s, row / s.h_out, c, ky, kx, row % s.h_out, Load());
+    acc += dw_grad_weight_row<T, float>(x, gy, t, s, row / s.h_out, c, ky, kx, row % s.h_out, bn, Load());
   for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, offset);
   __shared__ float warp_sums[32];
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = acc;
@@ -87,18 +132,24 @@ __device__ void grad_weight_kernel(const T* __restrict__ x, const T* __restrict_
   }
 }
 
-#define HWNAS_INSTANTIATE(SUFFIX, T, LOAD)                                                                    \
+#define HWNAS_INSTANTIATE(SUFFIX, T, LOAD)                                                                     \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_forward_##SUFFIX(                              \
-      const T* x, const T* w, T* y, const SegmentTable t, hwnas_index total) {                               \
-    forward_kernel<T, LOAD>(x, w, y, t, total);                                                              \
-  }                                                                                                          \
+      const T* x, const T* w, T* y, const float* scale, const float* shift, const SegmentTable t,              \
+      hwnas_index total) {                                                                                     \
+    forward_kernel<T, LOAD>(x, w, y, BnRelu<float>{scale, shift, nullptr}, t, total);                          \
+  }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_grad_input_##SUFFIX(                           \
-      const T* gy, const T* w, T* gx, const SegmentTable t) {                                                \
-    grad_input_kernel<T, LOAD>(gy, w, gx, t);                                                                \
-  }                                                                                                          \
+      const T* gy, const T* w, T* gx, const T* h, const float* scale, const float* shift, const float* mean,   \
+      float* sums, const SegmentTable t) {                                                                     \
+    grad_input_kernel<T, LOAD>(gy, w, gx, h, BnRelu<float>{scale, shift, mean}, sums, t);                      \
+  }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_grad_weight_##SUFFIX(                          \
-      const T* x, const T* gy, T* gw, const SegmentTable t) {                                                \
-    grad_weight_kernel<T, LOAD>(x, gy, gw, t);                                                               \
+      const T* x, const T* gy, T* gw, const float* scale, const float* shift, const SegmentTable t) {          \
+    grad_weight_kernel<T, LOAD>(x, gy, gw, BnRelu<float>{scale, shift, nullptr}, t);                           \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_bn_backward_##SUFFIX(                          \
+      T* g, const T* h, const float* coef, const SegmentTable t) {                                             \
+    bn_backward_kernel<T, LOAD>(g, h, coef, t);                                                                \
   }
 
 HWNAS_INSTANTIATE(f32, float, LoadF32)

@@ -19,9 +19,12 @@
 
 // Lets the compiler vectorise a sum by reassociating it (CPU only; CUDA ignores it).
 #if defined(_OPENMP) && !defined(__CUDACC__)
-#define HWNAS_SIMD_SUM(acc) _Pragma("omp simd reduction(+ : acc)")
+#define HWNAS_PRAGMA(text) _Pragma(#text)
+#define HWNAS_SIMD_SUM(acc) HWNAS_PRAGMA(omp simd reduction(+ : acc))
+#define HWNAS_SIMD_SUM2(a, b) HWNAS_PRAGMA(omp simd reduction(+ : a, b))
 #else
 #define HWNAS_SIMD_SUM(acc)
+#define HWNAS_SIMD_SUM2(a, b)
 #endif
 
 typedef long long hwnas_index;
@@ -45,6 +48,25 @@ struct SegmentTable {
   Segment seg[HWNAS_MAX_SEGMENTS];
 };
 
+// The first batch norm and ReLU of the branches, applied on load: the kernels read the
+// pre-BN hidden tensor h and use a = relu(h * scale[c] + shift[c]) (c: concatenated channel),
+// so the activated tensor is never written to memory nor kept for the backward pass.
+// scale == nullptr: the input is used as it is (the plain mixed depthwise convolution).
+// mean (grad_input only): the batch norm's mean, so the epilogue sums g * (h - mean), centred:
+// uncentred sums of g * h cancel badly in fp32 when |mean| >> std.
+template <typename Acc>
+struct BnRelu {
+  const Acc* scale;
+  const Acc* shift;
+  const Acc* mean;
+};
+
+template <typename Acc>
+HWNAS_HD Acc bn_relu_at(Acc v, Acc scale, Acc shift) {
+  const Acc a = v * scale + shift;
+  return a > Acc(0) ? a : Acc(0);
+}
+
 // Index of the segment whose output block holds flat output index i.
 HWNAS_HD int segment_of_output(const SegmentTable& t, hwnas_index i) {
   int s = 0;
@@ -62,10 +84,12 @@ HWNAS_HD int segment_of_channel(const SegmentTable& t, int c) {
 // y[n, c, oy, ox] of segment s (c local to the segment).
 template <typename T, typename Acc, typename Load>
 HWNAS_HD Acc dw_forward_at(const T* x, const T* w, const SegmentTable& t, const Segment& s, int n, int c, int oy,
-                           int ox, Load load) {
+                           int ox, BnRelu<Acc> bn, Load load) {
   const T* xp = x + ((hwnas_index)n * t.C + s.c_begin + c) * t.H * t.W;
   const T* wp = w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel;
   const int iy0 = oy * s.stride - s.padding, ix0 = ox * s.stride - s.padding;
+  const bool fused = bn.scale != nullptr;
+  const Acc scale = fused ? bn.scale[s.c_begin + c] : Acc(1), shift = fused ? bn.shift[s.c_begin + c] : Acc(0);
   Acc acc = Acc(0);
   for (int ky = 0; ky < s.kernel; ++ky) {
     const int iy = iy0 + ky * s.dilation;
@@ -73,7 +97,8 @@ HWNAS_HD Acc dw_forward_at(const T* x, const T* w, const SegmentTable& t, const 
     for (int kx = 0; kx < s.kernel; ++kx) {
       const int ix = ix0 + kx * s.dilation;
       if (ix < 0 || ix >= t.W) continue;
-      acc += load(xp[iy * t.W + ix]) * load(wp[ky * s.kernel + kx]);
+      const Acc v = load(xp[iy * t.W + ix]);
+      acc += (fused ? bn_relu_at(v, scale, shift) : v) * load(wp[ky * s.kernel + kx]);
     }
   }
   return acc;
@@ -104,115 +129,185 @@ HWNAS_HD Acc dw_grad_input_at(const T* gy, const T* w, const Segment& s, int n, 
 // One term-row of dL/dw[c, ky, kx]: the sum over ox of x * gy for a fixed (n, oy).
 template <typename T, typename Acc, typename Load>
 HWNAS_HD Acc dw_grad_weight_row(const T* x, const T* gy, const SegmentTable& t, const Segment& s, int n, int c,
-                                int ky, int kx, int oy, Load load) {
+                                int ky, int kx, int oy, BnRelu<Acc> bn, Load load) {
   const int iy = oy * s.stride - s.padding + ky * s.dilation;
   if (iy < 0 || iy >= t.H) return Acc(0);
   const T* xr = x + (((hwnas_index)n * t.C + s.c_begin + c) * t.H + iy) * t.W;
   const T* gr = gy + s.out_offset + (((hwnas_index)n * s.channels + c) * s.h_out + oy) * s.w_out;
+  const bool fused = bn.scale != nullptr;
+  const Acc scale = fused ? bn.scale[s.c_begin + c] : Acc(1), shift = fused ? bn.shift[s.c_begin + c] : Acc(0);
   Acc acc = Acc(0);
   for (int ox = 0; ox < s.w_out; ++ox) {
     const int ix = ox * s.stride - s.padding + kx * s.dilation;
-    if (ix >= 0 && ix < t.W) acc += load(xr[ix]) * load(gr[ox]);
+    if (ix < 0 || ix >= t.W) continue;
+    const Acc v = load(xr[ix]);
+    acc += (fused ? bn_relu_at(v, scale, shift) : v) * load(gr[ox]);
   }
   return acc;
 }
 
+// The backward of the prologue, part 1, at one element of channel c: the gradient reaching
+// a = relu(bn(h)) is masked by the ReLU; the per-channel sums of the masked gradient g and of
+// g * (h - mean) are what the batch norm's backward needs (accumulated by the caller).
+template <typename Acc>
+HWNAS_HD Acc relu_mask(Acc grad_a, Acc h, Acc scale, Acc shift) {
+  return h * scale + shift > Acc(0) ? grad_a : Acc(0);
+}
+
+// The backward of the prologue, part 2, once the sums are known: dL/dh = a*g + b*h + d with
+// per-channel coefficients (coef[3c..3c+2]) computed from the sums in Python: in training
+// a = scale, b = -scale * invstd * sum(g*xhat) / M, d = -scale * sum(g) / M - b * mean (M = N*H*W),
+// xhat = (h - mean) * invstd; in eval b = d = 0.
+template <typename Acc>
+HWNAS_HD Acc bn_backward_at(Acc g, Acc h, const Acc* coef, int c) {
+  return coef[3 * c] * g + coef[3 * c + 1] * h + coef[3 * c + 2];
+}
+
 // ---- Plane-at-a-time forms (the CPU twin's fast path) -------------------------------------
-// The same sums as above, reordered tap by tap so the innermost loop runs over contiguous
-// output columns without bounds checks (vectorisable). The CUDA kernels use the per-element
-// forms; the CPU library exports both, and the tests check both against PyTorch.
+// The same sums as above, reordered tap by tap so the innermost loop is long, contiguous and
+// free of bounds checks (vectorisable). The CUDA kernels use the per-element forms; the CPU
+// library exports both, and the tests check both against PyTorch. Each (n, c) plane is first
+// copied into per-thread scratch (cache-resident), with the BN1+ReLU prologue applied there.
 
-// Output columns [lo, hi) whose input column ox*stride - pad + kx*dil lies in [0, W).
-HWNAS_HD void valid_columns(const Segment& s, int W, int kx, int* lo, int* hi) {
-  const int shift = kx * s.dilation - s.padding;  // ix = ox * stride + shift
-  int a = shift < 0 ? (-shift + s.stride - 1) / s.stride : 0;
-  int b = (W - 1 - shift) >= 0 ? (W - 1 - shift) / s.stride + 1 : 0;
-  if (b > s.w_out) b = s.w_out;
-  *lo = a;
-  *hi = b > a ? b : a;
-}
-
-// Stride 2 reads input columns 2*ox + shift: with the plane split into its even and odd
-// columns (`phases`: even | odd, each H rows of `half` = ceil(W/2) columns), every inner
-// loop becomes contiguous again. Column 2*ox + shift of phase p = shift & 1 is
-// phases[p][ox + floor(shift / 2)].
-HWNAS_HD int floor_half(int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); }
+// The prologue on the plane forms: one channel's scale/shift, or the identity.
+template <typename T>
+struct PlaneLoad {
+  bool on;
+  T scale, shift;
+  HWNAS_HD T operator()(T v) const { return on ? bn_relu_at(v, scale, shift) : v; }
+};
 
 template <typename T>
-HWNAS_HD void split_phases(const T* xp, T* phases, int H, int W) {
-  const int half = (W + 1) / 2;
-  for (int iy = 0; iy < H; ++iy)
-    for (int ix = 0; ix < W; ++ix) phases[(ix & 1) * H * half + iy * half + (ix >> 1)] = xp[iy * W + ix];
+HWNAS_HD PlaneLoad<T> plane_load(BnRelu<T> bn, int c) {
+  return bn.scale ? PlaneLoad<T>{true, bn.scale[c], bn.shift[c]} : PlaneLoad<T>{false, T(1), T(0)};
+}
+
+// Polyphase "wide" layout. The input plane, zero-padded by p on every side, is split into
+// stride^2 phases by (row % stride, column % stride); each phase is an Hq x Wq plane. The
+// output is computed as h_out rows of pitch Wq (columns from w_out on are discarded). Tap
+// (ky, kx) then reads one phase at a constant offset from the output index, so each tap is ONE
+// contiguous loop over L = (h_out - 1) * Wq + w_out values: no bounds checks, no short rows.
+// (Stride 1 has one phase: the padded plane itself.)
+struct Wide {
+  int p, stride, Hq, Wq, L;
+};
+
+HWNAS_HD Wide wide_of(const Segment& s, int H, int W) {
+  const int Hq = (H + 2 * s.padding + s.stride - 1) / s.stride, Wq = (W + 2 * s.padding + s.stride - 1) / s.stride;
+  return Wide{s.padding, s.stride, Hq, Wq, (s.h_out - 1) * Wq + s.w_out};
+}
+
+HWNAS_HD int phase_values(const Wide& g) { return g.stride * g.stride * g.Hq * g.Wq; }
+
+// Where padded input position (Y, X) lives in the phases.
+HWNAS_HD int phase_index(const Wide& g, int Y, int X) {
+  return ((Y % g.stride) * g.stride + X % g.stride) * g.Hq * g.Wq + (Y / g.stride) * g.Wq + X / g.stride;
+}
+
+// The start of tap (ky, kx)'s reads: out_wide[i] uses phases[tap_offset + i].
+HWNAS_HD int tap_offset(const Segment& s, const Wide& g, int ky, int kx) {
+  return phase_index(g, ky * s.dilation, kx * s.dilation);
+}
+
+// Calls f(phase_row, x_row, ix0) for every (input row, column phase): the columns ix0,
+// ix0 + stride, ... < W of input row iy go to consecutive values from phase_row on.
+template <typename F>
+HWNAS_HD void for_each_phase_row(const Wide& g, int H, int W, F f) {
+  for (int iy = 0; iy < H; ++iy) {
+    const int Y = iy + g.p;
+    for (int px = 0; px < g.stride; ++px) {
+      const int ix0 = ((px - g.p) % g.stride + g.stride) % g.stride;  // first ix with (ix + p) % stride == px
+      f(phase_index(g, Y, ix0 + g.p), iy * W, ix0);
+    }
+  }
+}
+
+template <typename T, typename Ld>
+HWNAS_HD void to_phases(const T* xp, T* phases, const Wide& g, int H, int W, Ld load) {
+  for (int i = 0; i < phase_values(g); ++i) phases[i] = T(0);
+  for_each_phase_row(g, H, W, [&](int dst, int src, int ix0) {
+    T* out = phases + dst;
+    for (int ix = ix0; ix < W; ix += g.stride) *out++ = load(xp[src + ix]);
+  });
 }
 
 template <typename T>
-HWNAS_HD void merge_phases(const T* phases, T* xp, int H, int W) {
-  const int half = (W + 1) / 2;
-  for (int iy = 0; iy < H; ++iy)
-    for (int ix = 0; ix < W; ++ix) xp[iy * W + ix] = phases[(ix & 1) * H * half + iy * half + (ix >> 1)];
+HWNAS_HD void from_phases(const T* phases, T* xp, const Wide& g, int H, int W) {
+  for_each_phase_row(g, H, W, [&](int dst, int src, int ix0) {
+    const T* in = phases + dst;
+    for (int ix = ix0; ix < W; ix += g.stride) xp[src + ix] = *in++;
+  });
 }
 
-// The row of input iy that tap column shift reads, as a pointer r with r[ox] = x[iy][ox*stride + shift].
+// An (h_out x w_out) plane into the wide output layout (pitch Wq, zeros in discarded columns).
 template <typename T>
-HWNAS_HD T* tap_row(T* plane, T* phases, const Segment& s, int H, int W, int iy, int shift) {
-  if (s.stride == 1) return plane + (hwnas_index)iy * W + shift;
-  const int half = (W + 1) / 2;
-  return phases + (hwnas_index)(shift & 1) * H * half + (hwnas_index)iy * half + floor_half(shift);
+HWNAS_HD void widen_plane(const T* yp, T* wide, const Segment& s, const Wide& g) {
+  for (int oy = 0; oy < s.h_out; ++oy)
+    for (int ox = 0; ox < g.Wq; ++ox) wide[oy * g.Wq + ox] = ox < s.w_out ? yp[oy * s.w_out + ox] : T(0);
 }
 
-// Calls f(tap, in_row, oy, lo, hi) for every (tap, output row oy) whose input row lies inside
-// the plane: in_row[ox] is the input value that tap reads for output column ox (through the
-// even/odd phases when the stride is 2), for ox in [lo, hi).
-template <typename T, typename F>
-HWNAS_HD void for_each_tap_row(const Segment& s, int H, int W, T* plane, T* phases, F f) {
+// Scratch values one thread needs for any segment of the table's planes: phases + wide output.
+HWNAS_HD hwnas_index plane_scratch_size(const SegmentTable& t) {
+  hwnas_index most = 0;
+  for (int i = 0; i < t.count; ++i) {
+    const Wide g = wide_of(t.seg[i], t.H, t.W);
+    const hwnas_index need = (hwnas_index)phase_values(g) + (hwnas_index)t.seg[i].h_out * g.Wq;
+    if (need > most) most = need;
+  }
+  return most;
+}
+
+// y plane (h_out x w_out) of one (n, c) = sum over taps of w[tap] * shifted (activated) x plane.
+template <typename T>
+HWNAS_HD void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, int H, int W, T* scratch,
+                               PlaneLoad<T> load) {
+  const Wide g = wide_of(s, H, W);
+  T* phases = scratch;
+  T* wide = scratch + phase_values(g);
+  to_phases(xp, phases, g, H, W, load);
+  for (int i = 0; i < g.L; ++i) wide[i] = T(0);
   for (int ky = 0; ky < s.kernel; ++ky)
     for (int kx = 0; kx < s.kernel; ++kx) {
-      int lo, hi;
-      valid_columns(s, W, kx, &lo, &hi);
-      const int shift = kx * s.dilation - s.padding;
-      for (int oy = 0; oy < s.h_out; ++oy) {
-        const int iy = oy * s.stride - s.padding + ky * s.dilation;
-        if (iy >= 0 && iy < H) f(ky * s.kernel + kx, tap_row(plane, phases, s, H, W, iy, shift), oy, lo, hi);
-      }
+      const T wv = wp[ky * s.kernel + kx];
+      const T* xr = phases + tap_offset(s, g, ky, kx);
+      for (int i = 0; i < g.L; ++i) wide[i] += wv * xr[i];
     }
-}
-
-// y plane (h_out x w_out) of one (n, c) = sum over taps of w[tap] * shifted x plane.
-// `phases` is scratch of 2 * H * ceil(W/2) values, used when the stride is 2.
-template <typename T>
-HWNAS_HD void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, int H, int W, T* phases) {
-  if (s.stride == 2) split_phases(xp, phases, H, W);
-  for (int i = 0; i < s.h_out * s.w_out; ++i) yp[i] = T(0);
-  for_each_tap_row(s, H, W, const_cast<T*>(xp), phases, [&](int tap, const T* xr, int oy, int lo, int hi) {
-    const T wv = wp[tap];
-    T* yr = yp + (hwnas_index)oy * s.w_out;
-    for (int ox = lo; ox < hi; ++ox) yr[ox] += wv * xr[ox];
-  });
+  for (int oy = 0; oy < s.h_out; ++oy)
+    for (int ox = 0; ox < s.w_out; ++ox) yp[oy * s.w_out + ox] = wide[oy * g.Wq + ox];
 }
 
 // dL/dx plane of one (n, c): each tap scatters w[tap] * gy back to the inputs it read.
 template <typename T>
-HWNAS_HD void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment& s, int H, int W, T* phases) {
-  T* target = s.stride == 2 ? phases : gxp;
-  const int size = s.stride == 2 ? 2 * H * ((W + 1) / 2) : H * W;
-  for (int i = 0; i < size; ++i) target[i] = T(0);
-  for_each_tap_row(s, H, W, gxp, phases, [&](int tap, T* xr, int oy, int lo, int hi) {
-    const T wv = wp[tap];
-    const T* gr = gp + (hwnas_index)oy * s.w_out;
-    for (int ox = lo; ox < hi; ++ox) xr[ox] += wv * gr[ox];
-  });
-  if (s.stride == 2) merge_phases(phases, gxp, H, W);
+HWNAS_HD void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment& s, int H, int W, T* scratch) {
+  const Wide g = wide_of(s, H, W);
+  T* phases = scratch;
+  T* wide = scratch + phase_values(g);
+  widen_plane(gp, wide, s, g);
+  for (int i = 0; i < phase_values(g); ++i) phases[i] = T(0);
+  for (int ky = 0; ky < s.kernel; ++ky)
+    for (int kx = 0; kx < s.kernel; ++kx) {
+      const T wv = wp[ky * s.kernel + kx];
+      T* xr = phases + tap_offset(s, g, ky, kx);
+      for (int i = 0; i < g.L; ++i) xr[i] += wv * wide[i];
+    }
+  from_phases(phases, gxp, g, H, W);
 }
 
 // dL/dw[tap] contribution of one (n, c) plane pair: a dot product per tap.
 template <typename T>
-HWNAS_HD void dw_grad_weight_plane(const T* xp, const T* gp, T* gwp, const Segment& s, int H, int W, T* phases) {
-  if (s.stride == 2) split_phases(xp, phases, H, W);
-  for_each_tap_row(s, H, W, const_cast<T*>(xp), phases, [&](int tap, const T* xr, int oy, int lo, int hi) {
-    const T* gr = gp + (hwnas_index)oy * s.w_out;
-    T acc = T(0);
-    HWNAS_SIMD_SUM(acc)
-    for (int ox = lo; ox < hi; ++ox) acc += xr[ox] * gr[ox];
-    gwp[tap] += acc;
-  });
+HWNAS_HD void dw_grad_weight_plane(const T* xp, const T* gp, T* gwp, const Segment& s, int H, int W, T* scratch,
+                                   PlaneLoad<T> load) {
+  const Wide g = wide_of(s, H, W);
+  T* phases = scratch;
+  T* wide = scratch + phase_values(g);
+  to_phases(xp, phases, g, H, W, load);
+  widen_plane(gp, wide, s, g);
+  for (int ky = 0; ky < s.kernel; ++ky)
+    for (int kx = 0; kx < s.kernel; ++kx) {
+      const T* xr = phases + tap_offset(s, g, ky, kx);
+      T acc = T(0);
+      HWNAS_SIMD_SUM(acc)
+      for (int i = 0; i < g.L; ++i) acc += xr[i] * wide[i];
+      gwp[ky * s.kernel + kx] += acc;
+    }
 }

@@ -1,6 +1,7 @@
 // CPU twin of mixed_dw.cu: the same math (mixed_dw.h), parallelised over (n, channel) with
 // OpenMP. Serves as the CPU implementation of the fused layer and as the test of the CUDA
-// kernels' indexing on machines without a GPU. Built by hwnas/kernels/cpu.py with the system
+// kernels' indexing on machines without a GPU. Every kernel takes the optional BN1+ReLU
+// prologue (scale, shift: null for the plain convolution; see mixed_dw.h). Built by hwnas/kernels/cpu.py with the system
 // C++ compiler; called through ctypes on raw tensor pointers.
 #include "mixed_dw.h"
 
@@ -14,9 +15,25 @@ struct Identity {
   inline T operator()(T v) const { return v; }
 };
 
+// The prologue's backward, part 1, over one (n, c) plane of dL/da (in place): ReLU mask and
+// the channel's running sums of g and g * (h - mean) (see relu_mask in mixed_dw.h).
+template <typename T>
+inline void mask_plane(T* gp, const T* hp, int size, T scale, T shift, T mean, T* sum_g, T* sum_gh) {
+  T s1 = T(0), s2 = T(0);
+  HWNAS_SIMD_SUM2(s1, s2)
+  for (int i = 0; i < size; ++i) {
+    const T g = relu_mask(gp[i], hp[i], scale, shift);
+    gp[i] = g;
+    s1 += g;
+    s2 += g * (hp[i] - mean);
+  }
+  *sum_g += s1;
+  *sum_gh += s2;
+}
+
 // ---- per-element forms: the CUDA kernels' indexing, checked on the CPU ----
 template <typename T>
-void forward(const T* x, const T* w, T* y, const SegmentTable& t) {
+void forward(const T* x, const T* w, T* y, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel for collapse(2) schedule(static)
@@ -25,26 +42,33 @@ void forward(const T* x, const T* w, T* y, const SegmentTable& t) {
         T* yp = y + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
         for (int oy = 0; oy < s.h_out; ++oy)
           for (int ox = 0; ox < s.w_out; ++ox)
-            yp[oy * s.w_out + ox] = dw_forward_at<T, T>(x, w, t, s, n, c, oy, ox, Identity<T>());
+            yp[oy * s.w_out + ox] = dw_forward_at<T, T>(x, w, t, s, n, c, oy, ox, bn, Identity<T>());
       }
   }
 }
 
+// Channels outermost (batch inside), so each thread owns its channels' sums.
 template <typename T>
-void grad_input(const T* gy, const T* w, T* gx, const SegmentTable& t) {
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int n = 0; n < t.N; ++n)
-    for (int cg = 0; cg < t.C; ++cg) {
-      const Segment s = t.seg[segment_of_channel(t, cg)];
-      const int c = cg - s.c_begin;
-      T* gp = gx + ((hwnas_index)n * t.C + cg) * t.H * t.W;
+void grad_input(const T* gy, const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+  const int plane = t.H * t.W;
+#pragma omp parallel for schedule(static)
+  for (int cg = 0; cg < t.C; ++cg) {
+    const Segment s = t.seg[segment_of_channel(t, cg)];
+    const int c = cg - s.c_begin;
+    if (bn.scale) sums[2 * cg] = sums[2 * cg + 1] = T(0);
+    for (int n = 0; n < t.N; ++n) {
+      T* gp = gx + ((hwnas_index)n * t.C + cg) * plane;
       for (int iy = 0; iy < t.H; ++iy)
         for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(gy, w, s, n, c, iy, ix, Identity<T>());
+      if (bn.scale)
+        mask_plane(gp, h + ((hwnas_index)n * t.C + cg) * plane, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sums[2 * cg],
+                   &sums[2 * cg + 1]);
     }
+  }
 }
 
 template <typename T>
-void grad_weight(const T* x, const T* gy, T* gw, const SegmentTable& t) {
+void grad_weight(const T* x, const T* gy, T* gw, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel for schedule(static)
@@ -53,55 +77,103 @@ void grad_weight(const T* x, const T* gy, T* gw, const SegmentTable& t) {
         for (int kx = 0; kx < s.kernel; ++kx) {
           T acc = T(0);
           for (int n = 0; n < t.N; ++n)
-            for (int oy = 0; oy < s.h_out; ++oy) acc += dw_grad_weight_row<T, T>(x, gy, t, s, n, c, ky, kx, oy, Identity<T>());
+            for (int oy = 0; oy < s.h_out; ++oy)
+              acc += dw_grad_weight_row<T, T>(x, gy, t, s, n, c, ky, kx, oy, bn, Identity<T>());
           gw[s.weight_offset + ((hwnas_index)c * s.kernel + ky) * s.kernel + kx] = acc;
         }
   }
 }
 
+// The prologue's backward, part 2, in place: g <- dL/dh (bn_backward_at).
+template <typename T>
+void bn_backward(T* g, const T* h, const T* coef, const SegmentTable& t) {
+  const int plane = t.H * t.W;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int n = 0; n < t.N; ++n)
+    for (int c = 0; c < t.C; ++c) {
+      const hwnas_index base = ((hwnas_index)n * t.C + c) * plane;
+      for (int i = 0; i < plane; ++i) g[base + i] = bn_backward_at(g[base + i], h[base + i], coef, c);
+    }
+}
+
+// Batch mean and (biased) variance per channel, for the prologue's batch norm in training.
+// torch.var_mean over (N, H, W) of an NCHW tensor takes ~10 passes' time on the CPU; this is one.
+// Sums are of x - K with K the channel's first value (shifted data: no cancellation when the
+// mean dwarfs the spread), vectorised per plane in T and accumulated over planes in double.
+template <typename T>
+void channel_stats(const T* h, T* mean, T* var, const SegmentTable& t) {
+  const int plane = t.H * t.W;
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < t.C; ++c) {
+    const T K = h[(hwnas_index)c * plane];
+    double s1 = 0, s2 = 0;
+    for (int n = 0; n < t.N; ++n) {
+      const T* p = h + ((hwnas_index)n * t.C + c) * plane;
+      T a = T(0), b = T(0);
+      HWNAS_SIMD_SUM2(a, b)
+      for (int i = 0; i < plane; ++i) {
+        const T d = p[i] - K;
+        a += d;
+        b += d * d;
+      }
+      s1 += a;
+      s2 += b;
+    }
+    const double count = (double)t.N * plane, m = s1 / count;
+    mean[c] = T(K + m);
+    var[c] = T(s2 / count - m * m > 0 ? s2 / count - m * m : 0);
+  }
+}
+
 // ---- plane forms: the fast path of the fused layer on the CPU ----
-inline std::size_t phase_size(const SegmentTable& t) { return 2 * (std::size_t)t.H * ((t.W + 1) / 2); }
 
 template <typename T>
-void forward_fast(const T* x, const T* w, T* y, const SegmentTable& t) {
+void forward_fast(const T* x, const T* w, T* y, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel
     {
-      std::vector<T> phases(phase_size(t));
+      std::vector<T> scratch(plane_scratch_size(t));
 #pragma omp for collapse(2) schedule(static)
       for (int n = 0; n < t.N; ++n)
         for (int c = 0; c < s.channels; ++c)
           dw_forward_plane(x + ((hwnas_index)n * t.C + s.c_begin + c) * t.H * t.W,
                            w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel,
                            y + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, s, t.H, t.W,
-                           phases.data());
+                           scratch.data(), plane_load(bn, s.c_begin + c));
     }
   }
 }
 
 template <typename T>
-void grad_input_fast(const T* gy, const T* w, T* gx, const SegmentTable& t) {
+void grad_input_fast(const T* gy, const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+  const int plane = t.H * t.W;
 #pragma omp parallel
   {
-    std::vector<T> phases(phase_size(t));
-#pragma omp for collapse(2) schedule(static)
-    for (int n = 0; n < t.N; ++n)
-      for (int cg = 0; cg < t.C; ++cg) {
-        const Segment s = t.seg[segment_of_channel(t, cg)];
-        const int c = cg - s.c_begin;
+    std::vector<T> scratch(plane_scratch_size(t));
+#pragma omp for schedule(static)
+    for (int cg = 0; cg < t.C; ++cg) {
+      const Segment s = t.seg[segment_of_channel(t, cg)];
+      const int c = cg - s.c_begin;
+      if (bn.scale) sums[2 * cg] = sums[2 * cg + 1] = T(0);
+      for (int n = 0; n < t.N; ++n) {
+        T* gp = gx + ((hwnas_index)n * t.C + cg) * plane;
         dw_grad_input_plane(gy + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
-                            w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel,
-                            gx + ((hwnas_index)n * t.C + cg) * t.H * t.W, s, t.H, t.W, phases.data());
+                            w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W,
+                            scratch.data());
+        if (bn.scale)  // while the plane is in cache
+          mask_plane(gp, h + ((hwnas_index)n * t.C + cg) * plane, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sums[2 * cg],
+                     &sums[2 * cg + 1]);
       }
+    }
   }
 }
 
 template <typename T>
-void grad_weight_fast(const T* x, const T* gy, T* gw, const SegmentTable& t) {
+void grad_weight_fast(const T* x, const T* gy, T* gw, BnRelu<T> bn, const SegmentTable& t) {
 #pragma omp parallel
   {
-    std::vector<T> phases(phase_size(t));
+    std::vector<T> scratch(plane_scratch_size(t));
 #pragma omp for schedule(dynamic, 4)
     for (int cg = 0; cg < t.C; ++cg) {
       const Segment s = t.seg[segment_of_channel(t, cg)];
@@ -111,25 +183,39 @@ void grad_weight_fast(const T* x, const T* gy, T* gw, const SegmentTable& t) {
       for (int n = 0; n < t.N; ++n)
         dw_grad_weight_plane(x + ((hwnas_index)n * t.C + cg) * t.H * t.W,
                              gy + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, gwp, s,
-                             t.H, t.W, phases.data());
+                             t.H, t.W, scratch.data(), plane_load(bn, cg));
     }
   }
 }
 
 }  // namespace
 
+// C entry points, called through ctypes (hwnas/kernels/cpu.py declares their argument types).
+// The _fast variants run the plane forms, the others the per-element forms of the CUDA kernels.
+#define HWNAS_EXPORT(SUFFIX, T, VARIANT, IMPL)                                                                     \
+  extern "C" void mixed_dw_forward##VARIANT##_##SUFFIX(const T* x, const T* w, T* y, const T* scale,               \
+                                                       const T* shift, const SegmentTable* t) {                    \
+    forward##IMPL(x, w, y, BnRelu<T>{scale, shift, nullptr}, *t);                                                  \
+  }                                                                                                                \
+  extern "C" void mixed_dw_grad_input##VARIANT##_##SUFFIX(const T* gy, const T* w, T* gx, const T* h,              \
+                                                          const T* scale, const T* shift, const T* mean,           \
+                                                          T* sums, const SegmentTable* t) {                        \
+    grad_input##IMPL(gy, w, gx, h, BnRelu<T>{scale, shift, mean}, sums, *t);                                       \
+  }                                                                                                                \
+  extern "C" void mixed_dw_grad_weight##VARIANT##_##SUFFIX(const T* x, const T* gy, T* gw, const T* scale,         \
+                                                           const T* shift, const SegmentTable* t) {                \
+    grad_weight##IMPL(x, gy, gw, BnRelu<T>{scale, shift, nullptr}, *t);                                            \
+  }
+
+HWNAS_EXPORT(f32, float, , )
+HWNAS_EXPORT(f64, double, , )
+HWNAS_EXPORT(f32, float, _fast, _fast)
+HWNAS_EXPORT(f64, double, _fast, _fast)
+
 extern "C" {
-void mixed_dw_forward_f32(const float* x, const float* w, float* y, const SegmentTable* t) { forward(x, w, y, *t); }
-void mixed_dw_forward_f64(const double* x, const double* w, double* y, const SegmentTable* t) { forward(x, w, y, *t); }
-void mixed_dw_grad_input_f32(const float* gy, const float* w, float* gx, const SegmentTable* t) { grad_input(gy, w, gx, *t); }
-void mixed_dw_grad_input_f64(const double* gy, const double* w, double* gx, const SegmentTable* t) { grad_input(gy, w, gx, *t); }
-void mixed_dw_grad_weight_f32(const float* x, const float* gy, float* gw, const SegmentTable* t) { grad_weight(x, gy, gw, *t); }
-void mixed_dw_grad_weight_f64(const double* x, const double* gy, double* gw, const SegmentTable* t) { grad_weight(x, gy, gw, *t); }
-void mixed_dw_forward_fast_f32(const float* x, const float* w, float* y, const SegmentTable* t) { forward_fast(x, w, y, *t); }
-void mixed_dw_forward_fast_f64(const double* x, const double* w, double* y, const SegmentTable* t) { forward_fast(x, w, y, *t); }
-void mixed_dw_grad_input_fast_f32(const float* gy, const float* w, float* gx, const SegmentTable* t) { grad_input_fast(gy, w, gx, *t); }
-void mixed_dw_grad_input_fast_f64(const double* gy, const double* w, double* gx, const SegmentTable* t) { grad_input_fast(gy, w, gx, *t); }
-void mixed_dw_grad_weight_fast_f32(const float* x, const float* gy, float* gw, const SegmentTable* t) { grad_weight_fast(x, gy, gw, *t); }
-void mixed_dw_grad_weight_fast_f64(const double* x, const double* gy, double* gw, const SegmentTable* t) { grad_weight_fast(x, gy, gw, *t); }
+void mixed_dw_bn_backward_f32(float* g, const float* h, const float* coef, const SegmentTable* t) { bn_backward(g, h, coef, *t); }
+void mixed_dw_bn_backward_f64(double* g, const double* h, const double* coef, const SegmentTable* t) { bn_backward(g, h, coef, *t); }
+void mixed_dw_channel_stats_f32(const float* h, float* mean, float* var, const SegmentTable* t) { channel_stats(h, mean, var, *t); }
+void mixed_dw_channel_stats_f64(const double* h, double* mean, double* var, const SegmentTable* t) { channel_stats(h, mean, var, *t); }
 int mixed_dw_segment_table_size(void) { return (int)sizeof(SegmentTable); }
 }

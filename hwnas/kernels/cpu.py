@@ -20,6 +20,7 @@ from hwnas.errors import HwnasError
 from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
 
 SOURCES = ("mixed_dw.h", "mixed_dw_cpu.cpp")
+CPU_ONLY_FORM = ("bn_backward", "channel_stats")  # one form each (no separate "_fast" plane form)
 FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fPIC", "-shared", "-march=native")
 
 
@@ -61,9 +62,11 @@ def library() -> ctypes.CDLL:
     size = lib.mixed_dw_segment_table_size()
     if size != ctypes.sizeof(CSegmentTable):
         raise AssertionError(f"SegmentTable is {size} bytes in C, {ctypes.sizeof(CSegmentTable)} in Python")
-    for name in ("forward", "grad_input", "grad_weight", "forward_fast", "grad_input_fast", "grad_weight_fast"):
-        for suffix in ("f32", "f64"):
-            fn = getattr(lib, f"mixed_dw_{name}_{suffix}")
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(CSegmentTable)]
-            fn.restype = None
+    pointers = {"forward": 5, "grad_input": 8, "grad_weight": 5, "bn_backward": 3, "channel_stats": 3}
+    for name, count in pointers.items():  # count: pointer arguments before the segment table
+        for variant in ("", "_fast") if name not in CPU_ONLY_FORM else ("",):
+            for suffix in ("f32", "f64"):
+                fn = getattr(lib, f"mixed_dw_{name}{variant}_{suffix}")
+                fn.argtypes = [ctypes.c_void_p] * count + [ctypes.POINTER(CSegmentTable)]
+                fn.restype = None
     return lib

@@ -21,7 +21,8 @@ from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
 
 SOURCES = ("mixed_dw.h", "mixed_dw.cu")
 ARCHS = ("sm_80", "sm_90")  # the GPUs hwnas compiles and checks its kernels for
-KERNELS = tuple(f"mixed_dw_{op}_{t}" for op in ("forward", "grad_input", "grad_weight") for t in ("f32", "f16", "bf16"))
+OPS = ("forward", "grad_input", "grad_weight", "bn_backward")
+KERNELS = tuple(f"mixed_dw_{op}_{t}" for op in OPS for t in ("f32", "f16", "bf16"))
 DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 THREADS = 256
 
@@ -105,7 +106,7 @@ def _functions(device_index: int) -> dict[str, Any]:
 
 def launch(name: str, dtype: torch.dtype, pointers: list[int], table: CSegmentTable, total: int | None,
            grid: int | None = None) -> None:
-    """Launch mixed_dw_<name>_<dtype> on torch's current stream."""
+    """Launch mixed_dw_<name>_<dtype> on torch's current stream (a 0 pointer is C's nullptr)."""
     driver = require("cuda.bindings.driver", "gpu", "Launching the CUDA kernels")
     func = _functions(torch.cuda.current_device())[f"mixed_dw_{name}_{DTYPE_SUFFIX[dtype]}"]
     args: list[Any] = [ctypes.c_void_p(p) for p in pointers] + [table]

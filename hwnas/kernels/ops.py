@@ -8,27 +8,25 @@ from typing import Any
 
 import torch
 
-from hwnas.kernels.segments import SegmentSpec, check_inputs, segment_table, split_output
+from hwnas.kernels.segments import SegmentSpec, check_bn_inputs, check_inputs, segment_table, split_output
 
 
-def _run_cpu(name: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, table: Any, impl: str) -> None:
-    from hwnas.kernels.cpu import library
-
-    suffix = "f64" if a.dtype == torch.float64 else "f32"
-    variant = "" if impl == "elementwise" else "_fast"
-    getattr(library(), f"mixed_dw_{name}{variant}_{suffix}")(a.data_ptr(), b.data_ptr(), out.data_ptr(),
-                                                              ctypes.byref(table))
-
-
-def _run(name: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, table: Any, total: int, impl: str) -> None:
-    if a.is_cuda:
+def _run(name: str, tensors: Sequence[torch.Tensor | None], table: Any, impl: str, total: int | None = None,
+         grid: int | None = None) -> None:
+    """Run mixed_dw_<name> on the tensors' device; None stands for C's nullptr (no prologue)."""
+    first = tensors[0]
+    assert first is not None
+    pointers = [t.data_ptr() if t is not None else 0 for t in tensors]
+    if first.is_cuda:
         from hwnas.kernels import cuda
 
-        grid = total if name == "grad_weight" else None  # one block per weight tap
-        cuda.launch(name, a.dtype, [a.data_ptr(), b.data_ptr(), out.data_ptr()], table,
-                    total if name == "forward" else None, grid)
-    else:
-        _run_cpu(name, a, b, out, table, impl)
+        cuda.launch(name, first.dtype, pointers, table, total, grid)
+        return
+    from hwnas.kernels.cpu import CPU_ONLY_FORM, library
+
+    suffix = "f64" if first.dtype == torch.float64 else "f32"
+    variant = "_fast" if impl == "fast" and name not in CPU_ONLY_FORM else ""
+    getattr(library(), f"mixed_dw_{name}{variant}_{suffix}")(*pointers, ctypes.byref(table))
 
 
 class MixedDepthwiseFn(torch.autograd.Function):
@@ -41,7 +39,7 @@ class MixedDepthwiseFn(torch.autograd.Function):
         check_inputs(x, weight, segments)
         table, total = segment_table(x.shape, segments)
         y = torch.empty(total, dtype=x.dtype, device=x.device)
-        _run("forward", x, weight, y, table, total, impl)
+        _run("forward", [x, weight, y, None, None], table, impl, total=total)
         ctx.save_for_backward(x, weight)
         ctx.segments, ctx.impl = segments, impl
         return tuple(split_output(y, x.shape, segments))
@@ -50,17 +48,90 @@ class MixedDepthwiseFn(torch.autograd.Function):
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight = ctx.saved_tensors
         table, _ = segment_table(x.shape, ctx.segments)
-        parts = [g.reshape(-1) if g is not None else x.new_zeros(shape.numel())
-                 for g, shape in zip(grads, _output_shapes(x.shape, ctx.segments))]
-        grad_y = torch.cat(parts).contiguous()
+        grad_y = _concat_grads(grads, x, ctx.segments)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
-            _run("grad_input", grad_y, weight, grad_x, table, x.numel(), ctx.impl)
+            _run("grad_input", [grad_y, weight, grad_x, None, None, None, None, None], table, ctx.impl)
         if ctx.needs_input_grad[1]:
             grad_w = torch.empty_like(weight)
-            _run("grad_weight", x, grad_y, grad_w, table, weight.numel(), ctx.impl)
+            _run("grad_weight", [x, grad_y, grad_w, None, None], table, ctx.impl, grid=weight.numel())
         return grad_x, grad_w, None, None
+
+
+class MixedDepthwiseBnReluFn(torch.autograd.Function):
+    """mixed_depthwise(relu(batch_norm(h))) with the batch norm and ReLU inside the kernels.
+
+    Forward: one pass for the batch statistics (training), one kernel pass that applies
+    scale/shift and ReLU on load. The activated tensor is neither written nor saved: the
+    backward recomputes it on load from h. Backward: grad_input masks by the ReLU and sums
+    per channel in its epilogue, grad_weight reads h through the prologue, bn_backward turns
+    the masked gradient into dL/dh in place.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
+                running_mean: torch.Tensor, running_var: torch.Tensor, segments: tuple[SegmentSpec, ...],
+                training: bool, momentum: float, eps: float, impl: str = "fast") -> tuple[torch.Tensor, ...]:
+        check_inputs(h, weight, segments)
+        check_bn_inputs(h, bn_weight, bn_bias, running_mean, running_var)
+        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+        n, c, hh, ww = h.shape
+        count = n * hh * ww
+        if training:
+            if h.is_cuda:  # torch's CUDA reduction is a single efficient pass
+                var, mean = torch.var_mean(h, dim=(0, 2, 3), unbiased=False)
+                mean, var = mean.to(acc), var.to(acc)
+            else:  # the CPU twin's one-pass statistics (torch's take ~10 passes' time here)
+                mean, var = h.new_empty(c, dtype=acc), h.new_empty(c, dtype=acc)
+                _run("channel_stats", [h, mean, var], segment_table(h.shape, segments)[0], impl)
+            with torch.no_grad():  # as F.batch_norm: the running variance is the unbiased one
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                unbiased = var * (count / max(count - 1, 1))
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        else:
+            mean, var = running_mean.to(acc, copy=True), running_var.to(acc)
+        invstd = torch.rsqrt(var + eps)
+        scale = (bn_weight.to(acc) * invstd).contiguous()
+        shift = (bn_bias.to(acc) - mean * scale).contiguous()
+        table, total = segment_table(h.shape, segments)
+        y = torch.empty(total, dtype=h.dtype, device=h.device)
+        _run("forward", [h, weight, y, scale, shift], table, impl, total=total)
+        ctx.save_for_backward(h, weight, scale, shift, mean.contiguous(), invstd)
+        ctx.segments, ctx.impl, ctx.training, ctx.count = segments, impl, training, count
+        ctx.param_dtype = bn_weight.dtype
+        return tuple(split_output(y, h.shape, segments))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        h, weight, scale, shift, mean, invstd = ctx.saved_tensors
+        table, _ = segment_table(h.shape, ctx.segments)
+        grad_y = _concat_grads(grads, h, ctx.segments)
+        grad_h = torch.empty_like(h)  # dL/da, masked, then dL/dh in place
+        sums = torch.zeros((h.shape[1], 2), dtype=scale.dtype, device=h.device)
+        _run("grad_input", [grad_y, weight, grad_h, h, scale, shift, mean, sums], table, ctx.impl)
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty_like(weight)
+            _run("grad_weight", [h, grad_y, grad_w, scale, shift], table, ctx.impl, grid=weight.numel())
+        sum_g, sum_g_xhat = sums[:, 0], sums[:, 1] * invstd  # sums of g and g * (h - mean) * invstd
+        if ctx.training:  # the batch statistics depend on h too
+            b = -scale * invstd * sum_g_xhat / ctx.count
+            d = -scale * sum_g / ctx.count - b * mean
+        else:
+            b = d = torch.zeros_like(scale)
+        coef = torch.stack([scale, b, d], dim=1).contiguous()
+        _run("bn_backward", [grad_h, h, coef], table, ctx.impl)
+        return (grad_h, grad_w, sum_g_xhat.to(ctx.param_dtype), sum_g.to(ctx.param_dtype),
+                None, None, None, None, None, None, None)
+
+
+def _concat_grads(grads: Sequence[torch.Tensor | None], x: torch.Tensor,
+                  segments: Sequence[SegmentSpec]) -> torch.Tensor:
+    """The segments' output gradients as one flat buffer (zeros for unused outputs)."""
+    parts = [g.reshape(-1) if g is not None else x.new_zeros(shape.numel())
+             for g, shape in zip(grads, _output_shapes(x.shape, segments))]
+    return torch.cat(parts).contiguous()
 
 
 def _output_shapes(x_shape: Sequence[int], segments: Sequence[SegmentSpec]) -> list[torch.Size]:
@@ -79,6 +150,19 @@ def mixed_depthwise(x: torch.Tensor, weight: torch.Tensor, segments: Sequence[Se
     if impl not in ("fast", "elementwise"):
         raise ValueError(f"impl must be 'fast' or 'elementwise', got {impl!r}")
     return list(MixedDepthwiseFn.apply(x, weight, tuple(segments), impl))
+
+
+def mixed_depthwise_bn_relu(h: torch.Tensor, weight: torch.Tensor, segments: Sequence[SegmentSpec],
+                            bn_weight: torch.Tensor, bn_bias: torch.Tensor, running_mean: torch.Tensor,
+                            running_var: torch.Tensor, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                            impl: str = "fast") -> list[torch.Tensor]:
+    """mixed_depthwise(relu(batch_norm(h))): the batch norm over h's channels (training:
+    batch statistics, updating running_mean/var in place as F.batch_norm does; eval: the
+    running ones) and the ReLU applied inside the kernel, on load."""
+    if impl not in ("fast", "elementwise"):
+        raise ValueError(f"impl must be 'fast' or 'elementwise', got {impl!r}")
+    return list(MixedDepthwiseBnReluFn.apply(h, weight, bn_weight, bn_bias, running_mean, running_var,
+                                             tuple(segments), training, momentum, eps, impl))
 
 
 def reference_mixed_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor],

@@ -87,6 +87,16 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor, segments: Sequence[Segme
         raise KernelInputError(f"x has an empty dimension: {tuple(x.shape)}")
 
 
+def check_bn_inputs(h: torch.Tensor, *per_channel: torch.Tensor) -> None:
+    """The batch norm prologue's parameters and statistics: one value per channel of h."""
+    for t in per_channel:
+        if t.shape != (h.shape[1],):
+            raise KernelInputError(f"batch norm parameters and statistics need shape ({h.shape[1]},), "
+                                   f"got {tuple(t.shape)}")
+        if t.device != h.device:
+            raise KernelInputError(f"h is on {h.device}, a batch norm tensor on {t.device}")
+
+
 def segment_table(x_shape: Sequence[int], segments: Sequence[SegmentSpec]) -> tuple[CSegmentTable, int]:
     """The C table and the total number of output elements."""
     n, c, h, w = x_shape

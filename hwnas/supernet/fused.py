@@ -2,9 +2,11 @@
 
 For the active depthwise branches (ungrouped 1x1s):
 - their expand 1x1 convs run as ONE conv over the concatenated weights;
-- BN + ReLU run once over the concatenated channels (per-channel, so exact in training too;
-  each branch's running statistics are written back to its own BN);
-- their depthwise convs run as ONE mixed-depthwise kernel launch (hwnas.kernels);
+- their first BN + ReLU and their depthwise convs run as ONE mixed-depthwise kernel with the
+  BN's scale/shift and the ReLU applied on load (hwnas.kernels.mixed_depthwise_bn_relu): the
+  activated hidden tensor is never written nor kept for backward. The BN is per channel, so
+  one BN over the concatenated channels is exact in training too; each branch's running
+  statistics are written back to its own BN;
 - then each branch's BN, ReLU, projection and BN (per branch: each has its own BN), and the
   mean with the identity.
 Other branches (dense, dual, spatially separable, grouped 1x1s) run as in the reference.
@@ -18,30 +20,32 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hwnas.kernels import SegmentSpec, mixed_depthwise
+from hwnas.kernels import SegmentSpec, mixed_depthwise_bn_relu
 from hwnas.model.blocks import is_fusable_depthwise
 from hwnas.supernet.cell import SupernetCell
 
 
-def batch_norm_concat(h: torch.Tensor, bns: list[nn.BatchNorm2d], training: bool) -> torch.Tensor:
-    """One batch norm over the concatenation of several BNs' channels, exactly as each alone."""
-    weight = torch.cat([bn.weight for bn in bns])
-    bias = torch.cat([bn.bias for bn in bns])
-    running_mean = torch.cat([bn.running_mean for bn in bns])  # type: ignore[misc]
-    running_var = torch.cat([bn.running_var for bn in bns])  # type: ignore[misc]
+def bn_relu_depthwise(h: torch.Tensor, blocks: list[Any], training: bool) -> list[torch.Tensor]:
+    """Each block's depthwise(relu(bn1(.))) over its channels of h, in one kernel call."""
+    bns: list[Any] = [b[0][1] for b in blocks]
     first = bns[0]
-    if any(bn.momentum != first.momentum or bn.eps != first.eps for bn in bns):
-        raise ValueError("fused batch norm needs one momentum and eps for all branches")
-    momentum = first.momentum if first.momentum is not None else 0.1
-    out = F.batch_norm(h, running_mean, running_var, weight, bias, training, momentum, first.eps)
+    if any(bn.momentum != first.momentum or bn.eps != first.eps for bn in bns) or first.momentum is None:
+        raise ValueError("the fused batch norm needs one fixed momentum and eps for all branches")
+    running_mean = torch.cat([bn.running_mean for bn in bns])
+    running_var = torch.cat([bn.running_var for bn in bns])
+    dw: list[Any] = [b[1][0] for b in blocks]
+    segments = [SegmentSpec(c.out_channels, c.kernel_size[0], c.dilation[0], c.stride[0]) for c in dw]
+    outs = mixed_depthwise_bn_relu(h.contiguous(), torch.cat([c.weight.reshape(-1) for c in dw]), segments,
+                                   torch.cat([bn.weight for bn in bns]), torch.cat([bn.bias for bn in bns]),
+                                   running_mean, running_var, training, first.momentum, first.eps)
     if training:
         with torch.no_grad():  # write the updated statistics back to each branch's BN
-            for bn, mean, var in zip(bns, running_mean.split([b.num_features for b in bns]),
-                                     running_var.split([b.num_features for b in bns])):
-                bn.running_mean.copy_(mean)  # type: ignore[union-attr]
-                bn.running_var.copy_(var)  # type: ignore[union-attr]
-                bn.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
-    return out
+            sizes = [bn.num_features for bn in bns]
+            for bn, mean, var in zip(bns, running_mean.split(sizes), running_var.split(sizes)):
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.add_(1)
+    return outs
 
 
 def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
@@ -54,13 +58,8 @@ def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor) -> 
     outs: list[torch.Tensor] = []
     if fused:
         blocks = [branches[i] for i in fused]  # Sequential(expand, depthwise, project)
-        expand_w = torch.cat([b[0][0].weight for b in blocks])
-        h = F.conv2d(x, expand_w)
-        h = F.relu(batch_norm_concat(h, [b[0][1] for b in blocks], cell.training), inplace=True)
-        segments = [SegmentSpec(b[1][0].out_channels, b[1][0].kernel_size[0], b[1][0].dilation[0],
-                                b[1][0].stride[0]) for b in blocks]
-        dw_w = torch.cat([b[1][0].weight.reshape(-1) for b in blocks])
-        for b, y in zip(blocks, mixed_depthwise(h.contiguous(), dw_w, segments)):
+        h = F.conv2d(x, torch.cat([b[0][0].weight for b in blocks]))
+        for b, y in zip(blocks, bn_relu_depthwise(h, blocks, cell.training)):
             outs.append(b[2](F.relu(b[1][1](y), inplace=True)))
     outs.extend(branches[i](x) for i in active if i not in fused)
     total = x if cell.identity else None
