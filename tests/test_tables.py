@@ -137,6 +137,13 @@ def test_validate_on_a_tiny_space(tmp_path):
     assert report["uncalibrated"]["n"] == 3 and report["calibration_factor"] == calibration["factor"]
     assert report["machine_vs_table"] > 0 and all(s["probe_drift"] > 0 for s in report["samples"])
     assert all(s["measured_ms"] > 0 for s in report["samples"])
+    # --recalibrate: the build's calibration architectures re-timed now, their factor applied
+    again = validate(Table.load(path), samples=3, seed=1, progress=False, recalibrate=True)
+    now = again["calibration_now"]
+    assert now["seed"] == calibration["seed"] and len(now["ratios"]) == QUICK.calibration_architectures
+    measured = [s["measured_ms"] for s in again["samples"]]
+    expected = metrics([s["predicted_uncalibrated_ms"] * now["factor"] for s in again["samples"]], measured)
+    assert again["recalibrated"] == pytest.approx(expected)
     # a table measured elsewhere cannot be validated here
     table.meta["device"] = dict(table.meta["device"], name="NVIDIA GeForce GTX TITAN Xp")
     with pytest.raises(HwnasError, match="measurements here cannot validate it"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -134,7 +135,14 @@ def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> 
 
 
 def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
-             rounds: int | None = None) -> dict[str, Any]:
+             rounds: int | None = None, recalibrate: bool = False) -> dict[str, Any]:
+    """Measured vs predicted latency of `samples` random architectures.
+
+    recalibrate: first re-time the table's own calibration architectures (disjoint from the
+    samples) and also report predictions with that factor (`recalibrated`): on a shared
+    machine the whole-network/op-sum ratio moves with the machine's state, which the op probe
+    does not see.
+    """
     if samples < 2:
         raise HwnasError("--samples must be at least 2 (Spearman's rank correlation needs two points)")
     backend = backend_for(table)
@@ -147,6 +155,12 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     protocol = Protocol.from_dict(table.meta["protocol"])
     protocol = replace(protocol, rounds=rounds or protocol.network_rounds,
                        drift_tolerance=protocol.network_drift_tolerance)
+    calibration_now = None
+    if recalibrate:
+        if progress:
+            print("re-timing the table's calibration architectures ...", file=sys.stderr)
+        build_seed = int(table.meta.get("calibration", {}).get("seed", CALIBRATION_SEED)) - CALIBRATION_SEED
+        calibration_now = calibrate(table, backend, Protocol.from_dict(table.meta["protocol"]), build_seed)
     from tqdm import tqdm
 
     with tqdm(total=samples, unit="arch", desc="validate", disable=not progress) as bar:
@@ -157,12 +171,17 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     report: dict[str, Any] = metrics(predictions, measured)
     report["uncalibrated"] = metrics([p["latency_ms_uncalibrated"] for p in priced], measured)
     report["calibration_factor"] = table.calibration_factor
+    if calibration_now is not None:
+        report["calibration_now"] = calibration_now
+        report["recalibrated"] = metrics([p["latency_ms_uncalibrated"] * calibration_now["factor"] for p in priced],
+                                         measured)
     report["machine_vs_table"] = round(machine_vs_table, 4)  # probe now / probe when the table was built
     report.update({
         "seed": seed, "batch": table.meta["batch"], "statistic": table.statistic, "rounds": protocol.rounds,
-        "samples": [{"cells": [list(c.ops) for c in a.cells], "predicted_ms": p, "measured_ms": m,
+        "samples": [{"cells": [list(c.ops) for c in a.cells], "predicted_ms": p["latency_ms"],
+                     "predicted_uncalibrated_ms": p["latency_ms_uncalibrated"], "measured_ms": m,
                      "measured_cov": round(s.cov, 5), "probe_drift": round(d, 4), "flags": list(s.flags)}
-                    for a, p, m, s, d in zip(archs, predictions, measured, stats, drifts)],
+                    for a, p, m, s, d in zip(archs, priced, measured, stats, drifts)],
     })
     return report
 
