@@ -78,13 +78,14 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         n, c, hh, ww = h.shape
         count = n * hh * ww
+        table, total = segment_table(h.shape, segments)
         if training:
             if h.is_cuda:  # torch's CUDA reduction is a single efficient pass
                 var, mean = torch.var_mean(h, dim=(0, 2, 3), unbiased=False)
                 mean, var = mean.to(acc), var.to(acc)
             else:  # the CPU twin's one-pass statistics (torch's take ~10 passes' time here)
                 mean, var = h.new_empty(c, dtype=acc), h.new_empty(c, dtype=acc)
-                _run("channel_stats", [h, mean, var], segment_table(h.shape, segments)[0], impl)
+                _run("channel_stats", [h, mean, var], table, impl)
             with torch.no_grad():  # as F.batch_norm: the running variance is the unbiased one
                 running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
                 unbiased = var * (count / max(count - 1, 1))
@@ -94,7 +95,6 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         scale = (bn_weight.to(acc) * invstd).contiguous()
         shift = (bn_bias.to(acc) - mean * scale).contiguous()
-        table, total = segment_table(h.shape, segments)
         y = torch.empty(total, dtype=h.dtype, device=h.device)
         _run("forward", [h, weight, y, scale, shift], table, impl, total=total)
         ctx.save_for_backward(h, weight, scale, shift, mean.contiguous(), invstd)
