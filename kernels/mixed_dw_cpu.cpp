@@ -47,24 +47,34 @@ void forward(const T* x, const T* w, T* y, BnRelu<T> bn, const SegmentTable& t) 
   }
 }
 
-// Channels outermost (batch inside), so each thread owns its channels' sums.
-template <typename T>
-void grad_input(const T* gy, const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+// The channel loop of both grad_input forms, run by the threads of an enclosing parallel region:
+// channels outermost (batch inside), so each thread owns its channels' sums. plane_of(gp, s, n, c)
+// writes one (n, c) plane of dL/da; with the prologue, the ReLU mask and the BN sums follow
+// while that plane is in cache.
+template <typename T, typename PlaneOf>
+void grad_input_channels(T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t, PlaneOf plane_of) {
   const int plane = t.H * t.W;
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
   for (int cg = 0; cg < t.C; ++cg) {
     const Segment s = t.seg[segment_of_channel(t, cg)];
     const int c = cg - s.c_begin;
     if (bn.scale) sums[2 * cg] = sums[2 * cg + 1] = T(0);
     for (int n = 0; n < t.N; ++n) {
-      T* gp = gx + ((hwnas_index)n * t.C + cg) * plane;
-      for (int iy = 0; iy < t.H; ++iy)
-        for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(gy, w, s, n, c, iy, ix, Identity<T>());
+      const hwnas_index at = ((hwnas_index)n * t.C + cg) * plane;
+      plane_of(gx + at, s, n, c);
       if (bn.scale)
-        mask_plane(gp, h + ((hwnas_index)n * t.C + cg) * plane, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sums[2 * cg],
-                   &sums[2 * cg + 1]);
+        mask_plane(gx + at, h + at, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sums[2 * cg], &sums[2 * cg + 1]);
     }
   }
+}
+
+template <typename T>
+void grad_input(const T* gy, const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+#pragma omp parallel
+  grad_input_channels(gx, h, bn, sums, t, [&](T* gp, const Segment& s, int n, int c) {
+    for (int iy = 0; iy < t.H; ++iy)
+      for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(gy, w, s, n, c, iy, ix, Identity<T>());
+  });
 }
 
 template <typename T>
@@ -147,25 +157,13 @@ void forward_fast(const T* x, const T* w, T* y, BnRelu<T> bn, const SegmentTable
 
 template <typename T>
 void grad_input_fast(const T* gy, const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
-  const int plane = t.H * t.W;
 #pragma omp parallel
   {
     std::vector<T> scratch(plane_scratch_size(t));
-#pragma omp for schedule(static)
-    for (int cg = 0; cg < t.C; ++cg) {
-      const Segment s = t.seg[segment_of_channel(t, cg)];
-      const int c = cg - s.c_begin;
-      if (bn.scale) sums[2 * cg] = sums[2 * cg + 1] = T(0);
-      for (int n = 0; n < t.N; ++n) {
-        T* gp = gx + ((hwnas_index)n * t.C + cg) * plane;
-        dw_grad_input_plane(gy + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
-                            w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W,
-                            scratch.data());
-        if (bn.scale)  // while the plane is in cache
-          mask_plane(gp, h + ((hwnas_index)n * t.C + cg) * plane, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sums[2 * cg],
-                     &sums[2 * cg + 1]);
-      }
-    }
+    grad_input_channels(gx, h, bn, sums, t, [&](T* gp, const Segment& s, int n, int c) {
+      dw_grad_input_plane(gy + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
+                          w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W, scratch.data());
+    });
   }
 }
 
