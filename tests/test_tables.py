@@ -18,7 +18,7 @@ from hwnas.profiling.build import build_table
 from hwnas.profiling.predict import predict
 from hwnas.profiling.protocol import Protocol
 from hwnas.profiling.table import Table, op_key
-from hwnas.profiling.validate import metrics, validate
+from hwnas.profiling.validate import CALIBRATION_SEED, calibration_architectures, metrics, validate
 from hwnas.spaces import builtin, resolve_architecture, resolve_macro, resolve_space
 
 from conftest import REPO
@@ -144,6 +144,22 @@ def test_validate_on_a_tiny_space(tmp_path):
     measured = [s["measured_ms"] for s in again["samples"]]
     expected = metrics([s["predicted_uncalibrated_ms"] * now["factor"] for s in again["samples"]], measured)
     assert again["recalibrated"] == pytest.approx(expected)
+    # --reference: the first calibration architecture timed in every group (GROUP = 4 samples)
+    five = validate(Table.load(path), samples=5, seed=2, progress=False, reference=True)
+    ref = five["reference"]
+    assert len(ref["measured_ms"]) == 2 and all(m > 0 for m in ref["measured_ms"])
+    first_calibration = calibration_architectures(table, calibration["seed"] - CALIBRATION_SEED, 1)[0]
+    assert ref["cells"] == [list(c.ops) for c in first_calibration.cells]
+    summed_ref = predict(table, first_calibration)["latency_ms_uncalibrated"]
+    assert ref["summed_ms"] == pytest.approx(summed_ref)
+    assert ref["build_ms"] / summed_ref == pytest.approx(calibration["ratios"][0], rel=1e-4)
+    groups = [ref["measured_ms"][0]] * 4 + [ref["measured_ms"][1]]
+    assert [s["reference_factor"] for s in five["samples"]] == pytest.approx([m / summed_ref for m in groups], rel=1e-4)
+    measured = [s["measured_ms"] for s in five["samples"]]
+    expected = metrics([s["predicted_uncalibrated_ms"] * m / summed_ref for s, m in zip(five["samples"], groups)],
+                       measured)
+    assert five["reference_calibrated"] == pytest.approx(expected)
+    assert "reference_calibrated" not in again and "reference_factor" not in again["samples"][0]
     # a table measured elsewhere cannot be validated here
     table.meta["device"] = dict(table.meta["device"], name="NVIDIA GeForce GTX TITAN Xp")
     with pytest.raises(HwnasError, match="measurements here cannot validate it"):

@@ -69,6 +69,11 @@ def register(sub: Any) -> None:
                      help="first re-time the table's calibration architectures on this machine now and "
                           "also report predictions with that factor ('recalibrated'): on a shared "
                           "machine the factor moves with the machine's state")
+    val.add_argument("--reference", action="store_true",
+                     help="also time the build's first calibration architecture in every group, "
+                          "interleaved with the samples, and report predictions calibrated on it "
+                          "('reference_calibrated'), which follow the machine's state through the "
+                          "run; about 25%% more time")
     val.add_argument("--plot", metavar="PNG", help="write a predicted-vs-measured scatter plot")
     val.add_argument("-o", "--output", metavar="JSON", help="also write the full report to this file")
     val.add_argument("--json", action="store_true", help="machine-readable output")
@@ -159,7 +164,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hwnas.profiling.validate import plot, validate
 
     report = validate(Table.load(args.table), args.samples, args.seed, progress=not args.quiet, rounds=args.rounds,
-                      recalibrate=args.recalibrate)
+                      recalibrate=args.recalibrate, reference=args.reference)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:
@@ -170,6 +175,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     rows = [("table (calibrated)", report), ("uncalibrated sum", report["uncalibrated"])]
     if "recalibrated" in report:
         rows.append((f"recalibrated now (x{report['calibration_now']['factor']:.3f})", report["recalibrated"]))
+    if "reference_calibrated" in report:
+        rows.append(("reference network, per group", report["reference_calibrated"]))
     print(table([[name, f"{r['within_10pct']:.1%}", f"{r['mape']:.2%}", f"{r['rmse_ms']:.2f}",
                   f"{r['spearman']:.4f}", f"{r['mean_signed_error']:+.2%}"] for name, r in rows],
                 ["prediction", "within ±10%", "MAPE", "RMSE ms", "Spearman", "mean signed error"]))

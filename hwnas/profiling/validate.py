@@ -25,6 +25,7 @@ from hwnas.spaces.arch import Architecture
 from hwnas.spaces.sampling import sample_architecture
 
 GROUP = 4  # architectures timed interleaved at once (each holds a whole network in memory)
+REFERENCE = "__reference__"
 CALIBRATION_SEED = 1_000_003
 
 
@@ -75,11 +76,15 @@ def metrics(predicted: list[float], measured: list[float]) -> dict[str, float]:
 
 
 def measure_architectures(archs: list[Architecture], table: Table, backend: Backend, protocol: Protocol,
-                          seed: int, progress: Any = None, drifts: list[float] | None = None) -> list[Stats]:
+                          seed: int, progress: Any = None, drifts: list[float] | None = None,
+                          reference: tuple[Architecture, int] | None = None,
+                          reference_ms: list[float] | None = None) -> list[Stats]:
     """End-to-end latency of each architecture, in interleaved groups with the drift probe.
 
     When `drifts` is given it receives first this run's probe baseline over the table's, then
-    each architecture's group probe ratio."""
+    each architecture's group probe ratio. With `reference`, that network is timed in every
+    group too (an architecture and its weights' seed), interleaved with the group's
+    architectures, and `reference_ms` receives its latency once per group."""
     batch = int(table.meta["batch"])
     macro = archs[0].macro
     rng = random.Random(seed)
@@ -91,6 +96,8 @@ def measure_architectures(archs: list[Architecture], table: Table, backend: Back
     baseline = probe_baseline(probe, protocol, rng).median
     if drifts is not None:
         drifts.append(baseline / Stats.from_dict(table.meta["probe_baseline"]).median)
+    input_shape = [(batch, 3, macro.input, macro.input)]
+    ref = backend.load(build_network(reference[0], seed=reference[1]), input_shape) if reference else None
     out: list[Stats] = []
     try:
         for start in range(0, len(archs), GROUP):
@@ -98,20 +105,33 @@ def measure_architectures(archs: list[Architecture], table: Table, backend: Back
             runners = {}
             for i, arch in enumerate(chunk):
                 net = build_network(arch, seed=seed + start + i)
-                runners[str(i)] = backend.load(net, [(batch, 3, macro.input, macro.input)])
+                runners[str(i)] = backend.load(net, input_shape)
             try:
-                result = measure_group(runners, probe, baseline, protocol, rng)
+                result = measure_group({**runners, REFERENCE: ref} if ref else runners, probe, baseline, protocol,
+                                       rng)
             finally:
                 for r in runners.values():
                     r.close()
             out.extend(result.stats[str(i)] for i in range(len(chunk)))
             if drifts is not None:
                 drifts.extend([result.drift] * len(chunk))
+            if ref is not None and reference_ms is not None:
+                reference_ms.append(result.stats[REFERENCE].value(table.statistic))
             if progress is not None:
                 progress.update(len(chunk))
     finally:
         probe.close()
+        if ref is not None:
+            ref.close()
     return out
+
+
+def calibration_architectures(table: Table, seed: int, count: int) -> list[Architecture]:
+    """The random architectures `calibrate` times whole (the same ones for the same seed);
+    architecture i's weights are seeded CALIBRATION_SEED + seed + i."""
+    rng = random.Random(CALIBRATION_SEED + seed)
+    return [sample_architecture(table.space(), table.macro(), float(table.meta["scale"]), rng, name=f"calib{i}")
+            for i in range(count)]
 
 
 def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> dict[str, Any]:
@@ -120,10 +140,8 @@ def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> 
     Its seed is disjoint from validate's (which samples from seeds near 0), so validation
     checks the calibrated table on architectures it was not fitted on.
     """
-    space, macro = table.space(), table.macro()
-    rng = random.Random(CALIBRATION_SEED + seed)
     n = protocol.calibration_architectures
-    archs = [sample_architecture(space, macro, float(table.meta["scale"]), rng, name=f"calib{i}") for i in range(n)]
+    archs = calibration_architectures(table, seed, n)
     summed = [predict(table, a)["latency_ms_uncalibrated"] for a in archs]
     stats = measure_architectures(archs, table, backend,
                                   replace(protocol, rounds=protocol.network_rounds,
@@ -135,13 +153,18 @@ def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> 
 
 
 def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
-             rounds: int | None = None, recalibrate: bool = False) -> dict[str, Any]:
+             rounds: int | None = None, recalibrate: bool = False, reference: bool = False) -> dict[str, Any]:
     """Measured vs predicted latency of `samples` random architectures.
 
+    On a shared machine the whole-network/op-sum ratio moves with the machine's state, which
+    the op probe does not see; two options measure it (both reported beside the table's own
+    prediction, never in place of it):
     recalibrate: first re-time the table's own calibration architectures (disjoint from the
-    samples) and also report predictions with that factor (`recalibrated`): on a shared
-    machine the whole-network/op-sum ratio moves with the machine's state, which the op probe
-    does not see.
+    samples) and also report predictions with that factor (`recalibrated`);
+    reference: time the build's first calibration architecture in every group, interleaved
+    with the samples, and also report predictions calibrated on it (`reference_calibrated`:
+    entry sum x its measured/summed ratio in the same rounds), which follows the state
+    through the run.
     """
     if samples < 2:
         raise HwnasError("--samples must be at least 2 (Spearman's rank correlation needs two points)")
@@ -155,17 +178,24 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     protocol = Protocol.from_dict(table.meta["protocol"])
     protocol = replace(protocol, rounds=rounds or protocol.network_rounds,
                        drift_tolerance=protocol.network_drift_tolerance)
+    calibration = table.meta.get("calibration")
+    if (recalibrate or reference) and not calibration:
+        raise HwnasError("the table has no calibration (built with calibration_architectures = 0): "
+                         "--recalibrate and --reference re-time its calibration architectures")
+    build_seed = int(calibration["seed"]) - CALIBRATION_SEED if calibration else 0
     calibration_now = None
     if recalibrate:
         if progress:
             print("re-timing the table's calibration architectures ...", file=sys.stderr)
-        build_seed = int(table.meta.get("calibration", {}).get("seed", CALIBRATION_SEED)) - CALIBRATION_SEED
         calibration_now = calibrate(table, backend, Protocol.from_dict(table.meta["protocol"]), build_seed)
+    ref = calibration_architectures(table, build_seed, 1)[0] if reference else None
+    reference_ms: list[float] = []
     from tqdm import tqdm
 
     with tqdm(total=samples, unit="arch", desc="validate", disable=not progress) as bar:
         drifts: list[float] = []
-        stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts)
+        stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts,
+                                      (ref, CALIBRATION_SEED + build_seed) if ref else None, reference_ms)
     machine_vs_table, drifts = drifts[0], drifts[1:]
     measured = [s.value(table.statistic) for s in stats]
     report: dict[str, Any] = metrics(predictions, measured)
@@ -175,13 +205,26 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
         report["calibration_now"] = calibration_now
         report["recalibrated"] = metrics([p["latency_ms_uncalibrated"] * calibration_now["factor"] for p in priced],
                                          measured)
+    factors = [1.0] * samples
+    if ref is not None:
+        assert calibration is not None
+        summed = predict(table, ref)["latency_ms_uncalibrated"]
+        build_ms = float(calibration["ratios"][0]) * summed  # its measured latency at the build
+        factors = [reference_ms[i // GROUP] / summed for i in range(samples)]
+        report["reference"] = {
+            "cells": [list(c.ops) for c in ref.cells], "summed_ms": summed, "build_ms": round(build_ms, 4),
+            "measured_ms": reference_ms, "vs_build": [round(m / build_ms, 4) for m in reference_ms],
+        }
+        report["reference_calibrated"] = metrics([p["latency_ms_uncalibrated"] * f for p, f in zip(priced, factors)],
+                                                 measured)
     report["machine_vs_table"] = round(machine_vs_table, 4)  # probe now / probe when the table was built
     report.update({
         "seed": seed, "batch": table.meta["batch"], "statistic": table.statistic, "rounds": protocol.rounds,
         "samples": [{"cells": [list(c.ops) for c in a.cells], "predicted_ms": p["latency_ms"],
                      "predicted_uncalibrated_ms": p["latency_ms_uncalibrated"], "measured_ms": m,
                      "measured_cov": round(s.cov, 5), "probe_drift": round(d, 4), "flags": list(s.flags)}
-                    for a, p, m, s, d in zip(archs, priced, measured, stats, drifts)],
+                    | ({"reference_factor": round(f, 5)} if ref is not None else {})
+                    for a, p, m, s, d, f in zip(archs, priced, measured, stats, drifts, factors)],
     })
     return report
 
@@ -197,11 +240,16 @@ def plot(report: dict[str, Any], path: str) -> None:
 
     pred = [s["predicted_ms"] for s in report["samples"]]
     meas = [s["measured_ms"] for s in report["samples"]]
-    lo, hi = min(pred + meas) * 0.9, max(pred + meas) * 1.1
+    everything = pred + meas + [s["predicted_uncalibrated_ms"] * s.get("reference_factor", 1.0)
+                                for s in report["samples"]]
+    lo, hi = min(everything) * 0.9, max(everything) * 1.1
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="ideal")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="±10%")
-    ax.scatter(meas, pred, s=14)
+    ax.scatter(meas, pred, s=14, label="table (calibrated)")
+    if "reference_calibrated" in report:
+        ref = [s["predicted_uncalibrated_ms"] * s["reference_factor"] for s in report["samples"]]
+        ax.scatter(meas, ref, s=14, facecolors="none", edgecolors="C1", label="reference network, per group")
     ax.set_xlabel("measured latency (ms / batch)")
     ax.set_ylabel("predicted latency (ms / batch)")
     ax.set_title(f"n={report['n']}  within ±10%: {report['within_10pct']:.0%}  "
