@@ -29,19 +29,21 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-// One thread per output element, grid-stride over all segments' outputs.
+// One thread per output element, grid-stride over all segments' outputs (out_offset numbering),
+// each written to its segment's block.
 template <typename T, typename Load>
-__device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                               BnRelu<float> bn, const SegmentTable& t, hwnas_index total) {
+__device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w, BnRelu<float> bn,
+                               const SegmentTable& t, hwnas_index total) {
   for (hwnas_index i = blockIdx.x * (hwnas_index)blockDim.x + threadIdx.x; i < total;
        i += (hwnas_index)gridDim.x * blockDim.x) {
     const Segment& s = t.seg[segment_of_output(t, i)];
-    hwnas_index r = i - s.out_offset;
+    const hwnas_index local = i - s.out_offset;
+    hwnas_index r = local;
     const int ox = (int)(r % s.w_out); r /= s.w_out;
     const int oy = (int)(r % s.h_out); r /= s.h_out;
     const int c = (int)(r % s.channels);
     const int n = (int)(r / s.channels);
-    store(y + i, dw_forward_at<T, float>(x, w, t, s, n, c, oy, ox, bn, Load()));
+    store(block_of<T>(s) + local, dw_forward_at<T, float>(x, w, t, s, n, c, oy, ox, bn, Load()));
   }
 }
 
@@ -50,9 +52,8 @@ __device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
 // per (n, c) plane the block touches (at most one slot per thread), then one global atomic
 // per plane. The loop runs over block-aligned bases so every thread reaches __syncthreads.
 template <typename T, typename Load>
-__device__ void grad_input_kernel(const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx,
-                                  const T* __restrict__ h, BnRelu<float> bn, float* __restrict__ sums,
-                                  const SegmentTable& t) {
+__device__ void grad_input_kernel(const T* __restrict__ w, T* __restrict__ gx, const T* __restrict__ h,
+                                  BnRelu<float> bn, float* __restrict__ sums, const SegmentTable& t) {
   __shared__ float plane_sums[2 * 256];
   const hwnas_index total = (hwnas_index)t.N * t.C * t.H * t.W;
   const int plane = t.H * t.W;
@@ -71,7 +72,7 @@ __device__ void grad_input_kernel(const T* __restrict__ gy, const T* __restrict_
       const int cg = (int)(r % t.C);
       const int n = (int)(r / t.C);
       const Segment& s = t.seg[segment_of_channel(t, cg)];
-      float g = dw_grad_input_at<T, float>(gy, w, s, n, cg - s.c_begin, iy, ix, Load());
+      float g = dw_grad_input_at<T, float>(w, s, n, cg - s.c_begin, iy, ix, Load());
       if (bn.scale) {
         const float hv = Load()(h[i]);
         g = relu_mask(g, hv, bn.scale[cg], bn.shift[cg]);
@@ -109,8 +110,8 @@ __device__ void bn_backward_kernel(T* __restrict__ g, const T* __restrict__ h, c
 // One block per weight tap (segment channel c, ky, kx): its threads reduce over (n, oy).
 // blockIdx.x enumerates all taps of all segments in weight order (weight_offset + tap).
 template <typename T, typename Load>
-__device__ void grad_weight_kernel(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ gw,
-                                   BnRelu<float> bn, const SegmentTable& t) {
+__device__ void grad_weight_kernel(const T* __restrict__ x, T* __restrict__ gw, BnRelu<float> bn,
+                                   const SegmentTable& t) {
   const hwnas_index tap = blockIdx.x;
   int si = 0;
   while (si + 1 < t.count && tap >= t.seg[si + 1].weight_offset) ++si;
@@ -120,7 +121,7 @@ __device__ void grad_weight_kernel(const T* __restrict__ x, const T* __restrict_
   const int c = local / kk, ky = local % kk / s.kernel, kx = local % s.kernel;
   float acc = 0.f;
   for (int row = threadIdx.x; row < t.N * s.h_out; row += blockDim.x)
-    acc += dw_grad_weight_row<T, float>(x, gy, t, s, row / s.h_out, c, ky, kx, row % s.h_out, bn, Load());
+    acc += dw_grad_weight_row<T, float>(x, t, s, row / s.h_out, c, ky, kx, row % s.h_out, bn, Load());
   for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, offset);
   __shared__ float warp_sums[32];
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = acc;
@@ -134,18 +135,17 @@ __device__ void grad_weight_kernel(const T* __restrict__ x, const T* __restrict_
 
 #define HWNAS_INSTANTIATE(SUFFIX, T, LOAD)                                                                     \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_forward_##SUFFIX(                              \
-      const T* x, const T* w, T* y, const float* scale, const float* shift, const SegmentTable t,              \
-      hwnas_index total) {                                                                                     \
-    forward_kernel<T, LOAD>(x, w, y, BnRelu<float>{scale, shift, nullptr}, t, total);                          \
+      const T* x, const T* w, const float* scale, const float* shift, const SegmentTable t, hwnas_index total) { \
+    forward_kernel<T, LOAD>(x, w, BnRelu<float>{scale, shift, nullptr}, t, total);                             \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_grad_input_##SUFFIX(                           \
-      const T* gy, const T* w, T* gx, const T* h, const float* scale, const float* shift, const float* mean,   \
-      float* sums, const SegmentTable t) {                                                                     \
-    grad_input_kernel<T, LOAD>(gy, w, gx, h, BnRelu<float>{scale, shift, mean}, sums, t);                      \
+      const T* w, T* gx, const T* h, const float* scale, const float* shift, const float* mean, float* sums,   \
+      const SegmentTable t) {                                                                                  \
+    grad_input_kernel<T, LOAD>(w, gx, h, BnRelu<float>{scale, shift, mean}, sums, t);                          \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_grad_weight_##SUFFIX(                          \
-      const T* x, const T* gy, T* gw, const float* scale, const float* shift, const SegmentTable t) {          \
-    grad_weight_kernel<T, LOAD>(x, gy, gw, BnRelu<float>{scale, shift, nullptr}, t);                           \
+      const T* x, T* gw, const float* scale, const float* shift, const SegmentTable t) {                       \
+    grad_weight_kernel<T, LOAD>(x, gw, BnRelu<float>{scale, shift, nullptr}, t);                               \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_bn_backward_##SUFFIX(                          \
       T* g, const T* h, const float* coef, const SegmentTable t) {                                             \

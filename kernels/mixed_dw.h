@@ -4,8 +4,11 @@
 // The input x is (N, C, H, W): the concatenated hidden channels of all active branches of one
 // multi-branch layer. Segment s owns channels [c_begin, c_begin + channels) and has its own
 // kernel size, dilation, stride and padding. Its output is a contiguous (N, channels, h_out,
-// w_out) block at out_offset of one flat output buffer, so each branch's projection reads it
-// as an ordinary tensor. Weights: segment s's (channels, k, k) block at weight_offset.
+// w_out) block, a tensor of its own at address `block` (the output in the forward pass, the
+// output's gradient in the backward pass), so each branch's projection reads it as an ordinary
+// tensor and the backward reads gradients where autograd left them: no split, no concatenation.
+// out_offset numbers the outputs of all segments in one sequence (the CUDA forward's grid).
+// Weights: segment s's (channels, k, k) block at weight_offset.
 // Accumulation is in Acc (float for fp32/fp16/bf16 storage, double for double).
 #pragma once
 
@@ -40,6 +43,7 @@ struct Segment {
   int w_out;
   hwnas_index out_offset;
   hwnas_index weight_offset;
+  unsigned long long block;  // address of the segment's output (or output-gradient) tensor
 };
 
 struct SegmentTable {
@@ -67,7 +71,13 @@ HWNAS_HD Acc bn_relu_at(Acc v, Acc scale, Acc shift) {
   return a > Acc(0) ? a : Acc(0);
 }
 
-// Index of the segment whose output block holds flat output index i.
+// Segment s's output (forward) or output gradient (backward) block.
+template <typename T>
+HWNAS_HD T* block_of(const Segment& s) {
+  return reinterpret_cast<T*>(s.block);
+}
+
+// Index of the segment whose output block holds output number i (out_offset numbering).
 HWNAS_HD int segment_of_output(const SegmentTable& t, hwnas_index i) {
   int s = 0;
   while (s + 1 < t.count && i >= t.seg[s + 1].out_offset) ++s;
@@ -104,10 +114,11 @@ HWNAS_HD Acc dw_forward_at(const T* x, const T* w, const SegmentTable& t, const 
   return acc;
 }
 
-// dL/dx[n, c, iy, ix] (c local to segment s), gathered from the outputs it fed: no atomics.
+// dL/dx[n, c, iy, ix] (c local to segment s), gathered from the output gradients (the block)
+// it fed: no atomics.
 template <typename T, typename Acc, typename Load>
-HWNAS_HD Acc dw_grad_input_at(const T* gy, const T* w, const Segment& s, int n, int c, int iy, int ix, Load load) {
-  const T* gp = gy + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
+HWNAS_HD Acc dw_grad_input_at(const T* w, const Segment& s, int n, int c, int iy, int ix, Load load) {
+  const T* gp = block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
   const T* wp = w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel;
   Acc acc = Acc(0);
   for (int ky = 0; ky < s.kernel; ++ky) {
@@ -126,14 +137,14 @@ HWNAS_HD Acc dw_grad_input_at(const T* gy, const T* w, const Segment& s, int n, 
   return acc;
 }
 
-// One term-row of dL/dw[c, ky, kx]: the sum over ox of x * gy for a fixed (n, oy).
+// One term-row of dL/dw[c, ky, kx]: the sum over ox of x * gy for a fixed (n, oy) (gy: the block).
 template <typename T, typename Acc, typename Load>
-HWNAS_HD Acc dw_grad_weight_row(const T* x, const T* gy, const SegmentTable& t, const Segment& s, int n, int c,
-                                int ky, int kx, int oy, BnRelu<Acc> bn, Load load) {
+HWNAS_HD Acc dw_grad_weight_row(const T* x, const SegmentTable& t, const Segment& s, int n, int c, int ky, int kx,
+                                int oy, BnRelu<Acc> bn, Load load) {
   const int iy = oy * s.stride - s.padding + ky * s.dilation;
   if (iy < 0 || iy >= t.H) return Acc(0);
   const T* xr = x + (((hwnas_index)n * t.C + s.c_begin + c) * t.H + iy) * t.W;
-  const T* gr = gy + s.out_offset + (((hwnas_index)n * s.channels + c) * s.h_out + oy) * s.w_out;
+  const T* gr = block_of<const T>(s) + (((hwnas_index)n * s.channels + c) * s.h_out + oy) * s.w_out;
   const bool fused = bn.scale != nullptr;
   const Acc scale = fused ? bn.scale[s.c_begin + c] : Acc(1), shift = fused ? bn.shift[s.c_begin + c] : Acc(0);
   Acc acc = Acc(0);

@@ -33,13 +33,13 @@ inline void mask_plane(T* gp, const T* hp, int size, T scale, T shift, T mean, T
 
 // ---- per-element forms: the CUDA kernels' indexing, checked on the CPU ----
 template <typename T>
-void forward(const T* x, const T* w, T* y, BnRelu<T> bn, const SegmentTable& t) {
+void forward(const T* x, const T* w, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < t.N; ++n)
       for (int c = 0; c < s.channels; ++c) {
-        T* yp = y + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
+        T* yp = block_of<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
         for (int oy = 0; oy < s.h_out; ++oy)
           for (int ox = 0; ox < s.w_out; ++ox)
             yp[oy * s.w_out + ox] = dw_forward_at<T, T>(x, w, t, s, n, c, oy, ox, bn, Identity<T>());
@@ -69,16 +69,16 @@ void grad_input_channels(T* gx, const T* h, BnRelu<T> bn, T* sums, const Segment
 }
 
 template <typename T>
-void grad_input(const T* gy, const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+void grad_input(const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
 #pragma omp parallel
   grad_input_channels(gx, h, bn, sums, t, [&](T* gp, const Segment& s, int n, int c) {
     for (int iy = 0; iy < t.H; ++iy)
-      for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(gy, w, s, n, c, iy, ix, Identity<T>());
+      for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(w, s, n, c, iy, ix, Identity<T>());
   });
 }
 
 template <typename T>
-void grad_weight(const T* x, const T* gy, T* gw, BnRelu<T> bn, const SegmentTable& t) {
+void grad_weight(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel for schedule(static)
@@ -88,7 +88,7 @@ void grad_weight(const T* x, const T* gy, T* gw, BnRelu<T> bn, const SegmentTabl
           T acc = T(0);
           for (int n = 0; n < t.N; ++n)
             for (int oy = 0; oy < s.h_out; ++oy)
-              acc += dw_grad_weight_row<T, T>(x, gy, t, s, n, c, ky, kx, oy, bn, Identity<T>());
+              acc += dw_grad_weight_row<T, T>(x, t, s, n, c, ky, kx, oy, bn, Identity<T>());
           gw[s.weight_offset + ((hwnas_index)c * s.kernel + ky) * s.kernel + kx] = acc;
         }
   }
@@ -138,7 +138,7 @@ void channel_stats(const T* h, T* mean, T* var, const SegmentTable& t) {
 // ---- plane forms: the fast path of the fused layer on the CPU ----
 
 template <typename T>
-void forward_fast(const T* x, const T* w, T* y, BnRelu<T> bn, const SegmentTable& t) {
+void forward_fast(const T* x, const T* w, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel
@@ -149,26 +149,26 @@ void forward_fast(const T* x, const T* w, T* y, BnRelu<T> bn, const SegmentTable
         for (int c = 0; c < s.channels; ++c)
           dw_forward_plane(x + ((hwnas_index)n * t.C + s.c_begin + c) * t.H * t.W,
                            w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel,
-                           y + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, s, t.H, t.W,
+                           block_of<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, s, t.H, t.W,
                            scratch.data(), plane_load(bn, s.c_begin + c));
     }
   }
 }
 
 template <typename T>
-void grad_input_fast(const T* gy, const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+void grad_input_fast(const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
 #pragma omp parallel
   {
     std::vector<T> scratch(plane_scratch_size(t));
     grad_input_channels(gx, h, bn, sums, t, [&](T* gp, const Segment& s, int n, int c) {
-      dw_grad_input_plane(gy + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
+      dw_grad_input_plane(block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
                           w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W, scratch.data());
     });
   }
 }
 
 template <typename T>
-void grad_weight_fast(const T* x, const T* gy, T* gw, BnRelu<T> bn, const SegmentTable& t) {
+void grad_weight_fast(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
 #pragma omp parallel
   {
     std::vector<T> scratch(plane_scratch_size(t));
@@ -180,7 +180,7 @@ void grad_weight_fast(const T* x, const T* gy, T* gw, BnRelu<T> bn, const Segmen
       for (int i = 0; i < s.kernel * s.kernel; ++i) gwp[i] = T(0);
       for (int n = 0; n < t.N; ++n)
         dw_grad_weight_plane(x + ((hwnas_index)n * t.C + cg) * t.H * t.W,
-                             gy + s.out_offset + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, gwp, s,
+                             block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, gwp, s,
                              t.H, t.W, scratch.data(), plane_load(bn, cg));
     }
   }
@@ -190,19 +190,20 @@ void grad_weight_fast(const T* x, const T* gy, T* gw, BnRelu<T> bn, const Segmen
 
 // C entry points, called through ctypes (hwnas/kernels/cpu.py declares their argument types).
 // The _fast variants run the plane forms, the others the per-element forms of the CUDA kernels.
+// The outputs (forward) and their gradients (backward) are the segments' blocks in the table.
 #define HWNAS_EXPORT(SUFFIX, T, VARIANT, IMPL)                                                                     \
-  extern "C" void mixed_dw_forward##VARIANT##_##SUFFIX(const T* x, const T* w, T* y, const T* scale,               \
-                                                       const T* shift, const SegmentTable* t) {                    \
-    forward##IMPL(x, w, y, BnRelu<T>{scale, shift, nullptr}, *t);                                                  \
+  extern "C" void mixed_dw_forward##VARIANT##_##SUFFIX(const T* x, const T* w, const T* scale, const T* shift,     \
+                                                       const SegmentTable* t) {                                    \
+    forward##IMPL(x, w, BnRelu<T>{scale, shift, nullptr}, *t);                                                     \
   }                                                                                                                \
-  extern "C" void mixed_dw_grad_input##VARIANT##_##SUFFIX(const T* gy, const T* w, T* gx, const T* h,              \
-                                                          const T* scale, const T* shift, const T* mean,           \
-                                                          T* sums, const SegmentTable* t) {                        \
-    grad_input##IMPL(gy, w, gx, h, BnRelu<T>{scale, shift, mean}, sums, *t);                                       \
+  extern "C" void mixed_dw_grad_input##VARIANT##_##SUFFIX(const T* w, T* gx, const T* h, const T* scale,           \
+                                                          const T* shift, const T* mean, T* sums,                  \
+                                                          const SegmentTable* t) {                                 \
+    grad_input##IMPL(w, gx, h, BnRelu<T>{scale, shift, mean}, sums, *t);                                           \
   }                                                                                                                \
-  extern "C" void mixed_dw_grad_weight##VARIANT##_##SUFFIX(const T* x, const T* gy, T* gw, const T* scale,         \
-                                                           const T* shift, const SegmentTable* t) {                \
-    grad_weight##IMPL(x, gy, gw, BnRelu<T>{scale, shift, nullptr}, *t);                                            \
+  extern "C" void mixed_dw_grad_weight##VARIANT##_##SUFFIX(const T* x, T* gw, const T* scale, const T* shift,      \
+                                                           const SegmentTable* t) {                                \
+    grad_weight##IMPL(x, gw, BnRelu<T>{scale, shift, nullptr}, *t);                                                \
   }
 
 HWNAS_EXPORT(f32, float, , )

@@ -15,7 +15,7 @@ from hwnas.kernels import (KernelInputError, SegmentSpec, mixed_depthwise, mixed
                            reference_mixed_depthwise)
 from hwnas.kernels.cuda import ARCHS, KERNELS
 from hwnas.kernels.ops import MixedDepthwiseBnReluFn, MixedDepthwiseFn
-from hwnas.kernels.segments import SOURCE_DIR
+from hwnas.kernels.segments import SOURCE_DIR, segment_table
 
 
 def random_segments(rng: random.Random, count: int, max_channels: int = 5) -> list[SegmentSpec]:
@@ -79,6 +79,42 @@ def test_unused_segment_outputs_get_zero_gradient():
     outs = mixed_depthwise(x, flat, segments)
     outs[1].sum().backward()  # segment 0 unused: its weights get exactly zero
     assert torch.all(flat.grad[:2 * 9] == 0) and torch.any(flat.grad[2 * 9:] != 0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradients_that_are_not_contiguous(impl):
+    """The backward kernels read each output's gradient where autograd leaves it: an expanded
+    gradient (from .sum()) and a transposed one are made contiguous first."""
+    segments = [SegmentSpec(2, 3), SegmentSpec(3, 5, 2, 2), SegmentSpec(1, 7)]
+    x, weights = inputs(segments, n=2, h=9, w=9, seed=3)
+    upstream = [torch.randn(o.shape[0], o.shape[1], o.shape[3], o.shape[2])
+                for o in reference_mixed_depthwise(x, weights, segments)]
+
+    def loss(outs):  # segment 0: expanded gradient; the others: transposed gradients
+        return outs[0].sum() + sum((o.transpose(2, 3) * u).sum() for o, u in zip(outs[1:], upstream[1:]))
+
+    flat = torch.cat([w.reshape(-1) for w in weights]).requires_grad_()
+    x1 = x.clone().requires_grad_()
+    loss(mixed_depthwise(x1, flat, segments, impl)).backward()
+    x2 = x.clone().requires_grad_()
+    ws = [w.clone().requires_grad_() for w in weights]
+    loss(reference_mixed_depthwise(x2, ws, segments)).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(flat.grad, torch.cat([w.grad.reshape(-1) for w in ws]), rtol=1e-4, atol=1e-4)
+
+
+def test_segment_blocks_are_checked():
+    """Each segment's output block is a tensor of its own, addressed through the table."""
+    segments = [SegmentSpec(2, 3), SegmentSpec(1, 5, 1, 2)]
+    x, _ = inputs(segments, n=2, h=8, w=8)
+    good = [torch.empty(2, 2, 8, 8), torch.empty(2, 1, 4, 4)]
+    table, total = segment_table(x, segments, good)
+    assert total == 2 * 2 * 64 + 2 * 16
+    assert [table.seg[i].block for i in range(2)] == [b.data_ptr() for b in good]
+    for bad in ([good[0], torch.empty(2, 1, 8, 8)], [good[0], torch.empty(2, 1, 4, 4).double()],
+                [good[0], torch.empty(2, 1, 4, 4).transpose(2, 3)]):
+        with pytest.raises(KernelInputError, match="segment 1: its block"):
+            segment_table(x, segments, bad)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

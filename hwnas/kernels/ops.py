@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hwnas.kernels.segments import SegmentSpec, check_bn_inputs, check_inputs, segment_table, split_output
+from hwnas.kernels.segments import SegmentSpec, check_bn_inputs, check_inputs, output_shapes, segment_table
 
 
 def _run(name: str, tensors: Sequence[torch.Tensor | None], table: Any, impl: str, total: int | None = None,
@@ -30,32 +30,33 @@ def _run(name: str, tensors: Sequence[torch.Tensor | None], table: Any, impl: st
 
 
 class MixedDepthwiseFn(torch.autograd.Function):
-    """One output per segment, so autograd hands back one gradient per segment (views of a
-    single flat output would each be backpropagated as a zero-filled full-size tensor)."""
+    """One output tensor per segment, so autograd hands back one gradient per segment, which
+    the backward kernels read where it is (views of a single flat output would each be
+    backpropagated as a zero-filled full-size tensor, and need concatenating)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, segments: tuple[SegmentSpec, ...],
                 impl: str = "fast") -> tuple[torch.Tensor, ...]:
         check_inputs(x, weight, segments)
-        table, total = segment_table(x.shape, segments)
-        y = torch.empty(total, dtype=x.dtype, device=x.device)
-        _run("forward", [x, weight, y, None, None], table, impl, total=total)
+        ys = [x.new_empty(shape) for shape in output_shapes(x.shape, segments)]
+        table, total = segment_table(x, segments, ys)
+        _run("forward", [x, weight, None, None], table, impl, total=total)
         ctx.save_for_backward(x, weight)
         ctx.segments, ctx.impl = segments, impl
-        return tuple(split_output(y, x.shape, segments))
+        return tuple(ys)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight = ctx.saved_tensors
-        table, _ = segment_table(x.shape, ctx.segments)
-        grad_y = _concat_grads(grads, x, ctx.segments)
+        grad_ys = _grad_blocks(grads, x, ctx.segments)
+        table, _ = segment_table(x, ctx.segments, grad_ys)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
-            _run("grad_input", [grad_y, weight, grad_x, None, None, None, None, None], table, ctx.impl)
+            _run("grad_input", [weight, grad_x, None, None, None, None, None], table, ctx.impl)
         if ctx.needs_input_grad[1]:
             grad_w = torch.empty_like(weight)
-            _run("grad_weight", [x, grad_y, grad_w, None, None], table, ctx.impl, grid=weight.numel())
+            _run("grad_weight", [x, grad_w, None, None], table, ctx.impl, grid=weight.numel())
         return grad_x, grad_w, None, None
 
 
@@ -78,7 +79,8 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         n, c, hh, ww = h.shape
         count = n * hh * ww
-        table, total = segment_table(h.shape, segments)
+        ys = [h.new_empty(shape) for shape in output_shapes(h.shape, segments)]
+        table, total = segment_table(h, segments, ys)
         if training:
             if h.is_cuda:  # torch's CUDA reduction is a single efficient pass
                 var, mean = torch.var_mean(h, dim=(0, 2, 3), unbiased=False)
@@ -95,25 +97,24 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         scale = (bn_weight.to(acc) * invstd).contiguous()
         shift = (bn_bias.to(acc) - mean * scale).contiguous()
-        y = torch.empty(total, dtype=h.dtype, device=h.device)
-        _run("forward", [h, weight, y, scale, shift], table, impl, total=total)
+        _run("forward", [h, weight, scale, shift], table, impl, total=total)
         ctx.save_for_backward(h, weight, scale, shift, mean.contiguous(), invstd)
         ctx.segments, ctx.impl, ctx.training, ctx.count = segments, impl, training, count
         ctx.param_dtype = bn_weight.dtype
-        return tuple(split_output(y, h.shape, segments))
+        return tuple(ys)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         h, weight, scale, shift, mean, invstd = ctx.saved_tensors
-        table, _ = segment_table(h.shape, ctx.segments)
-        grad_y = _concat_grads(grads, h, ctx.segments)
+        grad_ys = _grad_blocks(grads, h, ctx.segments)
+        table, _ = segment_table(h, ctx.segments, grad_ys)
         grad_h = torch.empty_like(h)  # dL/da, masked, then dL/dh in place
         sums = torch.zeros((h.shape[1], 2), dtype=scale.dtype, device=h.device)
-        _run("grad_input", [grad_y, weight, grad_h, h, scale, shift, mean, sums], table, ctx.impl)
+        _run("grad_input", [weight, grad_h, h, scale, shift, mean, sums], table, ctx.impl)
         grad_w = None
         if ctx.needs_input_grad[1]:
             grad_w = torch.empty_like(weight)
-            _run("grad_weight", [h, grad_y, grad_w, scale, shift], table, ctx.impl, grid=weight.numel())
+            _run("grad_weight", [h, grad_w, scale, shift], table, ctx.impl, grid=weight.numel())
         sum_g, sum_g_xhat = sums[:, 0], sums[:, 1] * invstd  # sums of g and g * (h - mean) * invstd
         if ctx.training:  # the batch statistics depend on h too
             b = -scale * invstd * sum_g_xhat / ctx.count
@@ -126,17 +127,11 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
                 None, None, None, None, None, None, None)
 
 
-def _concat_grads(grads: Sequence[torch.Tensor | None], x: torch.Tensor,
-                  segments: Sequence[SegmentSpec]) -> torch.Tensor:
-    """The segments' output gradients as one flat buffer (zeros for unused outputs)."""
-    parts = [g.reshape(-1) if g is not None else x.new_zeros(shape.numel())
-             for g, shape in zip(grads, _output_shapes(x.shape, segments))]
-    return torch.cat(parts).contiguous()
-
-
-def _output_shapes(x_shape: Sequence[int], segments: Sequence[SegmentSpec]) -> list[torch.Size]:
-    n, _, h, w = x_shape
-    return [torch.Size((n, s.channels, s.out_size(h), s.out_size(w))) for s in segments]
+def _grad_blocks(grads: Sequence[torch.Tensor | None], x: torch.Tensor,
+                 segments: Sequence[SegmentSpec]) -> list[torch.Tensor]:
+    """The segments' output gradients as the kernels read them: contiguous, zeros for unused outputs."""
+    return [g.contiguous() if g is not None else x.new_zeros(shape)
+            for g, shape in zip(grads, output_shapes(x.shape, segments))]
 
 
 def mixed_depthwise(x: torch.Tensor, weight: torch.Tensor, segments: Sequence[SegmentSpec],

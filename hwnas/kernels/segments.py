@@ -2,7 +2,8 @@
 
 Mirrors `struct SegmentTable` of kernels/mixed_dw.h (the loaders compare its size with the
 compiled one). One segment per branch: its channels in the concatenated hidden tensor, its
-kernel size, dilation, stride; its output block and weight block offsets.
+kernel size, dilation, stride; its weight block offset; where its output block lives (each
+segment's output, and in the backward pass its gradient, is a tensor of its own).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class CSegment(ctypes.Structure):
     _fields_ = [("c_begin", ctypes.c_int), ("channels", ctypes.c_int), ("kernel", ctypes.c_int),
                 ("dilation", ctypes.c_int), ("stride", ctypes.c_int), ("padding", ctypes.c_int),
                 ("h_out", ctypes.c_int), ("w_out", ctypes.c_int), ("out_offset", ctypes.c_longlong),
-                ("weight_offset", ctypes.c_longlong)]
+                ("weight_offset", ctypes.c_longlong), ("block", ctypes.c_ulonglong)]
 
 
 class CSegmentTable(ctypes.Structure):
@@ -97,28 +98,32 @@ def check_bn_inputs(h: torch.Tensor, *per_channel: torch.Tensor) -> None:
             raise KernelInputError(f"h is on {h.device}, a batch norm tensor on {t.device}")
 
 
-def segment_table(x_shape: Sequence[int], segments: Sequence[SegmentSpec]) -> tuple[CSegmentTable, int]:
-    """The C table and the total number of output elements."""
-    n, c, h, w = x_shape
+def output_shapes(x_shape: Sequence[int], segments: Sequence[SegmentSpec]) -> list[torch.Size]:
+    n, _, h, w = x_shape
+    return [torch.Size((n, s.channels, s.out_size(h), s.out_size(w))) for s in segments]
+
+
+def segment_table(x: torch.Tensor, segments: Sequence[SegmentSpec],
+                  blocks: Sequence[torch.Tensor] | None = None) -> tuple[CSegmentTable, int]:
+    """The C table for input x and the total number of output elements.
+
+    blocks: one contiguous (N, channels, h_out, w_out) tensor per segment, on x's device and of
+    its dtype: the outputs the forward kernel writes, or the output gradients the backward
+    kernels read. The table holds their addresses; the caller keeps them alive during the call.
+    """
+    n, c, h, w = x.shape
+    shapes = output_shapes(x.shape, segments)
+    if blocks is not None:
+        for i, (b, shape) in enumerate(zip(blocks, shapes, strict=True)):
+            if b.shape != shape or not b.is_contiguous() or b.dtype != x.dtype or b.device != x.device:
+                raise KernelInputError(f"segment {i}: its block must be a contiguous {x.dtype} tensor of shape "
+                                       f"{tuple(shape)} on {x.device}, got {b.dtype} {tuple(b.shape)} on {b.device}")
     table = CSegmentTable(count=len(segments), N=n, C=c, H=h, W=w)
     c_begin = out_offset = weight_offset = 0
-    for i, s in enumerate(segments):
-        ho, wo = s.out_size(h), s.out_size(w)
-        table.seg[i] = CSegment(c_begin, s.channels, s.kernel, s.dilation, s.stride, s.padding, ho, wo,
-                                out_offset, weight_offset)
+    for i, (s, shape) in enumerate(zip(segments, shapes)):
+        table.seg[i] = CSegment(c_begin, s.channels, s.kernel, s.dilation, s.stride, s.padding, shape[2], shape[3],
+                                out_offset, weight_offset, blocks[i].data_ptr() if blocks is not None else 0)
         c_begin += s.channels
-        out_offset += n * s.channels * ho * wo
+        out_offset += shape.numel()
         weight_offset += s.channels * s.kernel * s.kernel
     return table, out_offset
-
-
-def split_output(flat: torch.Tensor, x_shape: Sequence[int], segments: Sequence[SegmentSpec]) -> list[torch.Tensor]:
-    """Views of each segment's (N, channels, h_out, w_out) block of the flat output."""
-    n, _, h, w = x_shape
-    out, offset = [], 0
-    for s in segments:
-        shape = (n, s.channels, s.out_size(h), s.out_size(w))
-        size = shape[0] * shape[1] * shape[2] * shape[3]
-        out.append(flat[offset:offset + size].view(shape))
-        offset += size
-    return out
