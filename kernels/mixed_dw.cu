@@ -107,6 +107,17 @@ __device__ void bn_backward_kernel(T* __restrict__ g, const T* __restrict__ h, c
   }
 }
 
+// The prologue's backward coefficients from grad_input's sums, one thread per channel
+// (bn_backward_coefficients in mixed_dw.h). invstd == nullptr: eval. Storage-independent (fp32).
+extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_bn_coefficients_f32(
+    const float* sums, const float* scale, const float* invstd, const float* mean, float* coef,
+    const SegmentTable t) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c < t.C)
+    bn_backward_coefficients(sums[2 * c], sums[2 * c + 1], scale[c], invstd, mean[c], c,
+                             (float)t.N * t.H * t.W, coef + 3 * c);
+}
+
 // One block per weight tap (segment channel c, ky, kx): its threads reduce over (n, oy).
 // blockIdx.x enumerates all taps of all segments in weight order (weight_offset + tap).
 template <typename T, typename Load>

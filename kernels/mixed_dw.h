@@ -166,9 +166,19 @@ HWNAS_HD Acc relu_mask(Acc grad_a, Acc h, Acc scale, Acc shift) {
 }
 
 // The backward of the prologue, part 2, once the sums are known: dL/dh = a*g + b*h + d with
-// per-channel coefficients (coef[3c..3c+2]) computed from the sums in Python: in training
-// a = scale, b = -scale * invstd * sum(g*xhat) / M, d = -scale * sum(g) / M - b * mean (M = N*H*W),
-// xhat = (h - mean) * invstd; in eval b = d = 0.
+// per-channel coefficients coef[3c..3c+2]. Training (the batch statistics depend on h), from
+// the channel's sums sum_g = sum(g), sum_gh = sum(g * (h - mean)) over its M = N*H*W values:
+// a = scale, b = -scale * invstd^2 * sum_gh / M, d = -scale * sum_g / M - b * mean.
+// Eval (invstd == nullptr: the statistics are constants): a = scale, b = d = 0.
+template <typename Acc>
+HWNAS_HD void bn_backward_coefficients(Acc sum_g, Acc sum_gh, Acc scale, const Acc* invstd, Acc mean, int c,
+                                       Acc count, Acc* coef) {
+  const Acc b = invstd ? -scale * invstd[c] * invstd[c] * sum_gh / count : Acc(0);
+  coef[0] = scale;
+  coef[1] = b;
+  coef[2] = invstd ? -scale * sum_g / count - b * mean : Acc(0);
+}
+
 template <typename Acc>
 HWNAS_HD Acc bn_backward_at(Acc g, Acc h, const Acc* coef, int c) {
   return coef[3 * c] * g + coef[3 * c + 1] * h + coef[3 * c + 2];

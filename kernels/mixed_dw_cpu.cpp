@@ -31,6 +31,25 @@ inline void mask_plane(T* gp, const T* hp, int size, T scale, T shift, T mean, T
   *sum_gh += s2;
 }
 
+// A channel's finish step that only stores its sums (sums[2c], sums[2c + 1]) under the prologue.
+template <typename T>
+inline auto store_sums(BnRelu<T> bn, T* sums) {
+  return [=](int cg, T sum_g, T sum_gh) {
+    if (bn.scale) {
+      sums[2 * cg] = sum_g;
+      sums[2 * cg + 1] = sum_gh;
+    }
+  };
+}
+
+// Per-channel coefficients of the prologue's backward (bn_backward_coefficients) from the sums.
+template <typename T>
+void bn_coefficients(const T* sums, const T* scale, const T* invstd, const T* mean, T* coef, const SegmentTable& t) {
+  const T count = T((double)t.N * t.H * t.W);
+  for (int c = 0; c < t.C; ++c)
+    bn_backward_coefficients(sums[2 * c], sums[2 * c + 1], scale[c], invstd, mean[c], c, count, coef + 3 * c);
+}
+
 // ---- per-element forms: the CUDA kernels' indexing, checked on the CPU ----
 template <typename T>
 void forward(const T* x, const T* w, BnRelu<T> bn, const SegmentTable& t) {
@@ -47,36 +66,48 @@ void forward(const T* x, const T* w, BnRelu<T> bn, const SegmentTable& t) {
   }
 }
 
-// The channel loop of both grad_input forms, run by the threads of an enclosing parallel region:
+// The channel loop of the grad_input forms, run by the threads of an enclosing parallel region:
 // channels outermost (batch inside), so each thread owns its channels' sums. plane_of(gp, s, n, c)
-// writes one (n, c) plane of dL/da; with the prologue, the ReLU mask and the BN sums follow
-// while that plane is in cache.
-template <typename T, typename PlaneOf>
-void grad_input_channels(T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t, PlaneOf plane_of) {
+// writes one (n, c) plane of dL/da to gp = dest_of(n, at); with the prologue, the ReLU mask and
+// the BN sums follow while that plane is in cache; finish(cg, sum_g, sum_gh) ends the channel.
+template <typename T, typename PlaneOf, typename DestOf, typename Finish>
+void grad_input_channels(const T* h, BnRelu<T> bn, const SegmentTable& t, PlaneOf plane_of, DestOf dest_of,
+                         Finish finish) {
   const int plane = t.H * t.W;
 #pragma omp for schedule(static)
   for (int cg = 0; cg < t.C; ++cg) {
     const Segment s = t.seg[segment_of_channel(t, cg)];
     const int c = cg - s.c_begin;
-    if (bn.scale) sums[2 * cg] = sums[2 * cg + 1] = T(0);
+    T sum_g = T(0), sum_gh = T(0);
     for (int n = 0; n < t.N; ++n) {
       const hwnas_index at = ((hwnas_index)n * t.C + cg) * plane;
-      plane_of(gx + at, s, n, c);
-      if (bn.scale)
-        mask_plane(gx + at, h + at, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sums[2 * cg], &sums[2 * cg + 1]);
+      T* gp = dest_of(n, at);
+      plane_of(gp, s, n, c);
+      if (bn.scale) mask_plane(gp, h + at, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sum_g, &sum_gh);
     }
+    finish(cg, sum_g, sum_gh);
   }
 }
 
+// dL/da (plane form) of one (n, c) into gp.
+template <typename T>
+inline void grad_input_plane_of(const T* w, T* gp, const Segment& s, int n, int c, const SegmentTable& t, T* scratch) {
+  dw_grad_input_plane(block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
+                      w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W, scratch);
+}
+
+// dL/da into gx (masked, with the sums, under the prologue), as the CUDA grad_input kernel.
 template <typename T>
 void grad_input(const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
 #pragma omp parallel
-  grad_input_channels(gx, h, bn, sums, t, [&](T* gp, const Segment& s, int n, int c) {
-    for (int iy = 0; iy < t.H; ++iy)
-      for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(w, s, n, c, iy, ix, Identity<T>());
-  });
+  grad_input_channels(
+      h, bn, t,
+      [&](T* gp, const Segment& s, int n, int c) {
+        for (int iy = 0; iy < t.H; ++iy)
+          for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(w, s, n, c, iy, ix, Identity<T>());
+      },
+      [&](int, hwnas_index at) { return gx + at; }, store_sums(bn, sums));
 }
-
 template <typename T>
 void grad_weight(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
@@ -160,10 +191,38 @@ void grad_input_fast(const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const
 #pragma omp parallel
   {
     std::vector<T> scratch(plane_scratch_size(t));
-    grad_input_channels(gx, h, bn, sums, t, [&](T* gp, const Segment& s, int n, int c) {
-      dw_grad_input_plane(block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
-                          w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W, scratch.data());
-    });
+    grad_input_channels(
+        h, bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
+        [&](int, hwnas_index at) { return gx + at; }, store_sums(bn, sums));
+  }
+}
+
+// The prologue's whole backward in one pass, each channel while its planes are in cache: dL/da
+// (masked, summed) into per-thread scratch, then the channel's coefficients, then dL/dh written
+// over h in place (h was read for the mask and is read for b*h first): no separate gradient
+// buffer, no second pass over memory. invstd == nullptr: eval. Run grad_weight first (it reads h).
+template <typename T>
+void grad_input_bn_fast(const T* w, T* h, BnRelu<T> bn, const T* invstd, T* sums, const SegmentTable& t) {
+  const int plane = t.H * t.W;
+  const T count = T((double)t.N * plane);
+#pragma omp parallel
+  {
+    std::vector<T> scratch(plane_scratch_size(t));
+    std::vector<T> g((size_t)t.N * plane);
+    grad_input_channels(
+        h, bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
+        [&](int n, hwnas_index) { return g.data() + (size_t)n * plane; },
+        [&](int cg, T sum_g, T sum_gh) {
+          store_sums(bn, sums)(cg, sum_g, sum_gh);
+          T coef[3];
+          bn_backward_coefficients(sum_g, sum_gh, bn.scale[cg], invstd, bn.mean[cg], cg, count, coef);
+          for (int n = 0; n < t.N; ++n) {
+            T* hp = h + ((hwnas_index)n * t.C + cg) * plane;
+            const T* gp = g.data() + (size_t)n * plane;
+#pragma omp simd
+            for (int i = 0; i < plane; ++i) hp[i] = bn_backward_at(gp[i], hp[i], coef, 0);
+          }
+        });
   }
 }
 
@@ -216,5 +275,9 @@ void mixed_dw_bn_backward_f32(float* g, const float* h, const float* coef, const
 void mixed_dw_bn_backward_f64(double* g, const double* h, const double* coef, const SegmentTable* t) { bn_backward(g, h, coef, *t); }
 void mixed_dw_channel_stats_f32(const float* h, float* mean, float* var, const SegmentTable* t) { channel_stats(h, mean, var, *t); }
 void mixed_dw_channel_stats_f64(const double* h, double* mean, double* var, const SegmentTable* t) { channel_stats(h, mean, var, *t); }
+void mixed_dw_bn_coefficients_f32(const float* sums, const float* scale, const float* invstd, const float* mean, float* coef, const SegmentTable* t) { bn_coefficients(sums, scale, invstd, mean, coef, *t); }
+void mixed_dw_bn_coefficients_f64(const double* sums, const double* scale, const double* invstd, const double* mean, double* coef, const SegmentTable* t) { bn_coefficients(sums, scale, invstd, mean, coef, *t); }
+void mixed_dw_grad_input_bn_f32(const float* w, float* h, const float* scale, const float* shift, const float* mean, const float* invstd, float* sums, const SegmentTable* t) { grad_input_bn_fast(w, h, BnRelu<float>{scale, shift, mean}, invstd, sums, *t); }
+void mixed_dw_grad_input_bn_f64(const double* w, double* h, const double* scale, const double* shift, const double* mean, const double* invstd, double* sums, const SegmentTable* t) { grad_input_bn_fast(w, h, BnRelu<double>{scale, shift, mean}, invstd, sums, *t); }
 int mixed_dw_segment_table_size(void) { return (int)sizeof(SegmentTable); }
 }

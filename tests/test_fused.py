@@ -63,7 +63,34 @@ def test_eval_mode_and_grouped_ops():
 def test_gradcheck_of_the_fused_cell():
     torch.manual_seed(0)
     cell = SupernetCell(SPACE, [0, 4], Position("N", 2, 2, 5, 1)).double().eval()
-    fused = FusedSupernetCell(cell)
+    fused = FusedSupernetCell(cell, inplace=False)  # gradcheck backpropagates through one graph many times
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
     config = torch.tensor([True, True])
     assert torch.autograd.gradcheck(lambda t: fused(t, config), (x,))
+
+
+def test_inplace_allows_one_backward_and_inplace_false_many():
+    """The default in-place backward writes dL/dh over the expand output: a second backward
+    through the same graph must fail loudly, and inplace=False must support it exactly."""
+    torch.manual_seed(0)
+    pos = Position("N", 4, 4, 6, 1)
+    config = torch.ones(3, dtype=torch.bool)
+    cell = SupernetCell(SPACE, [0, 4, 7], pos).double()
+    ref_cell = copy.deepcopy(cell)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    y = FusedSupernetCell(cell)(x, config).sum()
+    y.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+    ref_x = x.detach().clone().requires_grad_()
+    ref_y = ref_cell(ref_x, config).sum()
+    ref_y.backward(retain_graph=True)
+    ref_y.backward()
+    x.grad = None
+    cell.zero_grad()
+    twice = FusedSupernetCell(cell, inplace=False)(x, config).sum()
+    twice.backward(retain_graph=True)
+    twice.backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-10)
+    for (name, p1), p2 in zip(ref_cell.named_parameters(), cell.parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-10, atol=1e-10, msg=name)

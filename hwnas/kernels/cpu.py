@@ -20,7 +20,8 @@ from hwnas.errors import HwnasError
 from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
 
 SOURCES = ("mixed_dw.h", "mixed_dw_cpu.cpp")
-CPU_ONLY_FORM = ("bn_backward", "channel_stats")  # one form each (no separate "_fast" plane form)
+# one form each (no separate "_fast" plane form); grad_input_bn is the fast path's whole BN backward
+CPU_ONLY_FORM = ("bn_backward", "bn_coefficients", "channel_stats", "grad_input_bn")
 FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fPIC", "-shared", "-march=native")
 
 
@@ -62,7 +63,8 @@ def library() -> ctypes.CDLL:
     size = lib.mixed_dw_segment_table_size()
     if size != ctypes.sizeof(CSegmentTable):
         raise AssertionError(f"SegmentTable is {size} bytes in C, {ctypes.sizeof(CSegmentTable)} in Python")
-    pointers = {"forward": 4, "grad_input": 7, "grad_weight": 4, "bn_backward": 3, "channel_stats": 3}
+    pointers = {"forward": 4, "grad_input": 7, "grad_weight": 4, "bn_backward": 3, "bn_coefficients": 5,
+                "channel_stats": 3, "grad_input_bn": 7}
     for name, count in pointers.items():  # count: pointer arguments before the segment table
         for variant in ("", "_fast") if name not in CPU_ONLY_FORM else ("",):
             for suffix in ("f32", "f64"):

@@ -22,7 +22,8 @@ from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
 SOURCES = ("mixed_dw.h", "mixed_dw.cu")
 ARCHS = ("sm_80", "sm_90")  # the GPUs hwnas compiles and checks its kernels for
 OPS = ("forward", "grad_input", "grad_weight", "bn_backward")
-KERNELS = tuple(f"mixed_dw_{op}_{t}" for op in OPS for t in ("f32", "f16", "bf16"))
+# bn_coefficients works on the fp32 per-channel sums whatever the storage: one kernel
+KERNELS = (*(f"mixed_dw_{op}_{t}" for op in OPS for t in ("f32", "f16", "bf16")), "mixed_dw_bn_coefficients_f32")
 DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 THREADS = 256
 

@@ -65,15 +65,19 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
 
     Forward: one pass for the batch statistics (training), one kernel pass that applies
     scale/shift and ReLU on load. The activated tensor is neither written nor saved: the
-    backward recomputes it on load from h. Backward: grad_input masks by the ReLU and sums
-    per channel in its epilogue, grad_weight reads h through the prologue, bn_backward turns
-    the masked gradient into dL/dh in place.
+    backward recomputes it on load from h. Backward: grad_weight reads h through the prologue;
+    grad_input masks by the ReLU and sums per channel in its epilogue; the batch norm's
+    coefficients follow from the sums (mixed_dw.h) and bn_backward turns the masked gradient
+    into dL/dh. On the CPU's fast path the last three are one pass, channel by channel in
+    cache, writing dL/dh over h itself when the caller allows it (overwrite_h: the fused layer,
+    whose h is its own intermediate); a second backward through the graph then fails loudly.
     """
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
                 running_mean: torch.Tensor, running_var: torch.Tensor, segments: tuple[SegmentSpec, ...],
-                training: bool, momentum: float, eps: float, impl: str = "fast") -> tuple[torch.Tensor, ...]:
+                training: bool, momentum: float, eps: float, impl: str = "fast",
+                overwrite_h: bool = False) -> tuple[torch.Tensor, ...]:
         check_inputs(h, weight, segments)
         check_bn_inputs(h, bn_weight, bn_bias, running_mean, running_var)
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
@@ -99,7 +103,7 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         shift = (bn_bias.to(acc) - mean * scale).contiguous()
         _run("forward", [h, weight, scale, shift], table, impl, total=total)
         ctx.save_for_backward(h, weight, scale, shift, mean.contiguous(), invstd)
-        ctx.segments, ctx.impl, ctx.training, ctx.count = segments, impl, training, count
+        ctx.segments, ctx.impl, ctx.training, ctx.overwrite_h = segments, impl, training, overwrite_h
         ctx.param_dtype = bn_weight.dtype
         return tuple(ys)
 
@@ -108,23 +112,27 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         h, weight, scale, shift, mean, invstd = ctx.saved_tensors
         grad_ys = _grad_blocks(grads, h, ctx.segments)
         table, _ = segment_table(h, ctx.segments, grad_ys)
-        grad_h = torch.empty_like(h)  # dL/da, masked, then dL/dh in place
-        sums = torch.zeros((h.shape[1], 2), dtype=scale.dtype, device=h.device)
-        _run("grad_input", [weight, grad_h, h, scale, shift, mean, sums], table, ctx.impl)
         grad_w = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:  # first: the CPU's fast path below may overwrite h
             grad_w = torch.empty_like(weight)
             _run("grad_weight", [h, grad_w, scale, shift], table, ctx.impl, grid=weight.numel())
-        sum_g, sum_g_xhat = sums[:, 0], sums[:, 1] * invstd  # sums of g and g * (h - mean) * invstd
-        if ctx.training:  # the batch statistics depend on h too
-            b = -scale * invstd * sum_g_xhat / ctx.count
-            d = -scale * sum_g / ctx.count - b * mean
-        else:
-            b = d = torch.zeros_like(scale)
-        coef = torch.stack([scale, b, d], dim=1).contiguous()
-        _run("bn_backward", [grad_h, h, coef], table, ctx.impl)
+        sums = torch.zeros((h.shape[1], 2), dtype=scale.dtype, device=h.device)  # sum g, sum g * (h - mean)
+        batch_invstd = invstd if ctx.training else None  # None: eval, the statistics are constants
+        if ctx.impl == "fast" and not h.is_cuda:
+            grad_h = h if ctx.overwrite_h else h.clone()
+            _run("grad_input_bn", [weight, grad_h, scale, shift, mean, batch_invstd, sums], table, ctx.impl)
+            if grad_h is h:
+                torch.autograd.graph.increment_version(h)  # h is gone: a second backward must fail
+        else:  # the CUDA kernels' sequence (and its per-element twin on the CPU)
+            grad_h = torch.empty_like(h)  # dL/da, masked, then dL/dh in place
+            _run("grad_input", [weight, grad_h, h, scale, shift, mean, sums], table, ctx.impl)
+            coef = torch.empty((h.shape[1], 3), dtype=scale.dtype, device=h.device)
+            _run("bn_coefficients", [sums, scale, batch_invstd, mean, coef], table, ctx.impl,
+                 grid=-(-h.shape[1] // 256))
+            _run("bn_backward", [grad_h, h, coef], table, ctx.impl)
+        sum_g, sum_g_xhat = sums[:, 0], sums[:, 1] * invstd  # dL/d(beta), dL/d(gamma)
         return (grad_h, grad_w, sum_g_xhat.to(ctx.param_dtype), sum_g.to(ctx.param_dtype),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def _grad_blocks(grads: Sequence[torch.Tensor | None], x: torch.Tensor,
@@ -150,14 +158,17 @@ def mixed_depthwise(x: torch.Tensor, weight: torch.Tensor, segments: Sequence[Se
 def mixed_depthwise_bn_relu(h: torch.Tensor, weight: torch.Tensor, segments: Sequence[SegmentSpec],
                             bn_weight: torch.Tensor, bn_bias: torch.Tensor, running_mean: torch.Tensor,
                             running_var: torch.Tensor, training: bool, momentum: float = 0.1, eps: float = 1e-5,
-                            impl: str = "fast") -> list[torch.Tensor]:
+                            impl: str = "fast", overwrite_h: bool = False) -> list[torch.Tensor]:
     """mixed_depthwise(relu(batch_norm(h))): the batch norm over h's channels (training:
     batch statistics, updating running_mean/var in place as F.batch_norm does; eval: the
-    running ones) and the ReLU applied inside the kernel, on load."""
+    running ones) and the ReLU applied inside the kernel, on load.
+
+    overwrite_h: the backward may write dL/dh over h (saves an h-sized buffer and a pass on
+    the CPU); only for an h nothing else reads after the forward."""
     if impl not in ("fast", "elementwise"):
         raise ValueError(f"impl must be 'fast' or 'elementwise', got {impl!r}")
     return list(MixedDepthwiseBnReluFn.apply(h, weight, bn_weight, bn_bias, running_mean, running_var,
-                                             tuple(segments), training, momentum, eps, impl))
+                                             tuple(segments), training, momentum, eps, impl, overwrite_h))
 
 
 def reference_mixed_depthwise(x: torch.Tensor, weights: Sequence[torch.Tensor],

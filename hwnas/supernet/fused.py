@@ -4,7 +4,8 @@ For the active depthwise branches (ungrouped 1x1s):
 - their expand 1x1 convs run as ONE conv over the concatenated weights;
 - their first BN + ReLU and their depthwise convs run as ONE mixed-depthwise kernel with the
   BN's scale/shift and the ReLU applied on load (hwnas.kernels.mixed_depthwise_bn_relu): the
-  activated hidden tensor is never written nor kept for backward. The BN is per channel, so
+  activated hidden tensor is never written nor kept for backward, and each branch's output is
+  a tensor of its own (no split; in backward, no concatenation of the branch gradients). The BN is per channel, so
   one BN over the concatenated channels is exact in training too; each branch's running
   statistics are written back to its own BN;
 - then each branch's BN, ReLU, projection and BN (per branch: each has its own BN), and the
@@ -25,8 +26,9 @@ from hwnas.model.blocks import is_fusable_depthwise
 from hwnas.supernet.cell import SupernetCell
 
 
-def bn_relu_depthwise(h: torch.Tensor, blocks: list[Any], training: bool) -> list[torch.Tensor]:
-    """Each block's depthwise(relu(bn1(.))) over its channels of h, in one kernel call."""
+def bn_relu_depthwise(h: torch.Tensor, blocks: list[Any], training: bool, inplace: bool) -> list[torch.Tensor]:
+    """Each block's depthwise(relu(bn1(.))) over its channels of h, in one kernel call
+    (inplace: the backward may write dL/dh over h)."""
     bns: list[Any] = [b[0][1] for b in blocks]
     first = bns[0]
     if any(bn.momentum != first.momentum or bn.eps != first.eps for bn in bns) or first.momentum is None:
@@ -37,7 +39,8 @@ def bn_relu_depthwise(h: torch.Tensor, blocks: list[Any], training: bool) -> lis
     segments = [SegmentSpec(c.out_channels, c.kernel_size[0], c.dilation[0], c.stride[0]) for c in dw]
     outs = mixed_depthwise_bn_relu(h.contiguous(), torch.cat([c.weight.reshape(-1) for c in dw]), segments,
                                    torch.cat([bn.weight for bn in bns]), torch.cat([bn.bias for bn in bns]),
-                                   running_mean, running_var, training, first.momentum, first.eps)
+                                   running_mean, running_var, training, first.momentum, first.eps,
+                                   overwrite_h=inplace)
     if training:
         with torch.no_grad():  # write the updated statistics back to each branch's BN
             sizes = [bn.num_features for bn in bns]
@@ -48,7 +51,7 @@ def bn_relu_depthwise(h: torch.Tensor, blocks: list[Any], training: bool) -> lis
     return outs
 
 
-def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
+def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor, inplace: bool = True) -> torch.Tensor:
     cell.check_config(config)
     active = [i for i, on in enumerate(config.tolist()) if on]
     if not active:
@@ -59,7 +62,7 @@ def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor) -> 
     if fused:
         blocks = [branches[i] for i in fused]  # Sequential(expand, depthwise, project)
         h = F.conv2d(x, torch.cat([b[0][0].weight for b in blocks]))
-        for b, y in zip(blocks, bn_relu_depthwise(h, blocks, cell.training)):
+        for b, y in zip(blocks, bn_relu_depthwise(h, blocks, cell.training, inplace)):
             outs.append(b[2](F.relu(b[1][1](y), inplace=True)))
     outs.extend(branches[i](x) for i in active if i not in fused)
     total = x if cell.identity else None
@@ -71,11 +74,18 @@ def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor) -> 
 
 
 class FusedSupernetCell(nn.Module):
-    """Same parameters and interface as SupernetCell (it wraps one), computed by fused_forward."""
+    """Same parameters and interface as SupernetCell (it wraps one), computed by fused_forward.
 
-    def __init__(self, cell: SupernetCell):
+    inplace (default): the backward writes the expand output's gradient over the expand output
+    itself, this layer's own intermediate (on the CPU: no hidden-sized gradient buffer, whose
+    fresh pages cost ~10 ms per 50 MB every step). Like nn.ReLU(inplace=True) it allows one
+    backward through the graph: pass inplace=False to backward more than once (retain_graph,
+    gradcheck); a second backward through an in-place layer raises torch's in-place error.
+    """
+
+    def __init__(self, cell: SupernetCell, inplace: bool = True):
         super().__init__()
-        self.cell = cell
+        self.cell, self.inplace = cell, inplace
 
     def forward(self, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
-        return fused_forward(self.cell, x, config)
+        return fused_forward(self.cell, x, config, self.inplace)
