@@ -32,8 +32,7 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 // One thread per output element, grid-stride over all segments' outputs (out_offset numbering),
 // each written to its segment's block.
 template <typename T, typename Load>
-__device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w, BnRelu<float> bn,
-                               const SegmentTable& t, hwnas_index total) {
+__device__ void forward_kernel(const T* __restrict__ w, BnRelu<float> bn, const SegmentTable& t, hwnas_index total) {
   for (hwnas_index i = blockIdx.x * (hwnas_index)blockDim.x + threadIdx.x; i < total;
        i += (hwnas_index)gridDim.x * blockDim.x) {
     const Segment& s = t.seg[segment_of_output(t, i)];
@@ -43,7 +42,7 @@ __device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
     const int oy = (int)(r % s.h_out); r /= s.h_out;
     const int c = (int)(r % s.channels);
     const int n = (int)(r / s.channels);
-    store(block_of<T>(s) + local, dw_forward_at<T, float>(x, w, t, s, n, c, oy, ox, bn, Load()));
+    store(output_block<T>(s) + local, dw_forward_at<T, float>(w, t, s, n, c, oy, ox, bn, Load()));
   }
 }
 
@@ -52,8 +51,8 @@ __device__ void forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
 // per (n, c) plane the block touches (at most one slot per thread), then one global atomic
 // per plane. The loop runs over block-aligned bases so every thread reaches __syncthreads.
 template <typename T, typename Load>
-__device__ void grad_input_kernel(const T* __restrict__ w, T* __restrict__ gx, const T* __restrict__ h,
-                                  BnRelu<float> bn, float* __restrict__ sums, const SegmentTable& t) {
+__device__ void grad_input_kernel(const T* __restrict__ w, T* __restrict__ gx, BnRelu<float> bn,
+                                  float* __restrict__ sums, const SegmentTable& t) {
   __shared__ float plane_sums[2 * 256];
   const hwnas_index total = (hwnas_index)t.N * t.C * t.H * t.W;
   const int plane = t.H * t.W;
@@ -74,7 +73,7 @@ __device__ void grad_input_kernel(const T* __restrict__ w, T* __restrict__ gx, c
       const Segment& s = t.seg[segment_of_channel(t, cg)];
       float g = dw_grad_input_at<T, float>(w, s, n, cg - s.c_begin, iy, ix, Load());
       if (bn.scale) {
-        const float hv = Load()(h[i]);
+        const float hv = Load()(input_plane<const T>(s, n, cg - s.c_begin, plane)[iy * t.W + ix]);
         g = relu_mask(g, hv, bn.scale[cg], bn.shift[cg]);
         const int slot = (int)(i / plane - first_plane);
         atomicAdd(&plane_sums[2 * slot], g);
@@ -97,13 +96,15 @@ __device__ void grad_input_kernel(const T* __restrict__ w, T* __restrict__ gx, c
 
 // The prologue's backward, part 2, in place: g <- dL/dh (bn_backward_at in mixed_dw.h).
 template <typename T, typename Load>
-__device__ void bn_backward_kernel(T* __restrict__ g, const T* __restrict__ h, const float* __restrict__ coef,
-                                   const SegmentTable& t) {
-  const hwnas_index total = (hwnas_index)t.N * t.C * t.H * t.W;
+__device__ void bn_backward_kernel(T* __restrict__ g, const float* __restrict__ coef, const SegmentTable& t) {
+  const int plane = t.H * t.W;
+  const hwnas_index total = (hwnas_index)t.N * t.C * plane;
   for (hwnas_index i = blockIdx.x * (hwnas_index)blockDim.x + threadIdx.x; i < total;
        i += (hwnas_index)gridDim.x * blockDim.x) {
-    const int c = (int)(i / ((hwnas_index)t.H * t.W) % t.C);
-    store(g + i, bn_backward_at(Load()(g[i]), Load()(h[i]), coef, c));
+    const int c = (int)(i / plane % t.C), n = (int)(i / plane / t.C), at = (int)(i % plane);
+    const Segment& s = t.seg[segment_of_channel(t, c)];
+    const float hv = Load()(input_plane<const T>(s, n, c - s.c_begin, plane)[at]);
+    store(g + i, bn_backward_at(Load()(g[i]), hv, coef, c));
   }
 }
 
@@ -121,8 +122,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_bn_coefficients_f3
 // One block per weight tap (segment channel c, ky, kx): its threads reduce over (n, oy).
 // blockIdx.x enumerates all taps of all segments in weight order (weight_offset + tap).
 template <typename T, typename Load>
-__device__ void grad_weight_kernel(const T* __restrict__ x, T* __restrict__ gw, BnRelu<float> bn,
-                                   const SegmentTable& t) {
+__device__ void grad_weight_kernel(T* __restrict__ gw, BnRelu<float> bn, const SegmentTable& t) {
   const hwnas_index tap = blockIdx.x;
   int si = 0;
   while (si + 1 < t.count && tap >= t.seg[si + 1].weight_offset) ++si;
@@ -132,7 +132,7 @@ __device__ void grad_weight_kernel(const T* __restrict__ x, T* __restrict__ gw, 
   const int c = local / kk, ky = local % kk / s.kernel, kx = local % s.kernel;
   float acc = 0.f;
   for (int row = threadIdx.x; row < t.N * s.h_out; row += blockDim.x)
-    acc += dw_grad_weight_row<T, float>(x, t, s, row / s.h_out, c, ky, kx, row % s.h_out, bn, Load());
+    acc += dw_grad_weight_row<T, float>(t, s, row / s.h_out, c, ky, kx, row % s.h_out, bn, Load());
   for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, offset);
   __shared__ float warp_sums[32];
   if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = acc;
@@ -146,21 +146,21 @@ __device__ void grad_weight_kernel(const T* __restrict__ x, T* __restrict__ gw, 
 
 #define HWNAS_INSTANTIATE(SUFFIX, T, LOAD)                                                                     \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_forward_##SUFFIX(                              \
-      const T* x, const T* w, const float* scale, const float* shift, const SegmentTable t, hwnas_index total) { \
-    forward_kernel<T, LOAD>(x, w, BnRelu<float>{scale, shift, nullptr}, t, total);                             \
+      const T* w, const float* scale, const float* shift, const SegmentTable t, hwnas_index total) {           \
+    forward_kernel<T, LOAD>(w, BnRelu<float>{scale, shift, nullptr}, t, total);                                \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_grad_input_##SUFFIX(                           \
-      const T* w, T* gx, const T* h, const float* scale, const float* shift, const float* mean, float* sums,   \
+      const T* w, T* gx, const float* scale, const float* shift, const float* mean, float* sums,               \
       const SegmentTable t) {                                                                                  \
-    grad_input_kernel<T, LOAD>(w, gx, h, BnRelu<float>{scale, shift, mean}, sums, t);                          \
+    grad_input_kernel<T, LOAD>(w, gx, BnRelu<float>{scale, shift, mean}, sums, t);                             \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_grad_weight_##SUFFIX(                          \
-      const T* x, T* gw, const float* scale, const float* shift, const SegmentTable t) {                       \
-    grad_weight_kernel<T, LOAD>(x, gw, BnRelu<float>{scale, shift, nullptr}, t);                               \
+      T* gw, const float* scale, const float* shift, const SegmentTable t) {                                   \
+    grad_weight_kernel<T, LOAD>(gw, BnRelu<float>{scale, shift, nullptr}, t);                                  \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(256, 1) mixed_dw_bn_backward_##SUFFIX(                          \
-      T* g, const T* h, const float* coef, const SegmentTable t) {                                             \
-    bn_backward_kernel<T, LOAD>(g, h, coef, t);                                                                \
+      T* g, const float* coef, const SegmentTable t) {                                                         \
+    bn_backward_kernel<T, LOAD>(g, coef, t);                                                                   \
   }
 
 HWNAS_INSTANTIATE(f32, float, LoadF32)

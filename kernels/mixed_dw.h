@@ -1,14 +1,18 @@
 // Mixed depthwise convolution: the math, written once for the CUDA kernels (mixed_dw.cu) and
 // their CPU twin (mixed_dw_cpu.cpp).
 //
-// The input x is (N, C, H, W): the concatenated hidden channels of all active branches of one
+// The input is (N, C, H, W) logically: the hidden channels of all active branches of one
 // multi-branch layer. Segment s owns channels [c_begin, c_begin + channels) and has its own
-// kernel size, dilation, stride and padding. Its output is a contiguous (N, channels, h_out,
-// w_out) block, a tensor of its own at address `block` (the output in the forward pass, the
-// output's gradient in the backward pass), so each branch's projection reads it as an ordinary
-// tensor and the backward reads gradients where autograd left them: no split, no concatenation.
-// out_offset numbers the outputs of all segments in one sequence (the CUDA forward's grid).
-// Weights: segment s's (channels, k, k) block at weight_offset.
+// kernel size, dilation, stride and padding. Its input channels live at in_block, image n
+// in_batch_stride values after image n - 1: either channels of one concatenated tensor (stride
+// C*H*W: one expand GEMM wrote them all) or a tensor of its own (stride channels*H*W: one
+// expand conv per branch). Its output is a contiguous (N, channels, h_out, w_out) tensor of its
+// own at out_block (the output in the forward pass, the output's gradient in the backward pass),
+// so each branch's projection reads it as an ordinary tensor and the backward reads gradients
+// where autograd left them: no split, no concatenation. out_offset numbers the outputs of all
+// segments in one sequence (the CUDA forward's grid). Weights: segment s's (channels, k, k)
+// block at weight_offset. Gradients of the input (grad_input's gx) are one concatenated
+// (N, C, H, W) tensor, or written over the input itself (the CPU's grad_input_bn).
 // Accumulation is in Acc (float for fp32/fp16/bf16 storage, double for double).
 #pragma once
 
@@ -43,7 +47,9 @@ struct Segment {
   int w_out;
   hwnas_index out_offset;
   hwnas_index weight_offset;
-  unsigned long long block;  // address of the segment's output (or output-gradient) tensor
+  unsigned long long out_block;  // address of the segment's output (or output-gradient) tensor
+  unsigned long long in_block;   // address of its first input channel in image 0
+  hwnas_index in_batch_stride;   // values from one image to the next in its input
 };
 
 struct SegmentTable {
@@ -73,8 +79,14 @@ HWNAS_HD Acc bn_relu_at(Acc v, Acc scale, Acc shift) {
 
 // Segment s's output (forward) or output gradient (backward) block.
 template <typename T>
-HWNAS_HD T* block_of(const Segment& s) {
-  return reinterpret_cast<T*>(s.block);
+HWNAS_HD T* output_block(const Segment& s) {
+  return reinterpret_cast<T*>(s.out_block);
+}
+
+// The (H x W) input plane of segment s's channel c (local) in image n.
+template <typename T>
+HWNAS_HD T* input_plane(const Segment& s, int n, int c, int plane) {
+  return reinterpret_cast<T*>(s.in_block) + n * s.in_batch_stride + (hwnas_index)c * plane;
 }
 
 // Index of the segment whose output block holds output number i (out_offset numbering).
@@ -93,9 +105,9 @@ HWNAS_HD int segment_of_channel(const SegmentTable& t, int c) {
 
 // y[n, c, oy, ox] of segment s (c local to the segment).
 template <typename T, typename Acc, typename Load>
-HWNAS_HD Acc dw_forward_at(const T* x, const T* w, const SegmentTable& t, const Segment& s, int n, int c, int oy,
-                           int ox, BnRelu<Acc> bn, Load load) {
-  const T* xp = x + ((hwnas_index)n * t.C + s.c_begin + c) * t.H * t.W;
+HWNAS_HD Acc dw_forward_at(const T* w, const SegmentTable& t, const Segment& s, int n, int c, int oy, int ox,
+                           BnRelu<Acc> bn, Load load) {
+  const T* xp = input_plane<const T>(s, n, c, t.H * t.W);
   const T* wp = w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel;
   const int iy0 = oy * s.stride - s.padding, ix0 = ox * s.stride - s.padding;
   const bool fused = bn.scale != nullptr;
@@ -118,7 +130,7 @@ HWNAS_HD Acc dw_forward_at(const T* x, const T* w, const SegmentTable& t, const 
 // it fed: no atomics.
 template <typename T, typename Acc, typename Load>
 HWNAS_HD Acc dw_grad_input_at(const T* w, const Segment& s, int n, int c, int iy, int ix, Load load) {
-  const T* gp = block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
+  const T* gp = output_block<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
   const T* wp = w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel;
   Acc acc = Acc(0);
   for (int ky = 0; ky < s.kernel; ++ky) {
@@ -139,12 +151,12 @@ HWNAS_HD Acc dw_grad_input_at(const T* w, const Segment& s, int n, int c, int iy
 
 // One term-row of dL/dw[c, ky, kx]: the sum over ox of x * gy for a fixed (n, oy) (gy: the block).
 template <typename T, typename Acc, typename Load>
-HWNAS_HD Acc dw_grad_weight_row(const T* x, const SegmentTable& t, const Segment& s, int n, int c, int ky, int kx,
-                                int oy, BnRelu<Acc> bn, Load load) {
+HWNAS_HD Acc dw_grad_weight_row(const SegmentTable& t, const Segment& s, int n, int c, int ky, int kx, int oy,
+                                BnRelu<Acc> bn, Load load) {
   const int iy = oy * s.stride - s.padding + ky * s.dilation;
   if (iy < 0 || iy >= t.H) return Acc(0);
-  const T* xr = x + (((hwnas_index)n * t.C + s.c_begin + c) * t.H + iy) * t.W;
-  const T* gr = block_of<const T>(s) + (((hwnas_index)n * s.channels + c) * s.h_out + oy) * s.w_out;
+  const T* xr = input_plane<const T>(s, n, c, t.H * t.W) + iy * t.W;
+  const T* gr = output_block<const T>(s) + (((hwnas_index)n * s.channels + c) * s.h_out + oy) * s.w_out;
   const bool fused = bn.scale != nullptr;
   const Acc scale = fused ? bn.scale[s.c_begin + c] : Acc(1), shift = fused ? bn.shift[s.c_begin + c] : Acc(0);
   Acc acc = Acc(0);

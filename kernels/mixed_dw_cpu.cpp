@@ -34,7 +34,7 @@ inline void mask_plane(T* gp, const T* hp, int size, T scale, T shift, T mean, T
 // A channel's finish step that only stores its sums (sums[2c], sums[2c + 1]) under the prologue.
 template <typename T>
 inline auto store_sums(BnRelu<T> bn, T* sums) {
-  return [=](int cg, T sum_g, T sum_gh) {
+  return [=](const Segment&, int, int cg, T sum_g, T sum_gh) {
     if (bn.scale) {
       sums[2 * cg] = sum_g;
       sums[2 * cg + 1] = sum_gh;
@@ -52,27 +52,27 @@ void bn_coefficients(const T* sums, const T* scale, const T* invstd, const T* me
 
 // ---- per-element forms: the CUDA kernels' indexing, checked on the CPU ----
 template <typename T>
-void forward(const T* x, const T* w, BnRelu<T> bn, const SegmentTable& t) {
+void forward(const T* w, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < t.N; ++n)
       for (int c = 0; c < s.channels; ++c) {
-        T* yp = block_of<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
+        T* yp = output_block<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out;
         for (int oy = 0; oy < s.h_out; ++oy)
           for (int ox = 0; ox < s.w_out; ++ox)
-            yp[oy * s.w_out + ox] = dw_forward_at<T, T>(x, w, t, s, n, c, oy, ox, bn, Identity<T>());
+            yp[oy * s.w_out + ox] = dw_forward_at<T, T>(w, t, s, n, c, oy, ox, bn, Identity<T>());
       }
   }
 }
 
 // The channel loop of the grad_input forms, run by the threads of an enclosing parallel region:
 // channels outermost (batch inside), so each thread owns its channels' sums. plane_of(gp, s, n, c)
-// writes one (n, c) plane of dL/da to gp = dest_of(n, at); with the prologue, the ReLU mask and
-// the BN sums follow while that plane is in cache; finish(cg, sum_g, sum_gh) ends the channel.
+// writes one (n, c) plane of dL/da to gp = dest_of(n, at) (at: the plane's offset in a
+// concatenated (N, C, H, W) tensor); with the prologue, the ReLU mask and the BN sums follow
+// while that plane is in cache; finish(s, c, cg, sum_g, sum_gh) ends the channel.
 template <typename T, typename PlaneOf, typename DestOf, typename Finish>
-void grad_input_channels(const T* h, BnRelu<T> bn, const SegmentTable& t, PlaneOf plane_of, DestOf dest_of,
-                         Finish finish) {
+void grad_input_channels(BnRelu<T> bn, const SegmentTable& t, PlaneOf plane_of, DestOf dest_of, Finish finish) {
   const int plane = t.H * t.W;
 #pragma omp for schedule(static)
   for (int cg = 0; cg < t.C; ++cg) {
@@ -83,25 +83,27 @@ void grad_input_channels(const T* h, BnRelu<T> bn, const SegmentTable& t, PlaneO
       const hwnas_index at = ((hwnas_index)n * t.C + cg) * plane;
       T* gp = dest_of(n, at);
       plane_of(gp, s, n, c);
-      if (bn.scale) mask_plane(gp, h + at, plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sum_g, &sum_gh);
+      if (bn.scale)
+        mask_plane(gp, input_plane<const T>(s, n, c, plane), plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sum_g,
+                   &sum_gh);
     }
-    finish(cg, sum_g, sum_gh);
+    finish(s, c, cg, sum_g, sum_gh);
   }
 }
 
 // dL/da (plane form) of one (n, c) into gp.
 template <typename T>
 inline void grad_input_plane_of(const T* w, T* gp, const Segment& s, int n, int c, const SegmentTable& t, T* scratch) {
-  dw_grad_input_plane(block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
+  dw_grad_input_plane(output_block<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
                       w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W, scratch);
 }
 
 // dL/da into gx (masked, with the sums, under the prologue), as the CUDA grad_input kernel.
 template <typename T>
-void grad_input(const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+void grad_input(const T* w, T* gx, BnRelu<T> bn, T* sums, const SegmentTable& t) {
 #pragma omp parallel
   grad_input_channels(
-      h, bn, t,
+      bn, t,
       [&](T* gp, const Segment& s, int n, int c) {
         for (int iy = 0; iy < t.H; ++iy)
           for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(w, s, n, c, iy, ix, Identity<T>());
@@ -109,7 +111,7 @@ void grad_input(const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const Segm
       [&](int, hwnas_index at) { return gx + at; }, store_sums(bn, sums));
 }
 template <typename T>
-void grad_weight(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
+void grad_weight(T* gw, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel for schedule(static)
@@ -119,21 +121,23 @@ void grad_weight(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
           T acc = T(0);
           for (int n = 0; n < t.N; ++n)
             for (int oy = 0; oy < s.h_out; ++oy)
-              acc += dw_grad_weight_row<T, T>(x, t, s, n, c, ky, kx, oy, bn, Identity<T>());
+              acc += dw_grad_weight_row<T, T>(t, s, n, c, ky, kx, oy, bn, Identity<T>());
           gw[s.weight_offset + ((hwnas_index)c * s.kernel + ky) * s.kernel + kx] = acc;
         }
   }
 }
 
-// The prologue's backward, part 2, in place: g <- dL/dh (bn_backward_at).
+// The prologue's backward, part 2, in place: g <- dL/dh (bn_backward_at); g is concatenated.
 template <typename T>
-void bn_backward(T* g, const T* h, const T* coef, const SegmentTable& t) {
+void bn_backward(T* g, const T* coef, const SegmentTable& t) {
   const int plane = t.H * t.W;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int n = 0; n < t.N; ++n)
     for (int c = 0; c < t.C; ++c) {
-      const hwnas_index base = ((hwnas_index)n * t.C + c) * plane;
-      for (int i = 0; i < plane; ++i) g[base + i] = bn_backward_at(g[base + i], h[base + i], coef, c);
+      const Segment& s = t.seg[segment_of_channel(t, c)];
+      const T* hp = input_plane<const T>(s, n, c - s.c_begin, plane);
+      T* gp = g + ((hwnas_index)n * t.C + c) * plane;
+      for (int i = 0; i < plane; ++i) gp[i] = bn_backward_at(gp[i], hp[i], coef, c);
     }
 }
 
@@ -142,14 +146,15 @@ void bn_backward(T* g, const T* h, const T* coef, const SegmentTable& t) {
 // Sums are of x - K with K the channel's first value (shifted data: no cancellation when the
 // mean dwarfs the spread), vectorised per plane in T and accumulated over planes in double.
 template <typename T>
-void channel_stats(const T* h, T* mean, T* var, const SegmentTable& t) {
+void channel_stats(T* mean, T* var, const SegmentTable& t) {
   const int plane = t.H * t.W;
 #pragma omp parallel for schedule(static)
   for (int c = 0; c < t.C; ++c) {
-    const T K = h[(hwnas_index)c * plane];
+    const Segment& s = t.seg[segment_of_channel(t, c)];
+    const T K = input_plane<const T>(s, 0, c - s.c_begin, plane)[0];
     double s1 = 0, s2 = 0;
     for (int n = 0; n < t.N; ++n) {
-      const T* p = h + ((hwnas_index)n * t.C + c) * plane;
+      const T* p = input_plane<const T>(s, n, c - s.c_begin, plane);
       T a = T(0), b = T(0);
       HWNAS_SIMD_SUM2(a, b)
       for (int i = 0; i < plane; ++i) {
@@ -169,7 +174,7 @@ void channel_stats(const T* h, T* mean, T* var, const SegmentTable& t) {
 // ---- plane forms: the fast path of the fused layer on the CPU ----
 
 template <typename T>
-void forward_fast(const T* x, const T* w, BnRelu<T> bn, const SegmentTable& t) {
+void forward_fast(const T* w, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
 #pragma omp parallel
@@ -178,31 +183,32 @@ void forward_fast(const T* x, const T* w, BnRelu<T> bn, const SegmentTable& t) {
 #pragma omp for collapse(2) schedule(static)
       for (int n = 0; n < t.N; ++n)
         for (int c = 0; c < s.channels; ++c)
-          dw_forward_plane(x + ((hwnas_index)n * t.C + s.c_begin + c) * t.H * t.W,
+          dw_forward_plane(input_plane<const T>(s, n, c, t.H * t.W),
                            w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel,
-                           block_of<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, s, t.H, t.W,
+                           output_block<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, s, t.H, t.W,
                            scratch.data(), plane_load(bn, s.c_begin + c));
     }
   }
 }
 
 template <typename T>
-void grad_input_fast(const T* w, T* gx, const T* h, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+void grad_input_fast(const T* w, T* gx, BnRelu<T> bn, T* sums, const SegmentTable& t) {
 #pragma omp parallel
   {
     std::vector<T> scratch(plane_scratch_size(t));
     grad_input_channels(
-        h, bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
+        bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
         [&](int, hwnas_index at) { return gx + at; }, store_sums(bn, sums));
   }
 }
 
 // The prologue's whole backward in one pass, each channel while its planes are in cache: dL/da
 // (masked, summed) into per-thread scratch, then the channel's coefficients, then dL/dh written
-// over h in place (h was read for the mask and is read for b*h first): no separate gradient
-// buffer, no second pass over memory. invstd == nullptr: eval. Run grad_weight first (it reads h).
+// over the input (the table's in_block) in place (h was read for the mask and is read for b*h
+// first): no separate gradient buffer, no second pass over memory. invstd == nullptr: eval.
+// Run grad_weight first (it reads h).
 template <typename T>
-void grad_input_bn_fast(const T* w, T* h, BnRelu<T> bn, const T* invstd, T* sums, const SegmentTable& t) {
+void grad_input_bn_fast(const T* w, BnRelu<T> bn, const T* invstd, T* sums, const SegmentTable& t) {
   const int plane = t.H * t.W;
   const T count = T((double)t.N * plane);
 #pragma omp parallel
@@ -210,14 +216,14 @@ void grad_input_bn_fast(const T* w, T* h, BnRelu<T> bn, const T* invstd, T* sums
     std::vector<T> scratch(plane_scratch_size(t));
     std::vector<T> g((size_t)t.N * plane);
     grad_input_channels(
-        h, bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
+        bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
         [&](int n, hwnas_index) { return g.data() + (size_t)n * plane; },
-        [&](int cg, T sum_g, T sum_gh) {
-          store_sums(bn, sums)(cg, sum_g, sum_gh);
+        [&](const Segment& s, int c, int cg, T sum_g, T sum_gh) {
+          store_sums(bn, sums)(s, c, cg, sum_g, sum_gh);
           T coef[3];
           bn_backward_coefficients(sum_g, sum_gh, bn.scale[cg], invstd, bn.mean[cg], cg, count, coef);
           for (int n = 0; n < t.N; ++n) {
-            T* hp = h + ((hwnas_index)n * t.C + cg) * plane;
+            T* hp = input_plane<T>(s, n, c, plane);
             const T* gp = g.data() + (size_t)n * plane;
 #pragma omp simd
             for (int i = 0; i < plane; ++i) hp[i] = bn_backward_at(gp[i], hp[i], coef, 0);
@@ -227,7 +233,7 @@ void grad_input_bn_fast(const T* w, T* h, BnRelu<T> bn, const T* invstd, T* sums
 }
 
 template <typename T>
-void grad_weight_fast(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
+void grad_weight_fast(T* gw, BnRelu<T> bn, const SegmentTable& t) {
 #pragma omp parallel
   {
     std::vector<T> scratch(plane_scratch_size(t));
@@ -238,8 +244,8 @@ void grad_weight_fast(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
       T* gwp = gw + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel;
       for (int i = 0; i < s.kernel * s.kernel; ++i) gwp[i] = T(0);
       for (int n = 0; n < t.N; ++n)
-        dw_grad_weight_plane(x + ((hwnas_index)n * t.C + cg) * t.H * t.W,
-                             block_of<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, gwp, s,
+        dw_grad_weight_plane(input_plane<const T>(s, n, c, t.H * t.W),
+                             output_block<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, gwp, s,
                              t.H, t.W, scratch.data(), plane_load(bn, cg));
     }
   }
@@ -249,20 +255,19 @@ void grad_weight_fast(const T* x, T* gw, BnRelu<T> bn, const SegmentTable& t) {
 
 // C entry points, called through ctypes (hwnas/kernels/cpu.py declares their argument types).
 // The _fast variants run the plane forms, the others the per-element forms of the CUDA kernels.
-// The outputs (forward) and their gradients (backward) are the segments' blocks in the table.
+// The inputs, outputs (forward) and output gradients (backward) are the segments' blocks in the table.
 #define HWNAS_EXPORT(SUFFIX, T, VARIANT, IMPL)                                                                     \
-  extern "C" void mixed_dw_forward##VARIANT##_##SUFFIX(const T* x, const T* w, const T* scale, const T* shift,     \
+  extern "C" void mixed_dw_forward##VARIANT##_##SUFFIX(const T* w, const T* scale, const T* shift,                 \
                                                        const SegmentTable* t) {                                    \
-    forward##IMPL(x, w, BnRelu<T>{scale, shift, nullptr}, *t);                                                     \
+    forward##IMPL(w, BnRelu<T>{scale, shift, nullptr}, *t);                                                        \
   }                                                                                                                \
-  extern "C" void mixed_dw_grad_input##VARIANT##_##SUFFIX(const T* w, T* gx, const T* h, const T* scale,           \
-                                                          const T* shift, const T* mean, T* sums,                  \
-                                                          const SegmentTable* t) {                                 \
-    grad_input##IMPL(w, gx, h, BnRelu<T>{scale, shift, mean}, sums, *t);                                           \
+  extern "C" void mixed_dw_grad_input##VARIANT##_##SUFFIX(const T* w, T* gx, const T* scale, const T* shift,       \
+                                                          const T* mean, T* sums, const SegmentTable* t) {         \
+    grad_input##IMPL(w, gx, BnRelu<T>{scale, shift, mean}, sums, *t);                                              \
   }                                                                                                                \
-  extern "C" void mixed_dw_grad_weight##VARIANT##_##SUFFIX(const T* x, T* gw, const T* scale, const T* shift,      \
+  extern "C" void mixed_dw_grad_weight##VARIANT##_##SUFFIX(T* gw, const T* scale, const T* shift,                  \
                                                            const SegmentTable* t) {                                \
-    grad_weight##IMPL(x, gw, BnRelu<T>{scale, shift, nullptr}, *t);                                                \
+    grad_weight##IMPL(gw, BnRelu<T>{scale, shift, nullptr}, *t);                                                   \
   }
 
 HWNAS_EXPORT(f32, float, , )
@@ -271,13 +276,25 @@ HWNAS_EXPORT(f32, float, _fast, _fast)
 HWNAS_EXPORT(f64, double, _fast, _fast)
 
 extern "C" {
-void mixed_dw_bn_backward_f32(float* g, const float* h, const float* coef, const SegmentTable* t) { bn_backward(g, h, coef, *t); }
-void mixed_dw_bn_backward_f64(double* g, const double* h, const double* coef, const SegmentTable* t) { bn_backward(g, h, coef, *t); }
-void mixed_dw_channel_stats_f32(const float* h, float* mean, float* var, const SegmentTable* t) { channel_stats(h, mean, var, *t); }
-void mixed_dw_channel_stats_f64(const double* h, double* mean, double* var, const SegmentTable* t) { channel_stats(h, mean, var, *t); }
-void mixed_dw_bn_coefficients_f32(const float* sums, const float* scale, const float* invstd, const float* mean, float* coef, const SegmentTable* t) { bn_coefficients(sums, scale, invstd, mean, coef, *t); }
-void mixed_dw_bn_coefficients_f64(const double* sums, const double* scale, const double* invstd, const double* mean, double* coef, const SegmentTable* t) { bn_coefficients(sums, scale, invstd, mean, coef, *t); }
-void mixed_dw_grad_input_bn_f32(const float* w, float* h, const float* scale, const float* shift, const float* mean, const float* invstd, float* sums, const SegmentTable* t) { grad_input_bn_fast(w, h, BnRelu<float>{scale, shift, mean}, invstd, sums, *t); }
-void mixed_dw_grad_input_bn_f64(const double* w, double* h, const double* scale, const double* shift, const double* mean, const double* invstd, double* sums, const SegmentTable* t) { grad_input_bn_fast(w, h, BnRelu<double>{scale, shift, mean}, invstd, sums, *t); }
+void mixed_dw_bn_backward_f32(float* g, const float* coef, const SegmentTable* t) { bn_backward(g, coef, *t); }
+void mixed_dw_bn_backward_f64(double* g, const double* coef, const SegmentTable* t) { bn_backward(g, coef, *t); }
+void mixed_dw_channel_stats_f32(float* mean, float* var, const SegmentTable* t) { channel_stats(mean, var, *t); }
+void mixed_dw_channel_stats_f64(double* mean, double* var, const SegmentTable* t) { channel_stats(mean, var, *t); }
+void mixed_dw_bn_coefficients_f32(const float* sums, const float* scale, const float* invstd, const float* mean,
+                                  float* coef, const SegmentTable* t) {
+  bn_coefficients(sums, scale, invstd, mean, coef, *t);
+}
+void mixed_dw_bn_coefficients_f64(const double* sums, const double* scale, const double* invstd, const double* mean,
+                                  double* coef, const SegmentTable* t) {
+  bn_coefficients(sums, scale, invstd, mean, coef, *t);
+}
+void mixed_dw_grad_input_bn_f32(const float* w, const float* scale, const float* shift, const float* mean,
+                                const float* invstd, float* sums, const SegmentTable* t) {
+  grad_input_bn_fast(w, BnRelu<float>{scale, shift, mean}, invstd, sums, *t);
+}
+void mixed_dw_grad_input_bn_f64(const double* w, const double* scale, const double* shift, const double* mean,
+                                const double* invstd, double* sums, const SegmentTable* t) {
+  grad_input_bn_fast(w, BnRelu<double>{scale, shift, mean}, invstd, sums, *t);
+}
 int mixed_dw_segment_table_size(void) { return (int)sizeof(SegmentTable); }
 }

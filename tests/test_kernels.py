@@ -68,8 +68,11 @@ def test_gradcheck_double(impl):
     segments = [SegmentSpec(2, 3, 1, 1), SegmentSpec(1, 5, 2, 2), SegmentSpec(2, 3, 3, 2)]
     x, weights = inputs(segments, n=1, h=7, w=6, dtype=torch.float64)
     flat = torch.cat([w.reshape(-1) for w in weights])
-    assert torch.autograd.gradcheck(lambda a, b: MixedDepthwiseFn.apply(a, b, tuple(segments), impl),
+    assert torch.autograd.gradcheck(lambda a, b: MixedDepthwiseFn.apply(b, tuple(segments), impl, a),
                                     (x.requires_grad_(), flat.requires_grad_()))
+    parts = [t.contiguous().requires_grad_() for t in x.detach().split([s.channels for s in segments], 1)]
+    assert torch.autograd.gradcheck(lambda b, *p: MixedDepthwiseFn.apply(b, tuple(segments), impl, *p),
+                                    (flat, *parts))
 
 
 def test_unused_segment_outputs_get_zero_gradient():
@@ -108,13 +111,20 @@ def test_segment_blocks_are_checked():
     segments = [SegmentSpec(2, 3), SegmentSpec(1, 5, 1, 2)]
     x, _ = inputs(segments, n=2, h=8, w=8)
     good = [torch.empty(2, 2, 8, 8), torch.empty(2, 1, 4, 4)]
-    table, total = segment_table(x, segments, good)
+    table, total = segment_table([x], segments, good)
     assert total == 2 * 2 * 64 + 2 * 16
-    assert [table.seg[i].block for i in range(2)] == [b.data_ptr() for b in good]
+    assert [table.seg[i].out_block for i in range(2)] == [b.data_ptr() for b in good]
+    # input channels: offsets into the one concatenated tensor, or each segment's own tensor
+    assert [table.seg[i].in_block for i in range(2)] == [x.data_ptr(), x.data_ptr() + 2 * 64 * 4]
+    assert [table.seg[i].in_batch_stride for i in range(2)] == [3 * 64] * 2
+    parts = [x[:, :2].contiguous(), x[:, 2:].contiguous()]
+    table, _ = segment_table(parts, segments, good)
+    assert [(table.seg[i].in_block, table.seg[i].in_batch_stride) for i in range(2)] == [
+        (parts[0].data_ptr(), 2 * 64), (parts[1].data_ptr(), 64)]
     for bad in ([good[0], torch.empty(2, 1, 8, 8)], [good[0], torch.empty(2, 1, 4, 4).double()],
                 [good[0], torch.empty(2, 1, 4, 4).transpose(2, 3)]):
         with pytest.raises(KernelInputError, match="segment 1: its block"):
-            segment_table(x, segments, bad)
+            segment_table([x], segments, bad)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -138,15 +148,26 @@ def bn_inputs(channels: int, dtype=torch.float32, seed=0):
     return gamma, beta, mean, var
 
 
-def run_bn_relu(h, weights, segments, gamma, beta, mean, var, training, impl, upstream=None, fused=True):
+LAYOUTS = ["concatenated", "per_segment", "per_segment_overwrite"]  # how h reaches the kernel
+
+
+def run_bn_relu(h, weights, segments, gamma, beta, mean, var, training, impl, upstream=None, fused=True,
+                layout="concatenated"):
     """Outputs and gradients (h, depthwise weights, gamma, beta) plus the updated running stats,
-    by the prologue kernel or by torch's batch_norm + relu + one conv per segment."""
+    by the prologue kernel or by torch's batch_norm + relu + one conv per segment. layout: h as
+    one tensor, or one tensor per segment (the fused layer's CPU form), whose backward may write
+    dL/dh over them (overwrite: they are intermediates of a product with 1, as the expand convs'
+    outputs are)."""
     h = h.clone().requires_grad_()
     g, b = gamma.clone().requires_grad_(), beta.clone().requires_grad_()
     rm, rv = mean.clone(), var.clone()
     if fused:
         flat = torch.cat([w.reshape(-1) for w in weights]).requires_grad_()
-        outs = mixed_depthwise_bn_relu(h, flat, segments, g, b, rm, rv, training, 0.1, 1e-5, impl)
+        overwrite = layout == "per_segment_overwrite"
+        hs = h if layout == "concatenated" else [t.contiguous() * 1.0 if overwrite else t.contiguous()
+                                                 for t in h.split([s.channels for s in segments], 1)]
+        outs = mixed_depthwise_bn_relu(hs, flat, segments, g, b, rm, rv, training, 0.1, 1e-5, impl,
+                                       overwrite_h=overwrite)
     else:
         ws = [w.clone().requires_grad_() for w in weights]
         a = torch.relu(torch.nn.functional.batch_norm(h, rm, rv, g, b, training, 0.1, 1e-5))
@@ -157,15 +178,16 @@ def run_bn_relu(h, weights, segments, gamma, beta, mean, var, training, impl, up
     return outs, [h.grad, grad_w, g.grad, b.grad, rm, rv], upstream
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("seed", range(3))
-def test_bn_relu_prologue_matches_torch(seed, training, impl):
+def test_bn_relu_prologue_matches_torch(seed, training, impl, layout):
     rng = random.Random(300 + seed)
     segments = random_segments(rng, rng.randint(2, 5))
     h, weights = inputs(segments, n=3, h=rng.randint(6, 14), w=rng.randint(6, 14), seed=seed)
     bn = bn_inputs(h.shape[1], seed=seed)
-    ours, ours_grads, upstream = run_bn_relu(h, weights, segments, *bn, training, impl)
+    ours, ours_grads, upstream = run_bn_relu(h, weights, segments, *bn, training, impl, layout=layout)
     refs, ref_grads, _ = run_bn_relu(h, weights, segments, *bn, training, impl, upstream, fused=False)
     for got, want in zip(ours, refs):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -201,11 +223,13 @@ def test_bn_relu_gradcheck_double(training, impl):
     flat = torch.cat([w.reshape(-1) for w in weights])
     gamma, beta, mean, var = bn_inputs(5, torch.float64)
 
-    def fn(h_, w_, g_, b_):  # fresh running stats each call: gradcheck calls it many times
-        return MixedDepthwiseBnReluFn.apply(h_, w_, g_, b_, mean.clone(), var.clone(), tuple(segments), training,
-                                            0.1, 1e-5, impl)
+    def fn(w_, g_, b_, *h_):  # fresh running stats each call: gradcheck calls it many times
+        return MixedDepthwiseBnReluFn.apply(w_, g_, b_, mean.clone(), var.clone(), tuple(segments), training,
+                                            0.1, 1e-5, impl, False, *h_)
 
-    assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (h, flat, gamma, beta)))
+    assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (flat, gamma, beta, h)))
+    parts = [t.contiguous().requires_grad_() for t in h.detach().split([s.channels for s in segments], 1)]
+    assert torch.autograd.gradcheck(fn, (flat, gamma, beta, *parts))
 
 
 def test_bn_relu_refuses_wrong_statistics_shape():
@@ -233,6 +257,19 @@ def test_bad_inputs_are_refused(mutate, message):
     x2, w2, s2 = mutate(x, weights[0].reshape(-1), segments)
     with pytest.raises(KernelInputError, match=message):
         mixed_depthwise(x2, w2, s2)
+
+
+def test_bad_per_segment_inputs_are_refused():
+    segments = [SegmentSpec(2, 3), SegmentSpec(1, 5)]
+    x, weights = inputs(segments)
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    parts = [x[:, :2].contiguous(), x[:, 2:].contiguous()]
+    for bad, message in [([parts[1], parts[0]], r"channels, the segments \[2, 1\]"),
+                         ([parts[0]] * 3, "one per segment"),
+                         ([parts[0], parts[1][:, :, :-1].contiguous()], "differ in batch or size"),
+                         ([parts[0], x[:, 2:]], "contiguous")]:
+        with pytest.raises(KernelInputError, match=message):
+            mixed_depthwise(bad, flat, segments)
 
 
 # --- CUDA: compile for the GPUs we support -----------------------------------------------------

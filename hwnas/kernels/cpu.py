@@ -63,8 +63,8 @@ def library() -> ctypes.CDLL:
     size = lib.mixed_dw_segment_table_size()
     if size != ctypes.sizeof(CSegmentTable):
         raise AssertionError(f"SegmentTable is {size} bytes in C, {ctypes.sizeof(CSegmentTable)} in Python")
-    pointers = {"forward": 4, "grad_input": 7, "grad_weight": 4, "bn_backward": 3, "bn_coefficients": 5,
-                "channel_stats": 3, "grad_input_bn": 7}
+    pointers = {"forward": 3, "grad_input": 6, "grad_weight": 3, "bn_backward": 2, "bn_coefficients": 5,
+                "channel_stats": 2, "grad_input_bn": 6}
     for name, count in pointers.items():  # count: pointer arguments before the segment table
         for variant in ("", "_fast") if name not in CPU_ONLY_FORM else ("",):
             for suffix in ("f32", "f64"):
