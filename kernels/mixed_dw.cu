@@ -1,16 +1,19 @@
-// Mixed depthwise convolution on the GPU: forward, grad-input, grad-weight over the
-// concatenated channels of a multi-branch layer (math in mixed_dw.h, shared with the CPU
-// twin). Storage fp32, fp16 or bf16; accumulation always fp32.
+// Mixed depthwise convolution on the GPU: forward, grad-input, grad-weight over the hidden
+// channels of a multi-branch layer, inputs and outputs addressed through the segment table
+// (math in mixed_dw.h, shared with the CPU twin). Storage fp32, fp16 or bf16; accumulation
+// always fp32.
 //
 // Compiled at run time with NVRTC (hwnas/kernels/cuda.py) and by the tests with nvcc
 // -Xptxas -v for sm_80 and sm_90 (zero spills required). Kernel names are extern "C" so the
-// driver API finds them: mixed_dw_{forward,grad_input,grad_weight}_{f32,f16,bf16}.
+// driver API finds them: mixed_dw_{forward,grad_input,grad_weight,bn_backward}_{f32,f16,bf16}
+// and mixed_dw_bn_coefficients_f32.
 //
 // Every kernel takes the optional BN1+ReLU prologue (scale, shift per concatenated channel;
 // null = plain convolution): the pre-BN hidden tensor h is read and relu(h*scale + shift)
 // used, so the activated tensor is never written. grad_input then masks its result by the
-// ReLU and accumulates the batch norm's per-channel sums (g, g*(h-mean)) in its epilogue, and
-// bn_backward finishes dL/dh in place. Passes over the hidden tensor per layer (README):
+// ReLU and accumulates the batch norm's per-channel sums (g, g*(h-mean)) in its epilogue,
+// bn_coefficients turns the sums into per-channel coefficients, and bn_backward finishes dL/dh
+// in place. Passes over the hidden tensor per layer (README):
 // 3 forward + 8 backward fused, against 7 + 12 unfused; the activated tensor is not kept.
 #include "mixed_dw.h"
 #include <cuda_fp16.h>

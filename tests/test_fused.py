@@ -94,3 +94,15 @@ def test_inplace_allows_one_backward_and_inplace_false_many():
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-10)
     for (name, p1), p2 in zip(ref_cell.named_parameters(), cell.parameters()):
         torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_channels_last_input():
+    """A channels-last x (its convs' outputs are channels-last too) gives the reference's result."""
+    torch.manual_seed(0)
+    pos = Position("N", 4, 4, 6, 1)
+    config = torch.ones(3, dtype=torch.bool)
+    cell = SupernetCell(SPACE, [0, 4, 7], pos).double()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    want = copy.deepcopy(cell)(x, config)
+    got = FusedSupernetCell(cell)(x.to(memory_format=torch.channels_last), config)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -329,9 +329,10 @@ def test_cuda_matches_cpu_twin(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["concatenated", "per_segment"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cuda_bn_relu_prologue_matches_cpu_twin(dtype, training):
+def test_cuda_bn_relu_prologue_matches_cpu_twin(dtype, training, layout):
     rng = random.Random(8)
     segments = random_segments(rng, 5, max_channels=16)
     h, weights = inputs(segments, n=4, h=20, w=20)
@@ -340,7 +341,7 @@ def test_cuda_bn_relu_prologue_matches_cpu_twin(dtype, training):
     cuda = [t.cuda() for t in bn]
     gpu, gpu_grads, _ = run_bn_relu(h.cuda().to(dtype), [w.cuda().to(dtype) for w in weights], segments,
                                     cuda[0], cuda[1], cuda[2], cuda[3], training, "fast",
-                                    [u.cuda().to(dtype) for u in upstream])
+                                    [u.cuda().to(dtype) for u in upstream], layout=layout)
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     for a, b in zip(cpu + cpu_grads, gpu + gpu_grads):
         torch.testing.assert_close(b.float().cpu(), a, rtol=tol, atol=tol)

@@ -9,9 +9,9 @@ For the active depthwise branches (ungrouped 1x1s):
 - their first BN + ReLU and their depthwise convs run as ONE mixed-depthwise kernel with the
   BN's scale/shift and the ReLU applied on load (hwnas.kernels.mixed_depthwise_bn_relu): the
   activated hidden tensor is never written nor kept for backward, and each branch's output is
-  a tensor of its own (no split; in backward, no concatenation of the branch gradients). The BN is per channel, so
-  one BN over the concatenated channels is exact in training too; each branch's running
-  statistics are written back to its own BN;
+  a tensor of its own (no split; in backward, no concatenation of the branch gradients). The
+  BN is per channel, so one BN over all the branches' channels is exact in training too; each
+  branch's running statistics are written back to its own BN;
 - then each branch's BN, ReLU, projection and BN (per branch: each has its own BN), and the
   mean with the identity.
 Other branches (dense, dual, spatially separable, grouped 1x1s) run as in the reference.
@@ -67,7 +67,9 @@ def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor, inp
     if fused:
         blocks = [branches[i] for i in fused]  # Sequential(expand, depthwise, project)
         expands = [b[0][0].weight for b in blocks]
-        h = F.conv2d(x, torch.cat(expands)) if x.is_cuda else [F.conv2d(x, w) for w in expands]
+        # contiguous: a channels-last x gives channels-last convs, which the kernel does not read
+        h = F.conv2d(x, torch.cat(expands)).contiguous() if x.is_cuda else [F.conv2d(x, w).contiguous()
+                                                                            for w in expands]
         for b, y in zip(blocks, bn_relu_depthwise(h, blocks, cell.training, inplace)):
             outs.append(b[2](F.relu(b[1][1](y), inplace=True)))
     outs.extend(branches[i](x) for i in active if i not in fused)
