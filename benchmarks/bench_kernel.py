@@ -48,15 +48,15 @@ def main() -> int:
         flat = torch.cat([w.reshape(-1) for w in weights]).detach().requires_grad_()
 
         def ours() -> None:
-            sum(o.sum() for o in mixed_depthwise(x, flat, segs)).backward()
+            torch.stack([o.sum() for o in mixed_depthwise(x, flat, segs)]).sum().backward()
 
         # torch gets each branch's input as its own contiguous tensor, as in the eager cell (slices
         # of the concatenated tensor would send it down a slower path)
         parts = [p.detach().contiguous().requires_grad_() for p in x.split([s.channels for s in segs], dim=1)]
 
         def torch_convs() -> None:
-            sum(o.sum() for part, w, s in zip(parts, weights, segs)
-                for o in reference_mixed_depthwise(part, [w], [s])).backward()
+            torch.stack([o.sum() for part, w, s in zip(parts, weights, segs)
+                         for o in reference_mixed_depthwise(part, [w], [s])]).sum().backward()
 
         stats = measure_interleaved({"kernel": Timed(ours), "torch": Timed(torch_convs)},
                                     Protocol(warmup_ms=200, min_sample_ms=0, rounds=args.rounds, drift_wait_s=0),

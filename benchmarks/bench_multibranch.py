@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
@@ -71,7 +72,7 @@ def main() -> int:
     protocol = Protocol(warmup_ms=300, warmup_runs=3, min_sample_ms=20, rounds=args.rounds, max_remeasure=1,
                         drift_wait_s=0)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for device in devices:
         for pos in SHAPES:
             torch.manual_seed(0)
@@ -81,7 +82,8 @@ def main() -> int:
             config = torch.ones(len(OPS), dtype=torch.bool)
             variants = {"eager": make_step(ref, x, config), "fused": make_step(fused, x, config)}
             if not args.no_compile:
-                compiled = torch.compile(ref, dynamic=False)  # dynamic shapes fail in Inductor on out / terms
+                # dynamic shapes fail in Inductor on out / terms; compile wraps the module in a Module
+                compiled = cast(torch.nn.Module, torch.compile(ref, dynamic=False))
                 variants["compile"] = make_step(compiled, x, config)
             runners = {k: StepRunner(v, device == "cuda") for k, v in variants.items()}
             stats = measure_interleaved(runners, protocol, random.Random(0))
