@@ -212,7 +212,7 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
         build_ms = float(calibration["ratios"][0]) * summed  # its measured latency at the build
         factors = [reference_ms[i // GROUP] / summed for i in range(samples)]
         report["reference"] = {
-            "cells": [list(c.ops) for c in ref.cells], "summed_ms": summed, "build_ms": round(build_ms, 4),
+            "cells": [list(c.ops) for c in ref.cells], "summed_ms": summed, "build_ms": round(build_ms, 6),
             "measured_ms": reference_ms, "vs_build": [round(m / build_ms, 4) for m in reference_ms],
         }
         report["reference_calibrated"] = metrics([p["latency_ms_uncalibrated"] * f for p, f in zip(priced, factors)],
