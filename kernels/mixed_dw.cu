@@ -105,8 +105,7 @@ __device__ void bn_backward_kernel(T* __restrict__ g, const float* __restrict__ 
   for (hwnas_index i = blockIdx.x * (hwnas_index)blockDim.x + threadIdx.x; i < total;
        i += (hwnas_index)gridDim.x * blockDim.x) {
     const int c = (int)(i / plane % t.C), n = (int)(i / plane / t.C), at = (int)(i % plane);
-    const Segment& s = t.seg[segment_of_channel(t, c)];
-    const float hv = Load()(input_plane<const T>(s, n, c - s.c_begin, plane)[at]);
+    const float hv = Load()(channel_input<const T>(t, n, c)[at]);
     store(g + i, bn_backward_at(Load()(g[i]), hv, coef, c));
   }
 }

@@ -103,6 +103,13 @@ HWNAS_HD int segment_of_channel(const SegmentTable& t, int c) {
   return s;
 }
 
+// The input plane of concatenated channel cg in image n (through its segment).
+template <typename T>
+HWNAS_HD T* channel_input(const SegmentTable& t, int n, int cg) {
+  const Segment& s = t.seg[segment_of_channel(t, cg)];
+  return input_plane<T>(s, n, cg - s.c_begin, t.H * t.W);
+}
+
 // y[n, c, oy, ox] of segment s (c local to the segment).
 template <typename T, typename Acc, typename Load>
 HWNAS_HD Acc dw_forward_at(const T* w, const SegmentTable& t, const Segment& s, int n, int c, int oy, int ox,

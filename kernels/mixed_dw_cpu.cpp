@@ -134,8 +134,7 @@ void bn_backward(T* g, const T* coef, const SegmentTable& t) {
 #pragma omp parallel for collapse(2) schedule(static)
   for (int n = 0; n < t.N; ++n)
     for (int c = 0; c < t.C; ++c) {
-      const Segment& s = t.seg[segment_of_channel(t, c)];
-      const T* hp = input_plane<const T>(s, n, c - s.c_begin, plane);
+      const T* hp = channel_input<const T>(t, n, c);
       T* gp = g + ((hwnas_index)n * t.C + c) * plane;
       for (int i = 0; i < plane; ++i) gp[i] = bn_backward_at(gp[i], hp[i], coef, c);
     }
@@ -150,11 +149,10 @@ void channel_stats(T* mean, T* var, const SegmentTable& t) {
   const int plane = t.H * t.W;
 #pragma omp parallel for schedule(static)
   for (int c = 0; c < t.C; ++c) {
-    const Segment& s = t.seg[segment_of_channel(t, c)];
-    const T K = input_plane<const T>(s, 0, c - s.c_begin, plane)[0];
+    const T K = channel_input<const T>(t, 0, c)[0];
     double s1 = 0, s2 = 0;
     for (int n = 0; n < t.N; ++n) {
-      const T* p = input_plane<const T>(s, n, c - s.c_begin, plane);
+      const T* p = channel_input<const T>(t, n, c);
       T a = T(0), b = T(0);
       HWNAS_SIMD_SUM2(a, b)
       for (int i = 0; i < plane; ++i) {

@@ -114,8 +114,9 @@ def launch(name: str, dtype: torch.dtype, pointers: list[int], table: CSegmentTa
     if total is not None:
         args.append(ctypes.c_longlong(total))
     params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
-    if grid is None:
-        work = total if total is not None else table.N * table.C * table.H * table.W
+    if grid is None:  # one thread per output, per channel (bn_coefficients) or per input element
+        work = total if total is not None else table.C if name == "bn_coefficients" else \
+            table.N * table.C * table.H * table.W
         grid = min((work + THREADS - 1) // THREADS, 65535 * 8)
     stream = torch.cuda.current_stream().cuda_stream
     _check(driver.cuLaunchKernel(func, grid, 1, 1, THREADS, 1, 1, 0, stream, ctypes.addressof(params), 0),

@@ -30,6 +30,11 @@ def _run(name: str, tensors: Sequence[torch.Tensor | None], table: Any, impl: st
     getattr(library(), f"mixed_dw_{name}{variant}_{suffix}")(*pointers, ctypes.byref(table))
 
 
+def _check_impl(impl: str) -> None:
+    if impl not in ("fast", "elementwise"):
+        raise ValueError(f"impl must be 'fast' or 'elementwise', got {impl!r}")
+
+
 def _as_inputs(x: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return (x,) if isinstance(x, torch.Tensor) else tuple(x)
 
@@ -158,7 +163,7 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
             grad_h = weight.new_empty(input_shape(hs))  # dL/da, masked, then dL/dh in place
             _run("grad_input", [weight, grad_h, scale, shift, mean, sums], table, ctx.impl)
             coef = torch.empty((c, 3), dtype=scale.dtype, device=scale.device)
-            _run("bn_coefficients", [sums, scale, batch_invstd, mean, coef], table, ctx.impl, grid=-(-c // 256))
+            _run("bn_coefficients", [sums, scale, batch_invstd, mean, coef], table, ctx.impl)
             _run("bn_backward", [grad_h, coef], table, ctx.impl)
             grad_hs = _input_grads(grad_h, hs)
         sum_g, sum_g_xhat = sums[:, 0], sums[:, 1] * invstd  # dL/d(beta), dL/d(gamma)
@@ -175,8 +180,7 @@ def mixed_depthwise(x: torch.Tensor | Sequence[torch.Tensor], weight: torch.Tens
     (N, channels, h_out, w_out) tensor per segment. On the CPU, impl="fast" runs the plane
     forms of the math, impl="elementwise" the per-element forms the CUDA kernels use.
     """
-    if impl not in ("fast", "elementwise"):
-        raise ValueError(f"impl must be 'fast' or 'elementwise', got {impl!r}")
+    _check_impl(impl)
     return list(MixedDepthwiseFn.apply(weight, tuple(segments), impl, *_as_inputs(x)))
 
 
@@ -192,8 +196,7 @@ def mixed_depthwise_bn_relu(h: torch.Tensor | Sequence[torch.Tensor], weight: to
 
     overwrite_h: the backward may write dL/dh over h (saves an h-sized buffer and a pass on
     the CPU); only for an h nothing else reads after the forward."""
-    if impl not in ("fast", "elementwise"):
-        raise ValueError(f"impl must be 'fast' or 'elementwise', got {impl!r}")
+    _check_impl(impl)
     return list(MixedDepthwiseBnReluFn.apply(weight, bn_weight, bn_bias, running_mean, running_var, tuple(segments),
                                              training, momentum, eps, impl, overwrite_h, *_as_inputs(h)))
 

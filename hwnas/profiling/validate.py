@@ -128,10 +128,15 @@ def measure_architectures(archs: list[Architecture], table: Table, backend: Back
 
 def calibration_architectures(table: Table, seed: int, count: int) -> list[Architecture]:
     """The random architectures `calibrate` times whole (the same ones for the same seed);
-    architecture i's weights are seeded CALIBRATION_SEED + seed + i."""
+    architecture i's weights are seeded CALIBRATION_SEED + seed + i (measure_architectures)."""
     rng = random.Random(CALIBRATION_SEED + seed)
     return [sample_architecture(table.space(), table.macro(), float(table.meta["scale"]), rng, name=f"calib{i}")
             for i in range(count)]
+
+
+def reference_network(table: Table, seed: int) -> tuple[Architecture, int]:
+    """The build's first calibration architecture and its weights' seed, as `calibrate` timed it."""
+    return calibration_architectures(table, seed, 1)[0], CALIBRATION_SEED + seed
 
 
 def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> dict[str, Any]:
@@ -188,14 +193,13 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
         if progress:
             print("re-timing the table's calibration architectures ...", file=sys.stderr)
         calibration_now = calibrate(table, backend, Protocol.from_dict(table.meta["protocol"]), build_seed)
-    ref = calibration_architectures(table, build_seed, 1)[0] if reference else None
+    ref = reference_network(table, build_seed) if reference else None
     reference_ms: list[float] = []
     from tqdm import tqdm
 
     with tqdm(total=samples, unit="arch", desc="validate", disable=not progress) as bar:
         drifts: list[float] = []
-        stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts,
-                                      (ref, CALIBRATION_SEED + build_seed) if ref else None, reference_ms)
+        stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts, ref, reference_ms)
     machine_vs_table, drifts = drifts[0], drifts[1:]
     measured = [s.value(table.statistic) for s in stats]
     report: dict[str, Any] = metrics(predictions, measured)
@@ -208,11 +212,11 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     factors = [1.0] * samples
     if ref is not None:
         assert calibration is not None
-        summed = predict(table, ref)["latency_ms_uncalibrated"]
+        summed = predict(table, ref[0])["latency_ms_uncalibrated"]
         build_ms = float(calibration["ratios"][0]) * summed  # its measured latency at the build
         factors = [reference_ms[i // GROUP] / summed for i in range(samples)]
         report["reference"] = {
-            "cells": [list(c.ops) for c in ref.cells], "summed_ms": summed, "build_ms": round(build_ms, 6),
+            "cells": [list(c.ops) for c in ref[0].cells], "summed_ms": summed, "build_ms": round(build_ms, 6),
             "measured_ms": reference_ms, "vs_build": [round(m / build_ms, 4) for m in reference_ms],
         }
         report["reference_calibrated"] = metrics([p["latency_ms_uncalibrated"] * f for p, f in zip(priced, factors)],
