@@ -4,6 +4,7 @@
 // prologue (scale, shift: null for the plain convolution; see mixed_dw.h). Built by hwnas/kernels/cpu.py with the system
 // C++ compiler; called through ctypes on raw tensor pointers.
 #include "mixed_dw.h"
+#include "mixed_dw_planes.h"
 
 #include <cstddef>
 #include <vector>
@@ -67,8 +68,8 @@ void forward(const T* w, BnRelu<T> bn, const SegmentTable& t) {
 }
 
 // The channel loop of the grad_input forms, run by the threads of an enclosing parallel region:
-// channels outermost (batch inside), so each thread owns its channels' sums. plane_of(gp, s, n, c)
-// writes one (n, c) plane of dL/da to gp = dest_of(n, at) (at: the plane's offset in a
+// channels outermost (batch inside), so each thread owns its channels' sums. plane_of(gp, si, n, c)
+// (si: the segment's index) writes one (n, c) plane of dL/da to gp = dest_of(n, at) (at: the plane's offset in a
 // concatenated (N, C, H, W) tensor); with the prologue, the ReLU mask and the BN sums follow
 // while that plane is in cache; finish(s, c, cg, sum_g, sum_gh) ends the channel.
 template <typename T, typename PlaneOf, typename DestOf, typename Finish>
@@ -76,13 +77,14 @@ void grad_input_channels(BnRelu<T> bn, const SegmentTable& t, PlaneOf plane_of, 
   const int plane = t.H * t.W;
 #pragma omp for schedule(static)
   for (int cg = 0; cg < t.C; ++cg) {
-    const Segment s = t.seg[segment_of_channel(t, cg)];
+    const int si = segment_of_channel(t, cg);
+    const Segment s = t.seg[si];
     const int c = cg - s.c_begin;
     T sum_g = T(0), sum_gh = T(0);
     for (int n = 0; n < t.N; ++n) {
       const hwnas_index at = ((hwnas_index)n * t.C + cg) * plane;
       T* gp = dest_of(n, at);
-      plane_of(gp, s, n, c);
+      plane_of(gp, si, n, c);
       if (bn.scale)
         mask_plane(gp, input_plane<const T>(s, n, c, plane), plane, bn.scale[cg], bn.shift[cg], bn.mean[cg], &sum_g,
                    &sum_gh);
@@ -91,11 +93,19 @@ void grad_input_channels(BnRelu<T> bn, const SegmentTable& t, PlaneOf plane_of, 
   }
 }
 
+// Every segment's plane geometry (mixed_dw_planes.h), indexed as the table's segments.
+inline std::vector<PlaneGeometry> plane_geometries(const SegmentTable& t) {
+  std::vector<PlaneGeometry> out;
+  for (int i = 0; i < t.count; ++i) out.push_back(plane_geometry(t.seg[i], t.H, t.W));
+  return out;
+}
+
 // dL/da (plane form) of one (n, c) into gp.
 template <typename T>
-inline void grad_input_plane_of(const T* w, T* gp, const Segment& s, int n, int c, const SegmentTable& t, T* scratch) {
+inline void grad_input_plane_of(const T* w, T* gp, const Segment& s, const PlaneGeometry& pg, int n, int c,
+                                const SegmentTable& t, T* scratch) {
   dw_grad_input_plane(output_block<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
-                      w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, t.H, t.W, scratch);
+                      w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, pg, t.H, t.W, scratch);
 }
 
 // dL/da into gx (masked, with the sums, under the prologue), as the CUDA grad_input kernel.
@@ -104,7 +114,8 @@ void grad_input(const T* w, T* gx, BnRelu<T> bn, T* sums, const SegmentTable& t)
 #pragma omp parallel
   grad_input_channels(
       bn, t,
-      [&](T* gp, const Segment& s, int n, int c) {
+      [&](T* gp, int si, int n, int c) {
+        const Segment& s = t.seg[si];
         for (int iy = 0; iy < t.H; ++iy)
           for (int ix = 0; ix < t.W; ++ix) gp[iy * t.W + ix] = dw_grad_input_at<T, T>(w, s, n, c, iy, ix, Identity<T>());
       },
@@ -175,27 +186,32 @@ template <typename T>
 void forward_fast(const T* w, BnRelu<T> bn, const SegmentTable& t) {
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
+    const PlaneGeometry pg = plane_geometry(s, t.H, t.W);
 #pragma omp parallel
     {
-      std::vector<T> scratch(plane_scratch_size(t));
+      std::vector<T> scratch(plane_scratch_size<T>(t));
 #pragma omp for collapse(2) schedule(static)
       for (int n = 0; n < t.N; ++n)
         for (int c = 0; c < s.channels; ++c)
           dw_forward_plane(input_plane<const T>(s, n, c, t.H * t.W),
                            w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel,
-                           output_block<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, s, t.H, t.W,
-                           scratch.data(), plane_load(bn, s.c_begin + c));
+                           output_block<T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, s, pg, t.H,
+                           t.W, scratch.data(), plane_load(bn, s.c_begin + c));
     }
   }
 }
 
 template <typename T>
 void grad_input_fast(const T* w, T* gx, BnRelu<T> bn, T* sums, const SegmentTable& t) {
+  const std::vector<PlaneGeometry> geometry = plane_geometries(t);
 #pragma omp parallel
   {
-    std::vector<T> scratch(plane_scratch_size(t));
+    std::vector<T> scratch(plane_scratch_size<T>(t));
     grad_input_channels(
-        bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
+        bn, t,
+        [&](T* gp, int si, int n, int c) {
+          grad_input_plane_of(w, gp, t.seg[si], geometry[si], n, c, t, scratch.data());
+        },
         [&](int, hwnas_index at) { return gx + at; }, store_sums(bn, sums));
   }
 }
@@ -209,12 +225,16 @@ template <typename T>
 void grad_input_bn_fast(const T* w, BnRelu<T> bn, const T* invstd, T* sums, const SegmentTable& t) {
   const int plane = t.H * t.W;
   const T count = T((double)t.N * plane);
+  const std::vector<PlaneGeometry> geometry = plane_geometries(t);
 #pragma omp parallel
   {
-    std::vector<T> scratch(plane_scratch_size(t));
+    std::vector<T> scratch(plane_scratch_size<T>(t));
     std::vector<T> g((size_t)t.N * plane);
     grad_input_channels(
-        bn, t, [&](T* gp, const Segment& s, int n, int c) { grad_input_plane_of(w, gp, s, n, c, t, scratch.data()); },
+        bn, t,
+        [&](T* gp, int si, int n, int c) {
+          grad_input_plane_of(w, gp, t.seg[si], geometry[si], n, c, t, scratch.data());
+        },
         [&](int n, hwnas_index) { return g.data() + (size_t)n * plane; },
         [&](const Segment& s, int c, int cg, T sum_g, T sum_gh) {
           store_sums(bn, sums)(s, c, cg, sum_g, sum_gh);
@@ -232,19 +252,21 @@ void grad_input_bn_fast(const T* w, BnRelu<T> bn, const T* invstd, T* sums, cons
 
 template <typename T>
 void grad_weight_fast(T* gw, BnRelu<T> bn, const SegmentTable& t) {
+  const std::vector<PlaneGeometry> geometry = plane_geometries(t);
 #pragma omp parallel
   {
-    std::vector<T> scratch(plane_scratch_size(t));
+    std::vector<T> scratch(plane_scratch_size<T>(t));
 #pragma omp for schedule(dynamic, 4)
     for (int cg = 0; cg < t.C; ++cg) {
-      const Segment s = t.seg[segment_of_channel(t, cg)];
+      const int si = segment_of_channel(t, cg);
+      const Segment s = t.seg[si];
       const int c = cg - s.c_begin;
       T* gwp = gw + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel;
       for (int i = 0; i < s.kernel * s.kernel; ++i) gwp[i] = T(0);
       for (int n = 0; n < t.N; ++n)
         dw_grad_weight_plane(input_plane<const T>(s, n, c, t.H * t.W),
                              output_block<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out, gwp, s,
-                             t.H, t.W, scratch.data(), plane_load(bn, cg));
+                             geometry[si], t.H, t.W, scratch.data(), plane_load(bn, cg));
     }
   }
 }

@@ -63,6 +63,36 @@ def test_gradients_match_torch_autograd(seed, impl):
     torch.testing.assert_close(flat.grad, torch.cat([w.grad.reshape(-1) for w in ws]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [1, 3, 8, 9, 17, 25, 32, 33, 45, 70])
+def test_plane_forms_over_row_widths(width, dtype):
+    """The plane forms keep blocks of up to 4 vectors of a row in registers (8 floats or 4
+    doubles each) and several rows per block: every block shape, the row and column tails,
+    wide rows split into chunks, both strides and a dilation, with the BN+ReLU prologue, against
+    torch in forward and backward."""
+    segments = [SegmentSpec(2, 3), SegmentSpec(3, 5, 1, 2), SegmentSpec(2, 7, 2, 1), SegmentSpec(1, 3, 3, 2)]
+    h, weights = inputs(segments, n=2, h=11, w=width, dtype=dtype, seed=width)
+    bn = bn_inputs(h.shape[1], dtype=dtype, seed=width)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for training in (True, False):
+        ours, ours_grads, upstream = run_bn_relu(h, weights, segments, *bn, training, "fast")
+        refs, ref_grads, _ = run_bn_relu(h, weights, segments, *bn, training, "fast", upstream, fused=False)
+        for got, want in zip(ours, refs):
+            torch.testing.assert_close(got, want, **tol)
+        for got, want in zip(ours_grads, ref_grads):
+            torch.testing.assert_close(got, want, **{k: 10 * v for k, v in tol.items()})
+    x1 = h.clone().requires_grad_()  # the plain convolution (no prologue), its own backward
+    flat = torch.cat([w.reshape(-1) for w in weights]).requires_grad_()
+    outs = mixed_depthwise(x1, flat, segments, "fast")
+    sum((o * u).sum() for o, u in zip(outs, upstream)).backward()
+    x2 = h.clone().requires_grad_()
+    ws = [w.clone().requires_grad_() for w in weights]
+    sum((o * u).sum() for o, u in zip(reference_mixed_depthwise(x2, ws, segments), upstream)).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, **{k: 10 * v for k, v in tol.items()})
+    torch.testing.assert_close(flat.grad, torch.cat([w.grad.reshape(-1) for w in ws]),
+                               **{k: 10 * v for k, v in tol.items()})
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gradcheck_double(impl):
     segments = [SegmentSpec(2, 3, 1, 1), SegmentSpec(1, 5, 2, 2), SegmentSpec(2, 3, 3, 2)]

@@ -19,7 +19,7 @@ from pathlib import Path
 from hwnas.errors import HwnasError
 from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
 
-SOURCES = ("mixed_dw.h", "mixed_dw_cpu.cpp")
+SOURCES = ("mixed_dw.h", "mixed_dw_planes.h", "mixed_dw_cpu.cpp")
 # one form each (no separate "_fast" plane form); grad_input_bn is the fast path's whole BN backward
 CPU_ONLY_FORM = ("bn_backward", "bn_coefficients", "channel_stats", "grad_input_bn")
 FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fPIC", "-shared", "-march=native")
