@@ -121,19 +121,28 @@ inline int phase_index(const Wide& g, int Y, int X) {
 }
 
 // A segment's plane geometry, computed once per segment: the layout and each tap's offset.
+// A tap reads one phase: the backward's gathers into phase P take only the taps of phase P
+// (at stride 2 a quarter of them; the others would add zeros), as tap indices and negated offsets.
 struct PlaneGeometry {
   Wide g;
   int taps, max_offset;
-  std::vector<int> offset, negated;  // offset[ky * k + kx]; negated: the backward's gathers
+  std::vector<int> offset;                      // offset[ky * k + kx]
+  std::vector<std::vector<int>> phase_taps;     // [phase] tap indices
+  std::vector<std::vector<int>> phase_negated;  // [phase] -offset of those taps
 };
 
 inline PlaneGeometry plane_geometry(const Segment& s, int H, int W) {
-  PlaneGeometry pg{wide_of(s, H, W), s.kernel * s.kernel, 0, {}, {}};
+  const Wide g = wide_of(s, H, W);
+  const int phases = g.stride * g.stride;
+  PlaneGeometry pg{g, s.kernel * s.kernel, 0, {}, std::vector<std::vector<int>>(phases),
+                   std::vector<std::vector<int>>(phases)};
   for (int ky = 0; ky < s.kernel; ++ky)
     for (int kx = 0; kx < s.kernel; ++kx) {
-      const int o = phase_index(pg.g, ky * s.dilation, kx * s.dilation);
+      const int Y = ky * s.dilation, X = kx * s.dilation, o = phase_index(g, Y, X);
+      const int phase = (Y % g.stride) * g.stride + X % g.stride;
       pg.offset.push_back(o);
-      pg.negated.push_back(-o);
+      pg.phase_taps[phase].push_back(ky * s.kernel + kx);
+      pg.phase_negated[phase].push_back(-o);
       pg.max_offset = std::max(pg.max_offset, o);
     }
   return pg;
@@ -146,7 +155,8 @@ inline hwnas_index plane_scratch_size(const SegmentTable& t) {
   hwnas_index most = 0;
   for (int i = 0; i < t.count; ++i) {
     const Wide g = wide_of(t.seg[i], t.H, t.W);
-    const hwnas_index need = 2 * (hwnas_index)phase_values(g) + (hwnas_index)t.seg[i].h_out * g.Wq + 4 * plane_slack<T>;
+    const hwnas_index need = 2 * (hwnas_index)phase_values(g) + (hwnas_index)t.seg[i].h_out * g.Wq +
+                             (hwnas_index)t.seg[i].kernel * t.seg[i].kernel + 4 * plane_slack<T>;
     most = std::max(most, need);
   }
   return most;
@@ -164,28 +174,33 @@ inline PlaneLoad<T> plane_load(BnRelu<T> bn, int c) {
   return bn.scale ? PlaneLoad<T>{true, bn.scale[c], bn.shift[c]} : PlaneLoad<T>{false, T(1), T(0)};
 }
 
-// Copies input row `in` (columns ix0, ix0 + S, ...) to `out` through f; S is the stride (constant
-// for 1 and 2, so the loop vectorises).
+// Input row iy of the plane into its phase rows (all columns, through f): stride 1 a copy,
+// stride 2 a deinterleave of even and odd columns in one loop (both vectorise), any other
+// stride column by column.
 template <int S, typename T, typename F>
-inline void gather_row(const T* in, T* out, int count, int step, F f) {
-  if (S > 0)
-    for (int j = 0; j < count; ++j) out[j] = f(in[j * S]);
-  else
-    for (int j = 0; j < count; ++j) out[j] = f(in[j * step]);
+inline void row_to_phases(const T* __restrict in, T* __restrict phases, const Wide& g, int iy, int W, F f) {
+  const int Y = iy + g.p;
+  if (S == 1) {
+    T* __restrict out = phases + phase_index(g, Y, g.p);
+    for (int ix = 0; ix < W; ++ix) out[ix] = f(in[ix]);
+  } else if (S == 2) {  // column ix goes to phase (ix + p) % 2, at column (ix + p) / 2
+    T* __restrict even = phases + phase_index(g, Y, g.p);
+    T* __restrict odd = phases + phase_index(g, Y, g.p + 1);
+    const int pairs = W / 2;
+    for (int j = 0; j < pairs; ++j) {
+      even[j] = f(in[2 * j]);
+      odd[j] = f(in[2 * j + 1]);
+    }
+    if (W & 1) even[pairs] = f(in[W - 1]);
+  } else {
+    for (int ix = 0; ix < W; ++ix) phases[phase_index(g, Y, ix + g.p)] = f(in[ix]);
+  }
 }
 
 template <int S, typename T, typename F>
 inline void to_phases_with(const T* xp, T* phases, const Wide& g, int H, int W, F f) {
   std::memset(phases, 0, sizeof(T) * phase_values(g));
-  for (int iy = 0; iy < H; ++iy) {
-    const int Y = iy + g.p;
-    for (int px = 0; px < g.stride; ++px) {
-      const int ix0 = ((px - g.p) % g.stride + g.stride) % g.stride;  // first ix with (ix + p) % stride == px
-      if (ix0 < W)
-        gather_row<S>(xp + iy * W + ix0, phases + phase_index(g, Y, ix0 + g.p), (W - ix0 + g.stride - 1) / g.stride,
-                      g.stride, f);
-    }
-  }
+  for (int iy = 0; iy < H; ++iy) row_to_phases<S>(xp + iy * W, phases, g, iy, W, f);
 }
 
 // The (activated) input plane into the phases, zero padding included.
@@ -224,22 +239,32 @@ inline void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, 
 // dL/dx plane (H x W) of one (n, c): the forward's scatter of w[tap] * gy, written as a gather.
 // The padded input position j (in the phases) received sum_t w[t] * wide[j - offset[t]], wide
 // being zero outside its h_out rows; each phase's rows and columns that are inside the plane are
-// gathered straight into gxp (every stride-th row and column of it).
+// gathered straight into gxp (every stride-th row and column of it), over that phase's taps.
 template <typename T>
 inline void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment& s, const PlaneGeometry& pg, int H,
                                 int W, T* scratch) {
   const Wide& g = pg.g;
   const int front = pg.max_offset, rows_wide = s.h_out * g.Wq;
-  std::memset(scratch, 0, sizeof(T) * front);
-  widen_plane(gp, scratch + front, s, g);
-  std::memset(scratch + front + rows_wide, 0, sizeof(T) * (phase_values(g) - rows_wide + plane_slack<T>));
+  T* wide = scratch;
+  T* weights = scratch + front + phase_values(g) + plane_slack<T>;  // the phase's taps' weights
+  std::memset(wide, 0, sizeof(T) * front);
+  widen_plane(gp, wide + front, s, g);
+  std::memset(wide + front + rows_wide, 0, sizeof(T) * (phase_values(g) - rows_wide + plane_slack<T>));
   for (int py = 0; py < g.stride; ++py)
     for (int px = 0; px < g.stride; ++px) {
       const int iy0 = ((py - g.p) % g.stride + g.stride) % g.stride, ix0 = ((px - g.p) % g.stride + g.stride) % g.stride;
       if (iy0 >= H || ix0 >= W) continue;
       const int rows = (H - iy0 + g.stride - 1) / g.stride, cols = (W - ix0 + g.stride - 1) / g.stride;
-      correlate(scratch + front + phase_index(g, iy0 + g.p, ix0 + g.p), g.Wq, pg.negated.data(), wp, pg.taps,
-                gxp + iy0 * W + ix0, g.stride * W, g.stride, rows, cols);
+      const std::vector<int>& taps = pg.phase_taps[py * g.stride + px];
+      for (size_t i = 0; i < taps.size(); ++i) weights[i] = wp[taps[i]];
+      T* dst = gxp + iy0 * W + ix0;
+      if (taps.empty()) {  // no tap reads this phase (dilation a multiple of the stride): no gradient
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < cols; ++c) dst[r * g.stride * W + c * g.stride] = T(0);
+        continue;
+      }
+      correlate(wide + front + phase_index(g, iy0 + g.p, ix0 + g.p), g.Wq, pg.phase_negated[py * g.stride + px].data(),
+                weights, (int)taps.size(), dst, g.stride * W, g.stride, rows, cols);
     }
 }
 
