@@ -126,6 +126,7 @@ inline int phase_index(const Wide& g, int Y, int X) {
 struct PlaneGeometry {
   Wide g;
   int taps, max_offset;
+  bool pointwise;                               // 1x1, stride 1: an elementwise op, no scratch needed
   std::vector<int> offset;                      // offset[ky * k + kx]
   std::vector<std::vector<int>> phase_taps;     // [phase] tap indices
   std::vector<std::vector<int>> phase_negated;  // [phase] -offset of those taps
@@ -134,7 +135,7 @@ struct PlaneGeometry {
 inline PlaneGeometry plane_geometry(const Segment& s, int H, int W) {
   const Wide g = wide_of(s, H, W);
   const int phases = g.stride * g.stride;
-  PlaneGeometry pg{g, s.kernel * s.kernel, 0, {}, std::vector<std::vector<int>>(phases),
+  PlaneGeometry pg{g, s.kernel * s.kernel, 0, s.kernel == 1 && s.stride == 1, {}, std::vector<std::vector<int>>(phases),
                    std::vector<std::vector<int>>(phases)};
   for (int ky = 0; ky < s.kernel; ++ky)
     for (int kx = 0; kx < s.kernel; ++kx) {
@@ -232,6 +233,14 @@ inline void widen_plane(const T* yp, T* wide, const Segment& s, const Wide& g) {
 template <typename T>
 inline void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, const PlaneGeometry& pg, int H, int W,
                              T* scratch, PlaneLoad<T> load) {
+  if (pg.pointwise) {  // (the fused layer's BN2 + ReLU: unit weights)
+    const T w0 = wp[0], scale = load.scale, shift = load.shift;
+    if (load.on)
+      for (int i = 0; i < H * W; ++i) yp[i] = w0 * bn_relu_at(xp[i], scale, shift);
+    else
+      for (int i = 0; i < H * W; ++i) yp[i] = w0 * xp[i];
+    return;
+  }
   to_phases(xp, scratch, pg.g, H, W, load);
   correlate(scratch, pg.g.Wq, pg.offset.data(), wp, pg.taps, yp, s.w_out, 1, s.h_out, s.w_out);
 }
@@ -243,6 +252,11 @@ inline void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, 
 template <typename T>
 inline void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment& s, const PlaneGeometry& pg, int H,
                                 int W, T* scratch) {
+  if (pg.pointwise) {
+    const T w0 = wp[0];
+    for (int i = 0; i < H * W; ++i) gxp[i] = w0 * gp[i];
+    return;
+  }
   const Wide& g = pg.g;
   const int front = pg.max_offset, rows_wide = s.h_out * g.Wq;
   T* wide = scratch;
@@ -273,6 +287,14 @@ inline void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment&
 template <typename T>
 inline void dw_grad_weight_plane(const T* xp, const T* gp, T* gwp, const Segment& s, const PlaneGeometry& pg, int H,
                                  int W, T* scratch, PlaneLoad<T> load) {
+  if (pg.pointwise) {
+    const T scale = load.scale, shift = load.shift;
+    T acc = T(0);
+    HWNAS_SIMD_SUM(acc)
+    for (int i = 0; i < H * W; ++i) acc += (load.on ? bn_relu_at(xp[i], scale, shift) : xp[i]) * gp[i];
+    gwp[0] += acc;
+    return;
+  }
   typedef typename Simd<T>::type V;
   constexpr int L = simd_lanes<T>;
   const Wide& g = pg.g;

@@ -69,9 +69,10 @@ def test_plane_forms_over_row_widths(width, dtype):
     """The plane forms keep blocks of up to 4 vectors of a row in registers (8 floats or 4
     doubles each) and several rows per block: every block shape, the row and column tails,
     wide rows split into chunks, both strides and a dilation, with the BN+ReLU prologue, against
-    torch in forward and backward."""
+    torch in forward and backward; 1x1 segments at stride 1 take the elementwise shortcut."""
     segments = [SegmentSpec(2, 3), SegmentSpec(3, 5, 1, 2), SegmentSpec(2, 7, 2, 1), SegmentSpec(1, 3, 3, 2),
-                SegmentSpec(1, 3, 2, 2)]  # dilation 2, stride 2: taps read one phase only
+                SegmentSpec(1, 3, 2, 2),  # dilation 2, stride 2: taps read one phase only
+                SegmentSpec(2, 1), SegmentSpec(1, 1, 1, 2)]  # 1x1: elementwise (the fused BN2), strided
     h, weights = inputs(segments, n=2, h=11, w=width, dtype=dtype, seed=width)
     bn = bn_inputs(h.shape[1], dtype=dtype, seed=width)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
