@@ -120,6 +120,9 @@ inline int phase_index(const Wide& g, int Y, int X) {
   return ((Y % g.stride) * g.stride + X % g.stride) * g.Hq * g.Wq + (Y / g.stride) * g.Wq + X / g.stride;
 }
 
+// The first input row (or column) i >= 0 of phase row (column) `phase`: (i + p) % stride == phase.
+inline int first_in_phase(const Wide& g, int phase) { return ((phase - g.p) % g.stride + g.stride) % g.stride; }
+
 // A segment's plane geometry, computed once per segment: the layout and each tap's offset.
 // A tap reads one phase: the backward's gathers into phase P take only the taps of phase P
 // (at stride 2 a quarter of them; the others would add zeros), as tap indices and negated offsets.
@@ -266,7 +269,7 @@ inline void dw_grad_input_plane(const T* gp, const T* wp, T* gxp, const Segment&
   std::memset(wide + front + rows_wide, 0, sizeof(T) * (phase_values(g) - rows_wide + plane_slack<T>));
   for (int py = 0; py < g.stride; ++py)
     for (int px = 0; px < g.stride; ++px) {
-      const int iy0 = ((py - g.p) % g.stride + g.stride) % g.stride, ix0 = ((px - g.p) % g.stride + g.stride) % g.stride;
+      const int iy0 = first_in_phase(g, py), ix0 = first_in_phase(g, px);
       if (iy0 >= H || ix0 >= W) continue;
       const int rows = (H - iy0 + g.stride - 1) / g.stride, cols = (W - ix0 + g.stride - 1) / g.stride;
       const std::vector<int>& taps = pg.phase_taps[py * g.stride + px];
