@@ -12,8 +12,10 @@ For the active depthwise branches (ungrouped 1x1s):
   a tensor of its own (no split; in backward, no concatenation of the branch gradients). The
   BN is per channel, so one BN over all the branches' channels is exact in training too; each
   branch's running statistics are written back to its own BN;
-- then each branch's BN, ReLU, projection and BN (per branch: each has its own BN), and the
-  mean with the identity.
+- then each branch's BN2 + ReLU: on the CPU all branches' in one more call of the same kernel,
+  as 1x1 segments of unit weight (its one-pass statistics and backward; each branch keeps its
+  own BN), on GPUs cuDNN's; then each branch's projection and BN3, and the mean with the
+  identity.
 Other branches (dense, dual, spatially separable, grouped 1x1s) run as in the reference.
 """
 
