@@ -76,13 +76,14 @@ def test_plane_forms_over_row_widths(width, dtype):
     h, weights = inputs(segments, n=2, h=11, w=width, dtype=dtype, seed=width)
     bn = bn_inputs(h.shape[1], dtype=dtype, seed=width)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    grad_tol = {k: 10 * v for k, v in tol.items()}
     for training in (True, False):
         ours, ours_grads, upstream = run_bn_relu(h, weights, segments, *bn, training, "fast")
         refs, ref_grads, _ = run_bn_relu(h, weights, segments, *bn, training, "fast", upstream, fused=False)
         for got, want in zip(ours, refs):
             torch.testing.assert_close(got, want, **tol)
         for got, want in zip(ours_grads, ref_grads):
-            torch.testing.assert_close(got, want, **{k: 10 * v for k, v in tol.items()})
+            torch.testing.assert_close(got, want, **grad_tol)
     x1 = h.clone().requires_grad_()  # the plain convolution (no prologue), its own backward
     flat = torch.cat([w.reshape(-1) for w in weights]).requires_grad_()
     outs = mixed_depthwise(x1, flat, segments, "fast")
@@ -90,9 +91,8 @@ def test_plane_forms_over_row_widths(width, dtype):
     x2 = h.clone().requires_grad_()
     ws = [w.clone().requires_grad_() for w in weights]
     sum((o * u).sum() for o, u in zip(reference_mixed_depthwise(x2, ws, segments), upstream)).backward()
-    torch.testing.assert_close(x1.grad, x2.grad, **{k: 10 * v for k, v in tol.items()})
-    torch.testing.assert_close(flat.grad, torch.cat([w.grad.reshape(-1) for w in ws]),
-                               **{k: 10 * v for k, v in tol.items()})
+    torch.testing.assert_close(x1.grad, x2.grad, **grad_tol)
+    torch.testing.assert_close(flat.grad, torch.cat([w.grad.reshape(-1) for w in ws]), **grad_tol)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
