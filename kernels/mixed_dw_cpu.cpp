@@ -100,12 +100,16 @@ inline std::vector<PlaneGeometry> plane_geometries(const SegmentTable& t) {
   return out;
 }
 
-// dL/da (plane form) of one (n, c) into gp.
+// The grad_input_channels plane_of of the plane forms: dL/da of one (n, c) into gp.
 template <typename T>
-inline void grad_input_plane_of(const T* w, T* gp, const Segment& s, const PlaneGeometry& pg, int n, int c,
-                                const SegmentTable& t, T* scratch) {
-  dw_grad_input_plane(output_block<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
-                      w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, pg, t.H, t.W, scratch);
+inline auto grad_input_plane_of(const T* w, const SegmentTable& t, const std::vector<PlaneGeometry>& geometry,
+                                T* scratch) {
+  return [=, &t, &geometry](T* gp, int si, int n, int c) {
+    const Segment& s = t.seg[si];
+    dw_grad_input_plane(output_block<const T>(s) + ((hwnas_index)n * s.channels + c) * s.h_out * s.w_out,
+                        w + s.weight_offset + (hwnas_index)c * s.kernel * s.kernel, gp, s, geometry[si], t.H, t.W,
+                        scratch);
+  };
 }
 
 // dL/da into gx (masked, with the sums, under the prologue), as the CUDA grad_input kernel.
@@ -184,9 +188,10 @@ void channel_stats(T* mean, T* var, const SegmentTable& t) {
 
 template <typename T>
 void forward_fast(const T* w, BnRelu<T> bn, const SegmentTable& t) {
+  const std::vector<PlaneGeometry> geometry = plane_geometries(t);
   for (int si = 0; si < t.count; ++si) {
     const Segment s = t.seg[si];
-    const PlaneGeometry pg = plane_geometry(s, t.H, t.W);
+    const PlaneGeometry& pg = geometry[si];
 #pragma omp parallel
     {
       std::vector<T> scratch(plane_scratch_size<T>(t));
@@ -208,10 +213,7 @@ void grad_input_fast(const T* w, T* gx, BnRelu<T> bn, T* sums, const SegmentTabl
   {
     std::vector<T> scratch(plane_scratch_size<T>(t));
     grad_input_channels(
-        bn, t,
-        [&](T* gp, int si, int n, int c) {
-          grad_input_plane_of(w, gp, t.seg[si], geometry[si], n, c, t, scratch.data());
-        },
+        bn, t, grad_input_plane_of(w, t, geometry, scratch.data()),
         [&](int, hwnas_index at) { return gx + at; }, store_sums(bn, sums));
   }
 }
@@ -231,10 +233,7 @@ void grad_input_bn_fast(const T* w, BnRelu<T> bn, const T* invstd, T* sums, cons
     std::vector<T> scratch(plane_scratch_size<T>(t));
     std::vector<T> g((size_t)t.N * plane);
     grad_input_channels(
-        bn, t,
-        [&](T* gp, int si, int n, int c) {
-          grad_input_plane_of(w, gp, t.seg[si], geometry[si], n, c, t, scratch.data());
-        },
+        bn, t, grad_input_plane_of(w, t, geometry, scratch.data()),
         [&](int n, hwnas_index) { return g.data() + (size_t)n * plane; },
         [&](const Segment& s, int c, int cg, T sum_g, T sum_gh) {
           store_sums(bn, sums)(s, c, cg, sum_g, sum_gh);

@@ -178,6 +178,17 @@ inline PlaneLoad<T> plane_load(BnRelu<T> bn, int c) {
   return bn.scale ? PlaneLoad<T>{true, bn.scale[c], bn.shift[c]} : PlaneLoad<T>{false, T(1), T(0)};
 }
 
+// Calls body(f) with f the prologue as a function of one value: the branch on load.on is taken
+// once, outside the loops body runs.
+template <typename T, typename Body>
+inline void with_prologue(PlaneLoad<T> load, Body body) {
+  const T scale = load.scale, shift = load.shift;
+  if (load.on)
+    body([=](T v) { return bn_relu_at(v, scale, shift); });
+  else
+    body([](T v) { return v; });
+}
+
 // Input row iy of the plane into its phase rows (all columns, through f): stride 1 a copy,
 // stride 2 a deinterleave of even and odd columns in one loop (both vectorise), any other
 // stride column by column.
@@ -210,15 +221,14 @@ inline void to_phases_with(const T* xp, T* phases, const Wide& g, int H, int W, 
 // The (activated) input plane into the phases, zero padding included.
 template <typename T>
 inline void to_phases(const T* xp, T* phases, const Wide& g, int H, int W, PlaneLoad<T> load) {
-  const T scale = load.scale, shift = load.shift;
-  auto activated = [=](T v) { return bn_relu_at(v, scale, shift); };
-  auto same = [](T v) { return v; };
-  if (g.stride == 1)
-    load.on ? to_phases_with<1>(xp, phases, g, H, W, activated) : to_phases_with<1>(xp, phases, g, H, W, same);
-  else if (g.stride == 2)
-    load.on ? to_phases_with<2>(xp, phases, g, H, W, activated) : to_phases_with<2>(xp, phases, g, H, W, same);
-  else
-    load.on ? to_phases_with<0>(xp, phases, g, H, W, activated) : to_phases_with<0>(xp, phases, g, H, W, same);
+  with_prologue(load, [&](auto f) {
+    if (g.stride == 1)
+      to_phases_with<1>(xp, phases, g, H, W, f);
+    else if (g.stride == 2)
+      to_phases_with<2>(xp, phases, g, H, W, f);
+    else
+      to_phases_with<0>(xp, phases, g, H, W, f);
+  });
 }
 
 // An (h_out x w_out) plane into the wide layout (pitch Wq, zeros in columns w_out..Wq-1).
@@ -237,11 +247,10 @@ template <typename T>
 inline void dw_forward_plane(const T* xp, const T* wp, T* yp, const Segment& s, const PlaneGeometry& pg, int H, int W,
                              T* scratch, PlaneLoad<T> load) {
   if (pg.pointwise) {  // (the fused layer's BN2 + ReLU: unit weights)
-    const T w0 = wp[0], scale = load.scale, shift = load.shift;
-    if (load.on)
-      for (int i = 0; i < H * W; ++i) yp[i] = w0 * bn_relu_at(xp[i], scale, shift);
-    else
-      for (int i = 0; i < H * W; ++i) yp[i] = w0 * xp[i];
+    const T w0 = wp[0];
+    with_prologue(load, [&](auto f) {
+      for (int i = 0; i < H * W; ++i) yp[i] = w0 * f(xp[i]);
+    });
     return;
   }
   to_phases(xp, scratch, pg.g, H, W, load);
@@ -291,11 +300,12 @@ template <typename T>
 inline void dw_grad_weight_plane(const T* xp, const T* gp, T* gwp, const Segment& s, const PlaneGeometry& pg, int H,
                                  int W, T* scratch, PlaneLoad<T> load) {
   if (pg.pointwise) {
-    const T scale = load.scale, shift = load.shift;
-    T acc = T(0);
-    HWNAS_SIMD_SUM(acc)
-    for (int i = 0; i < H * W; ++i) acc += (load.on ? bn_relu_at(xp[i], scale, shift) : xp[i]) * gp[i];
-    gwp[0] += acc;
+    with_prologue(load, [&](auto f) {
+      T acc = T(0);
+      HWNAS_SIMD_SUM(acc)
+      for (int i = 0; i < H * W; ++i) acc += f(xp[i]) * gp[i];
+      gwp[0] += acc;
+    });
     return;
   }
   typedef typename Simd<T>::type V;
