@@ -132,20 +132,23 @@ def test_validate_on_a_tiny_space(tmp_path):
     assert calibration["architectures"] == QUICK.calibration_architectures == len(calibration["ratios"])
     assert result["latency_ms_uncalibrated"] == pytest.approx(summed)
     assert result["latency_ms"] == pytest.approx(summed * calibration["factor"]) and result["latency_ms"] > 0
-    report = validate(Table.load(path), samples=3, seed=1, progress=False)
+    report = validate(Table.load(path), samples=3, seed=1, progress=False, reference=False)
     assert report["n"] == 3 and 0 <= report["within_10pct"] <= 1 and -1 <= report["spearman"] <= 1
     assert report["uncalibrated"]["n"] == 3 and report["calibration_factor"] == calibration["factor"]
     assert report["machine_vs_table"] > 0 and all(s["probe_drift"] > 0 for s in report["samples"])
-    assert all(s["measured_ms"] > 0 for s in report["samples"])
+    assert report["measured"] == "raw" and "raw" not in report and "reference" not in report
+    assert all(s["measured_ms"] == s["raw_ms"] > 0 for s in report["samples"])
     # --recalibrate: the build's calibration architectures re-timed now, their factor applied
-    again = validate(Table.load(path), samples=3, seed=1, progress=False, recalibrate=True)
+    again = validate(Table.load(path), samples=3, seed=1, progress=False, recalibrate=True, reference=False)
     now = again["calibration_now"]
     assert now["seed"] == calibration["seed"] and len(now["ratios"]) == QUICK.calibration_architectures
     measured = [s["measured_ms"] for s in again["samples"]]
     expected = metrics([s["predicted_uncalibrated_ms"] * now["factor"] for s in again["samples"]], measured)
     assert again["recalibrated"] == pytest.approx(expected)
-    # --reference: the first calibration architecture timed in every group (GROUP = 4 samples)
-    five = validate(Table.load(path), samples=5, seed=2, progress=False, reference=True)
+    # by default the first calibration architecture is timed in every group (GROUP = 4 samples)
+    # and each group's latencies are referred to its median over the run
+    five = validate(Table.load(path), samples=5, seed=2, progress=False)
+    assert five["measured"] == "referred"
     ref = five["reference"]
     assert len(ref["measured_ms"]) == 2 and all(m > 0 for m in ref["measured_ms"])
     first_calibration = calibration_architectures(table, calibration["seed"] - CALIBRATION_SEED, 1)[0]
@@ -153,13 +156,33 @@ def test_validate_on_a_tiny_space(tmp_path):
     summed_ref = predict(table, first_calibration)["latency_ms_uncalibrated"]
     assert ref["summed_ms"] == pytest.approx(summed_ref)
     assert ref["build_ms"] / summed_ref == pytest.approx(calibration["ratios"][0], rel=1e-4)
+    level = (ref["measured_ms"][0] + ref["measured_ms"][1]) / 2  # the median of two
+    assert ref["level_ms"] == pytest.approx(level)
     groups = [ref["measured_ms"][0]] * 4 + [ref["measured_ms"][1]]
-    assert [s["reference_factor"] for s in five["samples"]] == pytest.approx([m / summed_ref for m in groups], rel=1e-4)
-    measured = [s["measured_ms"] for s in five["samples"]]
-    expected = metrics([s["predicted_uncalibrated_ms"] * m / summed_ref for s, m in zip(five["samples"], groups)],
-                       measured)
-    assert five["reference_calibrated"] == pytest.approx(expected)
-    assert "reference_calibrated" not in again and "reference_factor" not in again["samples"][0]
+    referred = [s["raw_ms"] * level / g for s, g in zip(five["samples"], groups)]
+    assert [s["measured_ms"] for s in five["samples"]] == pytest.approx(referred)
+    assert [s["group_factor"] for s in five["samples"]] == pytest.approx([level / g for g in groups], rel=1e-4)
+    predicted = [s["predicted_ms"] for s in five["samples"]]
+    assert {k: five[k] for k in expected} == pytest.approx(metrics(predicted, referred))
+    assert five["raw"] == pytest.approx(metrics(predicted, [s["raw_ms"] for s in five["samples"]]))
+    # a table without calibration has no reference network: validated as timed, or refused if asked
+    bare = Table.load(path)
+    del bare.meta["calibration"]
+    with pytest.raises(HwnasError, match="--no-reference"):
+        validate(bare, samples=3, reference=True)
+    assert validate(bare, samples=2, seed=3, progress=False)["measured"] == "raw"
+    # the command line: a table, its --json report and a plot
+    cli = [sys.executable, "-m", "hwnas.cli.main", "validate", "--table", str(path), "--samples", "2", "--quiet"]
+    human = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert human.returncode == 0, human.stderr
+    assert "vs latencies as timed" in human.stdout and "referred to one machine state" in human.stdout
+    png = tmp_path / "v.png"
+    machine = subprocess.run([*cli, "--no-reference", "--json", "--plot", str(png)], capture_output=True, text=True,
+                             timeout=300)
+    assert machine.returncode == 0, machine.stderr
+    out = json.loads(machine.stdout)
+    assert out["n"] == 2 and out["measured"] == "raw" and "reference" not in out
+    assert png.read_bytes()[:4] == b"\x89PNG"  # matplotlib is in the dev extra
     # a table measured elsewhere cannot be validated here
     table.meta["device"] = dict(table.meta["device"], name="NVIDIA GeForce GTX TITAN Xp")
     with pytest.raises(HwnasError, match="measurements here cannot validate it"):

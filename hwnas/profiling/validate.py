@@ -158,18 +158,20 @@ def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> 
 
 
 def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
-             rounds: int | None = None, recalibrate: bool = False, reference: bool = False) -> dict[str, Any]:
+             rounds: int | None = None, recalibrate: bool = False, reference: bool | None = None) -> dict[str, Any]:
     """Measured vs predicted latency of `samples` random architectures.
 
-    On a shared machine the whole-network/op-sum ratio moves with the machine's state, which
-    the op probe does not see; two options measure it (both reported beside the table's own
-    prediction, never in place of it):
-    recalibrate: first re-time the table's own calibration architectures (disjoint from the
-    samples) and also report predictions with that factor (`recalibrated`);
-    reference: time the build's first calibration architecture in every group, interleaved
-    with the samples, and also report predictions calibrated on it (`reference_calibrated`:
-    entry sum x its measured/summed ratio in the same rounds), which follows the state
-    through the run.
+    Samples are timed in groups of GROUP, each group a few minutes long. On a shared machine
+    the speed of whole networks moves between groups by several percent (the op probe does not
+    see it), which scrambles their ranks. So by default (`reference`, when the table has a
+    calibration) the build's first calibration architecture, a random network of the same
+    space, is timed in every group, interleaved with the samples, and each group's latencies
+    are referred to one machine state: multiplied by the reference's median over the run /
+    its latency in that group (the project's rule for noisy machines: ratios to a baseline
+    timed in the same run). `measured_ms` is that referred latency; `raw_ms` and the `raw`
+    metrics keep the latencies as timed. The table's prediction is never adjusted.
+    recalibrate: first re-time the table's calibration architectures (disjoint from the
+    samples) and also report predictions with that factor (`recalibrated`).
     """
     if samples < 2:
         raise HwnasError("--samples must be at least 2 (Spearman's rank correlation needs two points)")
@@ -186,7 +188,10 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     calibration = table.meta.get("calibration")
     if (recalibrate or reference) and not calibration:
         raise HwnasError("the table has no calibration (built with calibration_architectures = 0): "
-                         "--recalibrate and --reference re-time its calibration architectures")
+                         "--recalibrate and the reference network re-time its calibration architectures; "
+                         "validate it with --no-reference")
+    if reference is None:
+        reference = bool(calibration)
     build_seed = int(calibration["seed"]) - CALIBRATION_SEED if calibration else 0
     calibration_now = None
     if recalibrate:
@@ -201,34 +206,38 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
         drifts: list[float] = []
         stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts, ref, reference_ms)
     machine_vs_table, drifts = drifts[0], drifts[1:]
-    measured = [s.value(table.statistic) for s in stats]
+    raw = [s.value(table.statistic) for s in stats]
+    factors = [1.0] * samples
+    if reference_ms:
+        level = statistics.median(reference_ms)
+        factors = [level / reference_ms[i // GROUP] for i in range(samples)]
+    measured = [m * f for m, f in zip(raw, factors)]
     report: dict[str, Any] = metrics(predictions, measured)
+    report["measured"] = "referred" if ref is not None else "raw"
     report["uncalibrated"] = metrics([p["latency_ms_uncalibrated"] for p in priced], measured)
     report["calibration_factor"] = table.calibration_factor
     if calibration_now is not None:
         report["calibration_now"] = calibration_now
         report["recalibrated"] = metrics([p["latency_ms_uncalibrated"] * calibration_now["factor"] for p in priced],
                                          measured)
-    factors = [1.0] * samples
     if ref is not None:
         assert calibration is not None
+        report["raw"] = metrics(predictions, raw)
         summed = predict(table, ref[0])["latency_ms_uncalibrated"]
         build_ms = float(calibration["ratios"][0]) * summed  # its measured latency at the build
-        factors = [reference_ms[i // GROUP] / summed for i in range(samples)]
         report["reference"] = {
             "cells": [list(c.ops) for c in ref[0].cells], "summed_ms": summed, "build_ms": round(build_ms, 6),
-            "measured_ms": reference_ms, "vs_build": [round(m / build_ms, 4) for m in reference_ms],
+            "measured_ms": reference_ms, "level_ms": statistics.median(reference_ms),
+            "vs_build": [round(m / build_ms, 4) for m in reference_ms],
         }
-        report["reference_calibrated"] = metrics([p["latency_ms_uncalibrated"] * f for p, f in zip(priced, factors)],
-                                                 measured)
     report["machine_vs_table"] = round(machine_vs_table, 4)  # probe now / probe when the table was built
     report.update({
         "seed": seed, "batch": table.meta["batch"], "statistic": table.statistic, "rounds": protocol.rounds,
         "samples": [{"cells": [list(c.ops) for c in a.cells], "predicted_ms": p["latency_ms"],
-                     "predicted_uncalibrated_ms": p["latency_ms_uncalibrated"], "measured_ms": m,
+                     "predicted_uncalibrated_ms": p["latency_ms_uncalibrated"], "measured_ms": m, "raw_ms": r,
                      "measured_cov": round(s.cov, 5), "probe_drift": round(d, 4), "flags": list(s.flags)}
-                    | ({"reference_factor": round(f, 5)} if ref is not None else {})
-                    for a, p, m, s, d, f in zip(archs, priced, measured, stats, drifts, factors)],
+                    | ({"group_factor": round(f, 5)} if ref is not None else {})
+                    for a, p, m, r, s, d, f in zip(archs, priced, measured, raw, stats, drifts, factors)],
     })
     return report
 
@@ -244,16 +253,15 @@ def plot(report: dict[str, Any], path: str) -> None:
 
     pred = [s["predicted_ms"] for s in report["samples"]]
     meas = [s["measured_ms"] for s in report["samples"]]
-    everything = pred + meas + [s["predicted_uncalibrated_ms"] * s.get("reference_factor", 1.0)
-                                for s in report["samples"]]
-    lo, hi = min(everything) * 0.9, max(everything) * 1.1
+    raw = [s.get("raw_ms", m) for s, m in zip(report["samples"], meas)]  # reports before raw_ms: as timed
+    referred = report.get("measured") == "referred"
+    lo, hi = min(pred + meas + raw) * 0.9, max(pred + meas + raw) * 1.1
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="ideal")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="±10%")
-    ax.scatter(meas, pred, s=14, label="table (calibrated)")
-    if "reference_calibrated" in report:
-        ref = [s["predicted_uncalibrated_ms"] * s["reference_factor"] for s in report["samples"]]
-        ax.scatter(meas, ref, s=14, facecolors="none", edgecolors="C1", label="reference network, per group")
+    ax.scatter(meas, pred, s=14, label="referred to one machine state" if referred else "measured")
+    if referred:
+        ax.scatter(raw, pred, s=14, facecolors="none", edgecolors="C1", label="as timed in its group")
     ax.set_xlabel("measured latency (ms / batch)")
     ax.set_ylabel("predicted latency (ms / batch)")
     ax.set_title(f"n={report['n']}  within ±10%: {report['within_10pct']:.0%}  "
