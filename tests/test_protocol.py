@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 import statistics
 
-from hwnas.profiling.protocol import Protocol, Runner, measure_group, measure_interleaved, summarize
+import pytest
+
+from hwnas.profiling.protocol import (Protocol, Runner, measure_group, measure_interleaved, refer_groups,
+                                     summarize)
 
 FAST = Protocol(warmup_ms=0.0, warmup_runs=1, min_sample_ms=0.0, rounds=9, cov_threshold=0.05, max_remeasure=2,
                 drift_tolerance=0.08, max_group_retries=2, drift_wait_s=0.0)
@@ -93,3 +96,28 @@ def test_interleaving_visits_every_entry_each_round():
     rounds = [timed[i:i + 4] for i in range(0, 20, 4)]
     assert all(sorted(r) == list("abcd") for r in rounds)
     assert len({tuple(r) for r in rounds}) > 1  # the order is reshuffled
+
+
+def test_reference_network_refers_groups_to_one_state():
+    # Three groups of two networks, each group run in a sustained machine state (x1.00, x1.08,
+    # x0.95) that the op probe does not see. As timed, the groups' states scramble the ranks;
+    # referred through the reference network timed in each group, every network comes back to
+    # its own latency at the run's median state, ranks restored.
+    true = [[10.0, 12.0], [10.5, 11.0], [11.5, 12.5]]
+    states = [1.00, 1.08, 0.95]
+    reference_true = 20.0
+    probe = Scripted(lambda i: 1.0)
+    timed, reference_ms = [], []
+    for latencies, state in zip(true, states):
+        runners = {str(k): Scripted(lambda i, t=t * state: t) for k, t in enumerate(latencies)}
+        runners["ref"] = Scripted(lambda i, t=reference_true * state: t)
+        result = measure_group(runners, probe, 1.0, FAST, random.Random(0))
+        assert result.drift == 1.0  # the probe saw nothing
+        timed += [result.stats[str(k)].median for k in range(len(latencies))]
+        reference_ms.append(result.stats["ref"].median)
+    flat = [t for group in true for t in group]
+    rank = lambda xs: sorted(range(len(xs)), key=xs.__getitem__)  # noqa: E731
+    assert rank(timed) != rank(flat)
+    referred = [m * f for m, f in zip(timed, refer_groups([0, 0, 1, 1, 2, 2], reference_ms))]
+    assert referred == [pytest.approx(t * statistics.median(states)) for t in flat]
+    assert rank(referred) == rank(flat)

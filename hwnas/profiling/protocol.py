@@ -16,6 +16,9 @@ The protocol survives it by:
   is measured again after a pause (`drift_wait_s`, doubling), so a table's entries come from
   one machine state and add up. (On this project's 2-core machines one other busy process
   slows a single-thread measurement by up to 1.7x: memory bandwidth and cache are shared.)
+- whole networks compared with each other across groups (validation): a reference network timed
+  in every group, and each group's latencies referred to one machine state through it
+  (`refer_groups`): whole networks drift between groups by more than the op probe shows.
 Synchronisation is the runner's job: `Runner.run(n)` returns only when the device is done.
 """
 
@@ -200,3 +203,15 @@ def probe_check(probe: Runner, protocol: Protocol, rng: random.Random) -> float:
 def probe_baseline(probe: Runner, protocol: Protocol, rng: random.Random) -> Stats:
     """The probe's latency before any group: the reference for the drift check."""
     return measure_interleaved({PROBE: probe}, protocol, rng)[PROBE]
+
+
+def refer_groups(group_of: list[int], reference_ms: list[float]) -> list[float]:
+    """Per-measurement factors that refer every group to one machine state.
+
+    `reference_ms[g]` is the reference network's latency timed in group g (interleaved with
+    that group's entries); measurement i was taken in group `group_of[i]`. Its factor is the
+    reference's median over all groups / its latency in that group: a ratio to a baseline
+    timed in the same rounds, brought back to milliseconds at the run's typical state.
+    """
+    level = statistics.median(reference_ms)
+    return [level / reference_ms[g] for g in group_of]

@@ -1,8 +1,9 @@
 """`hwnas validate`: the table's predictions against end-to-end measurements.
 
 Random architectures of the table's space are built whole, exported and timed with the
-table's backend and protocol (interleaved in small groups, with the table's drift probe);
-the report compares measured and predicted latency.
+table's backend and protocol (interleaved in small groups, with the table's drift probe and a
+reference network that refers every group to one machine state); the report compares
+measured and predicted latency.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hwnas.model.network import build_network
 from hwnas.profiling.backends import Backend, get_backend
 from hwnas.profiling.entries import probe_entry
 from hwnas.profiling.predict import predict
-from hwnas.profiling.protocol import Protocol, Stats, measure_group, probe_baseline
+from hwnas.profiling.protocol import Protocol, Stats, measure_group, probe_baseline, refer_groups
 from hwnas.profiling.table import Table
 from hwnas.spaces.arch import Architecture
 from hwnas.spaces.sampling import sample_architecture
@@ -207,10 +208,7 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
         stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts, ref, reference_ms)
     machine_vs_table, drifts = drifts[0], drifts[1:]
     raw = [s.value(table.statistic) for s in stats]
-    factors = [1.0] * samples
-    if reference_ms:
-        level = statistics.median(reference_ms)
-        factors = [level / reference_ms[i // GROUP] for i in range(samples)]
+    factors = refer_groups([i // GROUP for i in range(samples)], reference_ms) if ref is not None else [1.0] * samples
     measured = [m * f for m, f in zip(raw, factors)]
     report: dict[str, Any] = metrics(predictions, measured)
     report["measured"] = "referred" if ref is not None else "raw"
