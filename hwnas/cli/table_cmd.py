@@ -73,7 +73,7 @@ def register(sub: Any) -> None:
                      help="do not time the reference network (the build's first calibration "
                           "architecture) in every group; by default it is, and each group's latencies "
                           "are referred to one machine state through it ('measured_ms'; as timed: "
-                          "'raw_ms' and the 'raw' metrics), which costs about 25%% more time")
+                          "'raw_ms' and the 'raw' metrics); that default takes about 25%% longer")
     val.add_argument("--plot", metavar="PNG", help="write a predicted-vs-measured scatter plot")
     val.add_argument("-o", "--output", metavar="JSON", help="also write the full report to this file")
     val.add_argument("--json", action="store_true", help="machine-readable output")
