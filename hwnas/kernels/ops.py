@@ -30,6 +30,17 @@ def _run(name: str, tensors: Sequence[torch.Tensor | None], table: Any, impl: st
     getattr(library(), f"mixed_dw_{name}{variant}_{suffix}")(*pointers, ctypes.byref(table))
 
 
+def batch_statistics(hs: Sequence[torch.Tensor], acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance over (N, H, W) of the segments hs, in acc.
+
+    Taken on an acc copy of each segment: torch returns fp16/bf16 statistics in the storage
+    dtype, and a mean rounded to bf16's 8 bits shifts every normalised value by up to
+    |mean| / 256 / std. The copy is transient, one segment at a time.
+    """
+    stats = [torch.var_mean(h.to(acc), dim=(0, 2, 3), unbiased=False) for h in hs]
+    return torch.cat([m for _, m in stats]), torch.cat([v for v, _ in stats])
+
+
 def _check_impl(impl: str) -> None:
     if impl not in ("fast", "elementwise"):
         raise ValueError(f"impl must be 'fast' or 'elementwise', got {impl!r}")
@@ -118,8 +129,7 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         table, total = segment_table(hs, segments, ys)
         if training:
             if weight.is_cuda:  # torch's CUDA reduction is a single efficient pass
-                stats = [torch.var_mean(h, dim=(0, 2, 3), unbiased=False) for h in hs]
-                var, mean = torch.cat([v for v, _ in stats]).to(acc), torch.cat([m for _, m in stats]).to(acc)
+                mean, var = batch_statistics(hs, acc)
             else:  # the CPU twin's one-pass statistics (torch's take ~10 passes' time here)
                 mean, var = weight.new_empty(c, dtype=acc), weight.new_empty(c, dtype=acc)
                 _run("channel_stats", [mean, var], table, impl)
