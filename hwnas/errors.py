@@ -1,13 +1,18 @@
 """The package's exceptions and the lazy import of optional dependencies.
 
 `HwnasError` is a user error (bad input, missing backend): the CLI prints its message as one
-line and exits 1. Any other exception is a bug in hwnas and keeps its traceback.
+line and exits 1. Any other exception is a bug in hwnas: the CLI says so in one line, with
+where to report it (BUG_REPORT) and the --debug flag that prints the traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+
+# Where a bug is reported: the one place to change it.
+BUG_REPORT = ("please report it on the hwnas issue tracker (the project's repository, 'Issues') with the "
+              "command line and that traceback")
 
 
 class HwnasError(Exception):

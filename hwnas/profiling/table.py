@@ -9,13 +9,12 @@ a multi-branch cell: `merge_add@POS` (one elementwise add of two cell outputs) a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hwnas.errors import HwnasError
+from hwnas.files import check_format, read_json, write_json
 from hwnas.profiling.protocol import Stats
 from hwnas.spaces.arch import Space, space_from_dict
 from hwnas.spaces.macro import Macro, Position, macro_from_dict
@@ -93,37 +92,14 @@ class Table:
 
     def save(self, path: str | Path) -> None:
         """Atomically: a reader (or a kill) sees the old file or the new one, never half of one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a table is an ordinary file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except OSError as exc:
-            raise HwnasError(f"cannot read table {path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise HwnasError(f"{path} is not a table (invalid JSON: {exc.msg})") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise HwnasError(f"{path} is not an hwnas lookup table (no \"format\": \"{FORMAT}\")")
-        if raw.get("version") != VERSION:
-            raise HwnasError(f"{path} is a version {raw.get('version')} table; this hwnas reads version "
-                             f"{VERSION}: rebuild it with 'hwnas table build'")
+        raw = check_format(read_json(path, "lookup table"), path, FORMAT, VERSION, "hwnas lookup table",
+                           "rebuild it with 'hwnas table build'")
+        if not isinstance(raw.get("meta"), dict) or not isinstance(raw.get("entries"), dict):
+            raise HwnasError(f"{path} is a damaged lookup table: 'meta' and 'entries' must be objects")
         return cls(raw["meta"], raw["entries"])
 
 
