@@ -1,4 +1,4 @@
-"""Re-parameterised vs plain export on ORT CPU at batch 16 (issue 6), and `hwnas bench` vs the
+"""Re-parameterised vs plain export on ORT CPU at batch 16, and `hwnas bench` vs the
 shipped table's prediction.
 
     python benchmarks/bench_export.py [--arch nsenet_gpu] [--json]

@@ -1,4 +1,4 @@
-"""Latency-table targets (issue 3), measured on this machine, not as a timed unit test.
+"""Latency-table targets, measured on the machine it runs on, not as a timed unit test.
 
 1. A full latency19 table with `ort` at batch 16 builds in at most 10 minutes.
 2. Its predictions: at least 95% of 50 random latency19 architectures within +-10% of their

@@ -1,9 +1,9 @@
-"""Fused multi-branch layer vs the eager reference cell and torch.compile of it (issue 5).
+"""Fused multi-branch layer vs the eager reference cell and torch.compile of it.
 
 Forward + backward of one supernet cell in training mode, at supernet shapes: batch 16,
 latency19 positions, K = 6 active branches, depthwise-heavy. All variants of a shape are
 timed interleaved in the same rounds (the protocol of the latency tables), so a burst of
-load on this shared machine hits all of them alike; speedups are ratios of medians.
+load on a shared machine hits all of them alike; speedups are ratios of medians.
 
     python benchmarks/bench_multibranch.py [--json] [--rounds 15] [--no-compile]
 

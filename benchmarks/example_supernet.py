@@ -1,9 +1,9 @@
 """End-to-end example: a small supernet searched on synthetic data with the resource regularizer.
 
 Alternates weight steps (every branch Bernoulli(0.5)) and theta steps (every second step, as in
-the paper; two sampled configurations, simulated gradient, penalty from the latency table), and
+NSE, Ci et al., ICCV 2021; two sampled configurations, simulated gradient, penalty from the latency table), and
 prints the loss and the expected latency E[C]. Runs on the CPU in a minute or two at its
-default size; CI runs it tiny (tests/test_example.py).
+default size; CI runs it tiny (tests/test_search.py).
 
     python benchmarks/example_supernet.py [--steps 60] [--table TABLE.json] [--fused]
 

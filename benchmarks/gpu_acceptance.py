@@ -7,9 +7,8 @@
 3. NSENet-GPU exported to ONNX (FP32 and FP16), built into TensorRT engines, benchmarked,
    with the table's prediction beside each measurement;
 4. one report: OUT/report.md and OUT/report.json.
-Without a CUDA GPU and TensorRT it says so and exits 2, touching nothing. None of this has run
-on the machines hwnas is developed on (they have no GPU): it was written against the real
-APIs and type-checked, and this script is how its first run will be checked.
+Without a CUDA GPU and TensorRT it says so and exits 2, touching nothing. What has run on which
+GPU: docs/gpu.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 // then reduces to one loop, `correlate`: output values as sums over the taps of a weight times
 // the scratch at a constant offset. It keeps a block of rows x vectors of outputs in registers
 // while it runs over the taps (independent FMA chains, one unaligned load per FMA), instead of
-// loading and storing the whole output plane once per tap (README: timings before and after).
+// loading and storing the whole output plane once per tap (docs/kernel.md).
 #pragma once
 
 #include <algorithm>

@@ -185,7 +185,7 @@ def test_validate_on_a_tiny_space(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"  # matplotlib is in the dev extra
     # a table measured elsewhere cannot be validated here
     table.meta["device"] = dict(table.meta["device"], name="NVIDIA GeForce GTX TITAN Xp")
-    with pytest.raises(HwnasError, match="measurements here cannot validate it"):
+    with pytest.raises(HwnasError, match="its measurements cannot validate it"):
         validate(table, samples=3)
 
 

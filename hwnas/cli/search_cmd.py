@@ -26,15 +26,15 @@ def register(sub: Any) -> None:
     s.add_argument("--metric", choices=["latency", "macs"], required=True)
     s.add_argument("--target", type=float, required=True, help="tau, in the metric's units")
     s.add_argument("--form", choices=["nse", "nss", "linear", "fbnet"], default="nse")
-    s.add_argument("--alpha", type=float, default=None, help="default: the paper's (2e-2 latency, 1e-5 macs)")
-    s.add_argument("--beta", type=float, default=None, help="default: the paper's (2)")
+    s.add_argument("--alpha", type=float, default=None, help="default: NSE's (2e-2 latency, 1e-5 macs)")
+    s.add_argument("--beta", type=float, default=None, help="default: NSE's (2)")
     s.add_argument("--outer", choices=["expected", "sampled"], default="expected",
                    help="the penalty's derivative at the exact E[C] (unbiased fixed point) or at the sampled "
-                        "cost (the paper's literal form, settles 1-4%% off the target)")
+                        "cost (NSE's literal form, settles 1-4%% off the target)")
     s.add_argument("--steps", type=int, default=400)
     s.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate of theta (cosine-decayed)")
     s.add_argument("--k", type=int, default=DEFAULT_K,
-                   help="candidate ops per layer, drawn from the space (the paper's K: 6 latency, 5 FLOPs); "
+                   help="candidate ops per layer, drawn from the space (NSE's K: 6 latency, 5 FLOPs); "
                         "0 for the whole space")
     s.add_argument("--pairs", type=int, default=1, help="configuration pairs averaged per step")
     s.add_argument("--seed", type=int, default=0)

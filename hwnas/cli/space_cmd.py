@@ -8,7 +8,7 @@ from typing import Any
 from hwnas.cli.output import print_json, table
 from hwnas.spaces import builtin, resolve_macro, resolve_space
 
-# The macro-architecture each built-in space was searched with (BRIEF.md).
+# The macro-architecture each built-in space was searched with (NSE (Ci et al., ICCV 2021)).
 DEFAULT_MACRO = {"latency19": "latency", "flops27": "flops", "flops27+second45": "flops"}
 
 

@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
     val.add_argument("--seed", type=int, default=0)
     val.add_argument("--rounds", type=int, default=None, help="override the table protocol's rounds")
     val.add_argument("--recalibrate", action="store_true",
-                     help="first re-time the table's calibration architectures on this machine now and "
+                     help="first re-time the table's calibration architectures on the current device and "
                           "also report predictions with that factor ('recalibrated'): on a shared "
                           "machine the factor moves with the machine's state")
     val.add_argument("--no-reference", dest="reference", action="store_false", default=None,

@@ -1,7 +1,7 @@
 """`hwnas export engine`: ONNX -> TensorRT plan, with the engine inspector's JSON beside it.
 
 Shares the builder code with the TensorRT profiling backend (engine_from_onnx). Runs only
-where TensorRT and a GPU exist; here it is type-checked against the TensorRT stubs.
+where TensorRT and a GPU exist; CI type-checks it against the TensorRT stubs.
 """
 
 from __future__ import annotations

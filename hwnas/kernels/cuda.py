@@ -2,8 +2,8 @@
 driver API on torch's current stream: users need no nvcc.
 
 Cubins are cached per GPU architecture and source hash. `compile_cubin(arch)` needs no GPU,
-which is how the tests compile for sm_80 and sm_90 on machines that have none. On a machine
-without a GPU, compiled and type-checked only: `launch` has never run here.
+which is how the tests compile for sm_80 and sm_90 on machines that have none. What has run on
+which GPU: docs/gpu.md.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class MixedDepthwiseBnReluFn(torch.autograd.Function):
         if training:
             if weight.is_cuda:  # torch's CUDA reduction is a single efficient pass
                 mean, var = batch_statistics(hs, acc)
-            else:  # the CPU twin's one-pass statistics (torch's take ~10 passes' time here)
+            else:  # the CPU twin's one-pass statistics (torch's take ~10 passes' time; docs/kernel.md)
                 mean, var = weight.new_empty(c, dtype=acc), weight.new_empty(c, dtype=acc)
                 _run("channel_stats", [mean, var], table, impl)
             with torch.no_grad():  # as F.batch_norm: the running variance is the unbiased one

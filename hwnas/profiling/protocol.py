@@ -14,8 +14,7 @@ The protocol survives it by:
 - a probe (a fixed graph) timed alone before and after every group: when its median drifts
   from its baseline by more than `drift_tolerance` the machine's speed changed, and the group
   is measured again after a pause (`drift_wait_s`, doubling), so a table's entries come from
-  one machine state and add up. (On this project's 2-core machines one other busy process
-  slows a single-thread measurement by up to 1.7x: memory bandwidth and cache are shared.)
+  one machine state and add up (why, and what one busy process does: docs/protocol.md).
 - whole networks compared with each other across groups (validation): a reference network timed
   in every group, and each group's latencies referred to one machine state through it
   (`refer_groups`): whole networks drift between groups by more than the op probe shows.

@@ -31,15 +31,15 @@ CALIBRATION_SEED = 1_000_003
 
 
 def backend_for(table: Table) -> Backend:
-    """The table's backend on this machine, refused if this is another device."""
+    """The table's backend on the current device, refused if it is another device."""
     if not table.has_latency:
         raise HwnasError("the table holds no latency (backend 'none'); validate a profiled table")
     b = table.meta["backend"]
     backend = get_backend(b["name"], precision=table.meta["precision"], threads=b.get("threads"))
     here = backend.describe()["device"]
     if here != table.meta["device"]:
-        raise HwnasError(f"the table was measured on {table.meta['device']}, this machine is {here}: "
-                         f"measurements here cannot validate it; build a table on this device")
+        raise HwnasError(f"the table was measured on {table.meta['device']}, the current device is {here}: "
+                         f"its measurements cannot validate it; build a table on this device")
     return backend
 
 
@@ -168,8 +168,8 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     calibration) the build's first calibration architecture, a random network of the same
     space, is timed in every group, interleaved with the samples, and each group's latencies
     are referred to one machine state: multiplied by the reference's median over the run /
-    its latency in that group (the project's rule for noisy machines: ratios to a baseline
-    timed in the same run). `measured_ms` is that referred latency; `raw_ms` and the `raw`
+    its latency in that group (the rule for noisy machines: ratios to a baseline timed
+    in the same run; docs/protocol.md). `measured_ms` is that referred latency; `raw_ms` and the `raw`
     metrics keep the latencies as timed. The table's prediction is never adjusted.
     recalibrate: first re-time the table's calibration architectures (disjoint from the
     samples) and also report predictions with that factor (`recalibrated`).

@@ -1,6 +1,6 @@
 """Candidate operations: the one definition of what each operation kind computes.
 
-Every operation is an inverted-residual block with a linear bottleneck (see BRIEF.md):
+Every operation is an inverted-residual block with a linear bottleneck, as in NSE (Ci et al., ICCV 2021):
 expand 1x1 (BN, ReLU), the middle conv(s) of its kind (each BN, ReLU), project 1x1 (BN, no
 ReLU); no conv has a bias. `OpSpec.layers` lists those convolutions as `ConvLayer`s; the
 PyTorch builder and the MACs/params counter both read that list, so they cannot disagree.

@@ -3,8 +3,8 @@
 The probability of a layer configuration g is p_hat_g = prod_n (g_n p_n + (1 - g_n)(1 - p_n)).
 Two configurations g_a, g_b are sampled; their probabilities rescaled to sum to one
 (p~_a = p_hat_a / (p_hat_a + p_hat_b)); which also cancels the normalisation of R/E cells'
-non-empty conditioning. theta is not in the forward graph, so the simulated gradient of the
-brief is produced by a surrogate output whose value is o_a and whose derivative in theta is
+non-empty conditioning. theta is not in the forward graph, so the simulated gradient of
+NSE (Ci et al., ICCV 2021) is produced by a surrogate output whose value is o_a and whose derivative in theta is
 o_a dp~_a/dtheta + o_b dp~_b/dtheta (`simulated_output`): a stock optimizer updates theta
 from `.backward()`.
 """
@@ -60,6 +60,6 @@ class FitnessIndicators(nn.Module):
 
 
 def simulated_output(o_a: torch.Tensor, o_b: torch.Tensor, pair: PairSample) -> torch.Tensor:
-    """Value o_a; gradient to weights through o_a; to theta: o_a dp~_a + o_b dp~_b (brief)."""
+    """Value o_a; gradient to weights through o_a; to theta: o_a dp~_a + o_b dp~_b (NSE)."""
     pa, pb = pair.p_a, pair.p_b
     return o_a + (pa - pa.detach()) * o_a.detach() + (pb - pb.detach()) * o_b.detach()

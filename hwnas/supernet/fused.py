@@ -2,10 +2,8 @@
 
 For the active depthwise branches (ungrouped 1x1s):
 - their expand 1x1 convs run as ONE conv over the concatenated weights on GPUs; on the CPU one
-  conv per branch, each writing a tensor of its own that the kernel reads where it is (measured
-  here: one 64->1024 conv at 28x28, batch 16, forward+backward took 71 ms against 51 ms for
-  the five per-branch convs; its 51 MB output also page-faults afresh every step, being above
-  glibc's 32 MB mmap threshold);
+  conv per branch, each writing a tensor of its own that the kernel reads where it is (why: docs/kernel.md;
+  a concatenated output above glibc's 32 MB mmap threshold page-faults afresh every step);
 - their first BN + ReLU and their depthwise convs run as ONE mixed-depthwise kernel with the
   BN's scale/shift and the ReLU applied on load (hwnas.kernels.mixed_depthwise_bn_relu): the
   activated hidden tensor is never written nor kept for backward, and each branch's output is

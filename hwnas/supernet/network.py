@@ -42,7 +42,7 @@ class Supernet(nn.Module):
         return self.head(x)
 
     def forward_pairs(self, x: torch.Tensor, pairs: Sequence[PairSample]) -> torch.Tensor:
-        """Forward g_a of every layer; theta gets the brief's simulated gradient through g_b."""
+        """Forward g_a of every layer; theta gets NSE's simulated gradient through g_b."""
         x = self.stem(x)
         for i, pair in enumerate(pairs):
             o_a = self._cell(i, x, pair.config_a)

@@ -4,15 +4,17 @@ sampled configurations of every layer so that it is differentiable in theta:
     C ~ fixed + sum_l (p~_a,l C(g_a,l) + p~_b,l C(g_b,l))
 
 Forms (tau is the target, in the cost model's units):
-- nse:    alpha * |C - tau| ** beta       (the paper's; beta = 2 squares C - tau, as its code)
-- nss:    alpha * |C / tau - 1| ** beta   (Network Space Search)
-- linear: alpha * C                       (AutoSpace / ProxylessNAS style, alpha = lambda)
-- fbnet:  alpha * log(C) ** beta          (FBNet)
+- nse:    alpha * |C - tau| ** beta       (NSE, Ci et al., ICCV 2021; beta = 2 squares C - tau,
+                                          as its code)
+- nss:    alpha * |C / tau - 1| ** beta   (Network Space Search, Hsu et al.)
+- linear: alpha * C                       (AutoSpace, Zhou et al., ICCV 2021; ProxylessNAS, Cai
+                                          et al., ICLR 2019; alpha = lambda)
+- fbnet:  alpha * log(C) ** beta          (FBNet, Wu et al., CVPR 2019)
 
 `outer`: how the penalty's derivative is taken.
-- "sampled" (the paper's literal form): penalty(C), C the two-configuration estimate. Its
+- "sampled" (NSE's literal form): penalty(C), C the two-configuration estimate. Its
   fixed point is biased: the random factor (C - tau) correlates with dC/dtheta, and E[C]
-  settles 1-4% away from tau (measured with `hwnas search --dry-run`).
+  settles a few percent away from tau (docs/measured.md).
 - "expected": value penalty(E[C]), gradient penalty'(E[C]) * dC/dtheta, with E[C] exact from
   the table. Same differentiable estimate C, no correlated factor: E[C] settles on tau.
 """
@@ -30,7 +32,7 @@ from hwnas.supernet.fitness import FitnessIndicators, PairSample
 
 FORMS = ("nse", "nss", "linear", "fbnet")
 OUTER = ("expected", "sampled")
-# The paper's constants per metric: alpha, beta, tau (ms per batch of 16 on its GPU; MFLOPs).
+# NSE's constants per metric: alpha, beta, tau (ms per batch of 16 on its GPU; MFLOPs).
 PAPER_CONSTANTS = {"latency": (2e-2, 2.0, 7.0), "macs": (1e-5, 2.0, 300.0)}
 
 

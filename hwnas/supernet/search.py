@@ -18,15 +18,15 @@ from hwnas.supernet.fitness import FitnessIndicators
 from hwnas.supernet.regularizer import ResourceRegularizer
 
 
-# Defaults shared by dry_run and the CLI: the paper's K for latency, a learning rate that
-# reaches targets within 50-120% of the start in about 50 steps (measured; see README).
+# Defaults shared by dry_run and the CLI: NSE's K for latency, a learning rate that
+# reaches targets within 50-120% of the start in about 50 steps (docs/measured.md).
 DEFAULT_K = 6
 DEFAULT_LR = 0.2
 
 
 def supernet_layers(table: Table, k: int | None, seed: int) -> list[tuple[Position, list[int]]]:
     """Every cell slot of the table's macro with its candidate ops: all of the space, or K of them
-    drawn per layer (the paper's current subsets have K = 6 for latency, 5 for FLOPs)."""
+    drawn per layer (NSE's subsets have K = 6 for latency, 5 for FLOPs)."""
     space, macro = table.space(), table.macro()
     rng = random.Random(seed)
     n = len(space.ops)
@@ -53,7 +53,7 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
         initial = float(reg.expected_cost(fitness))
     trajectory: list[dict[str, float]] = [{"step": 0, "expected": initial}]
     for step in range(1, steps + 1):
-        # The paper's estimator, averaged over independent pairs to lower its variance.
+        # NSE's estimator, averaged over independent pairs to lower its variance.
         loss = sum(reg(fitness.sample_pairs(gen), fitness) for _ in range(pairs_per_step)) / pairs_per_step
         opt.zero_grad()
         loss.backward()

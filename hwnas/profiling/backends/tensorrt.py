@@ -53,7 +53,7 @@ def require_tensorrt() -> None:
         raise HwnasError("'import tensorrt' found only type stubs, not TensorRT's libraries: "
                          "pip install 'hwnas[gpu]' on a machine with an NVIDIA GPU")
     if not torch.cuda.is_available():
-        raise HwnasError("the tensorrt backend needs a CUDA GPU; torch.cuda.is_available() is False here")
+        raise HwnasError("the tensorrt backend needs a CUDA GPU; torch.cuda.is_available() is False")
 
 
 @dataclass

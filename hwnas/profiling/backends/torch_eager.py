@@ -1,4 +1,4 @@
-"""Eager PyTorch: CPU here, CUDA with CUDA-event timing where a GPU exists."""
+"""Eager PyTorch: on the CPU, or on CUDA with CUDA-event timing where a GPU exists."""
 
 from __future__ import annotations
 
