@@ -43,11 +43,12 @@ def patched_stubs(dest: Path) -> Path:
     return dest
 
 
-def run_mypy(stub_dir: Path, files: list[str], config: Path) -> subprocess.CompletedProcess[str]:
+def run_mypy(stub_dir: Path, files: list[str], config: Path, options: list[str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
     env_path = str(stub_dir)
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(config), "--no-incremental",
-         "--cache-dir", str(stub_dir / ".mypy_cache"), "--follow-imports", "silent", *files],
+         "--cache-dir", str(stub_dir / ".mypy_cache"), "--follow-imports", "silent", *(options or []), *files],
         capture_output=True, text=True, env={"MYPYPATH": env_path, "PATH": "/usr/bin:/bin"},
     )
 

@@ -56,20 +56,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     shape = None
     arch = None
     runner: Any
+    engine_info: dict[str, Any] = {}
     if target.suffix in (".plan", ".engine"):
         if args.backend != "tensorrt":
             raise HwnasError("an engine runs on --backend tensorrt only")
-        from hwnas.profiling.backends.tensorrt import TensorRTRunner, require_tensorrt
+        from hwnas.profiling.backends.tensorrt import (TensorRTRunner, engine_precision, inspector_json,
+                                                       require_tensorrt)
 
         require_tensorrt()
-        runner = TensorRTRunner(target.read_bytes(), cuda_graph=not args.no_cuda_graph)
+        plan = target.read_bytes()
+        engine_info = {"engine_precision": engine_precision(inspector_json(plan))["precision"]}
+        runner = TensorRTRunner(plan, cuda_graph=not args.no_cuda_graph, batch=args.batch)
     elif target.suffix == ".onnx":
         if not target.is_file():
             raise HwnasError(f"no such file: {target}")
         arch = _arch_from_onnx(target)
         res = arch.macro.input if arch else 224
         shape = (args.batch, 3, res, res)
-        runner = _onnx_runner(target.read_bytes(), shape, args)
+        runner = _onnx_runner(target.read_bytes(), shape, args, engine_info)
     else:
         from hwnas.export.onnx_export import seeded_network
         from hwnas.spaces import resolve_architecture
@@ -87,14 +91,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             runner = TorchBackend("fp16" if args.fp16 else "fp32", args.threads).load(module, [shape])
         else:
+            import torch
+
             from hwnas.profiling.onnx_io import module_to_onnx
 
-            runner = _onnx_runner(module_to_onnx(module, [shape]), shape, args)
+            half = False
+            if args.backend == "tensorrt" and args.fp16:
+                from hwnas.profiling.backends.tensorrt import fp16_onnx_for, require_tensorrt, trt_major
+
+                require_tensorrt()
+                half = fp16_onnx_for(trt_major())
+            model = module_to_onnx(module, [shape], dtype=torch.float16 if half else torch.float32)
+            runner = _onnx_runner(model, shape, args, engine_info)
     try:
         result = benchmark(runner, args.batch, args.warmup_ms, args.duration_s, args.iterations).summary()
     finally:
         runner.close()
-    result = {"backend": args.backend, "target": args.target, **result}
+    result = {"backend": args.backend, "target": args.target, **engine_info, **result}
     if args.table:
         if arch is None:
             raise HwnasError("--table needs an architecture: this target names none (no hwnas metadata)")
@@ -121,15 +134,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _onnx_runner(model: bytes, shape: tuple[int, ...], args: argparse.Namespace) -> Any:
+def _onnx_runner(model: bytes, shape: tuple[int, ...], args: argparse.Namespace, engine_info: dict[str, Any]) -> Any:
     if args.backend == "ort":
         from hwnas.profiling.backends.ort import OrtBackend
 
         return OrtBackend(threads=args.threads).load_onnx(model, [shape])
     if args.backend == "tensorrt":
-        from hwnas.profiling.backends.tensorrt import TensorRTRunner, engine_from_onnx, require_tensorrt
+        from hwnas.profiling.backends.tensorrt import (TensorRTRunner, check_precision, engine_from_onnx,
+                                                       require_tensorrt)
 
         require_tensorrt()
-        plan = engine_from_onnx(model, fp16=args.fp16).plan
-        return TensorRTRunner(plan, cuda_graph=not args.no_cuda_graph)
+        build = engine_from_onnx(model, fp16=args.fp16, batch=args.batch)
+        check_precision(args.fp16, build.precision)
+        engine_info.update(engine_precision=build.precision["precision"], engine_build=build.mode)
+        return TensorRTRunner(build.plan, cuda_graph=not args.no_cuda_graph, batch=args.batch)
     raise HwnasError("the torch backend benchmarks architectures, not ONNX files")

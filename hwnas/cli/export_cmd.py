@@ -37,13 +37,19 @@ def register(sub: Any) -> None:
     eng = esub.add_parser(
         "engine", help="ONNX -> TensorRT engine (needs TensorRT and a GPU)",
         description="Build a TensorRT 10/11 engine from an ONNX model; the engine inspector's JSON is saved "
-                    "beside the plan (PLAN.json). TensorRT 11 is strongly typed: for FP16 export the ONNX "
-                    "with --fp16.")
+                    "beside the plan (PLAN.json) and the precision reported is the one the engine's layers have. "
+                    "TensorRT 11 is strongly typed: for FP16 export the ONNX with --fp16 (an FP32 ONNX builds "
+                    "FP32 there); TensorRT 10 builds FP16 from an FP32 ONNX with its FP16 flag. An ONNX with "
+                    "a dynamic batch gets the optimization profile min 1, opt and max --batch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     eng.add_argument("onnx", help="ONNX model")
     eng.add_argument("-o", "--output", required=True, help="plan file to write")
-    eng.add_argument("--fp16", action="store_true")
+    eng.add_argument("--fp16", action="store_true", help="FP16 engine (refused if TensorRT builds no FP16 layer)")
+    eng.add_argument("--batch", type=int, default=16,
+                     help="dynamic-batch ONNX: the optimization profile's opt and max batch")
     eng.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace limit")
-    eng.add_argument("--timing-cache", metavar="FILE", help="timing cache to read and update")
+    eng.add_argument("--timing-cache", metavar="FILE",
+                     help="timing cache to read and update (one made by another TensorRT or GPU is refused)")
     eng.add_argument("--json", action="store_true")
     eng.set_defaults(func=cmd_engine)
 
@@ -66,9 +72,10 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 def cmd_engine(args: argparse.Namespace) -> int:
     from hwnas.export.engine import export_engine
 
-    result = export_engine(args.onnx, args.output, args.fp16, args.workspace, args.timing_cache)
+    result = export_engine(args.onnx, args.output, args.fp16, args.workspace, args.timing_cache, args.batch)
     if args.json:
         print_json(result)
     else:
-        print(f"wrote {result['plan']} (inspector: {result['inspector']})")
+        print(f"wrote {result['plan']}: {result['precision']} engine ({result['build']}; layer outputs "
+              f"{result['layer_outputs']}), inspector: {result['inspector']}")
     return 0

@@ -6,44 +6,42 @@ where TensorRT and a GPU exist; CI type-checks it against the TensorRT stubs.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from hwnas.errors import HwnasError
-from hwnas.profiling.backends.tensorrt import engine_from_onnx, require_tensorrt, trt_major
+from hwnas.profiling.backends.tensorrt import check_precision, engine_from_onnx, inspector_json, require_tensorrt
 
 
-def inspector_json(plan: bytes) -> str:
-    """Per-layer engine information (built with detailed profiling verbosity)."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise HwnasError("TensorRT could not deserialize the engine it just built")
-    inspector = engine.create_engine_inspector()
-    if inspector is None:
-        raise HwnasError("TensorRT could not create an engine inspector")
-    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+def write_whole(path: Path, data: bytes) -> None:
+    """Write data to path whole or not at all (a temporary file in the same folder, renamed)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def export_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, workspace_gb: float = 4.0,
-                  timing_cache: str | Path | None = None) -> dict[str, str]:
+                  timing_cache: str | Path | None = None, batch: int = 16) -> dict[str, Any]:
+    """Build the plan (and PLAN.json, the inspector's view); batch sizes a dynamic-batch ONNX's profile."""
     require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out)
     model = onnx_path.read_bytes()
-    if fp16 and trt_major() >= 11:
-        from hwnas.profiling.backends.tensorrt import _is_fp16_onnx
-
-        if not _is_fp16_onnx(model):
-            raise HwnasError("TensorRT 11 builds strongly typed networks: FP16 needs an FP16 ONNX "
-                             "(hwnas export onnx ARCH --fp16)")
     cache_path = Path(timing_cache) if timing_cache else None
     cache = cache_path.read_bytes() if cache_path and cache_path.exists() else None
-    build = engine_from_onnx(model, fp16=fp16, workspace_gb=workspace_gb, timing_cache=cache)
-    out.write_bytes(build.plan)
+    build = engine_from_onnx(model, fp16=fp16, batch=batch, workspace_gb=workspace_gb, timing_cache=cache,
+                             timing_cache_name=f"timing cache {cache_path}")
+    check_precision(fp16, build.precision)
+    write_whole(out, build.plan)
     if cache_path:
-        cache_path.write_bytes(build.timing_cache)
+        write_whole(cache_path, build.timing_cache)
     info = out.with_suffix(out.suffix + ".json")
-    info.write_text(inspector_json(build.plan))
-    return {"plan": str(out), "inspector": str(info), "timing_cache": str(cache_path) if cache_path else ""}
+    write_whole(info, inspector_json(build.plan).encode())
+    return {"plan": str(out), "inspector": str(info), "timing_cache": str(cache_path) if cache_path else "",
+            "build": build.mode, "precision": build.precision["precision"],
+            "layer_outputs": build.precision.get("layer_outputs", {}), "profile": build.profile}

@@ -5,16 +5,34 @@ module is type-checked against the TensorRT stubs by the test suite (tests/test_
 `import tensorrt` sits inside the functions so importing hwnas never needs it, while mypy
 still sees TensorRT's real types.
 
-- TensorRT 11 networks are strongly typed (BuilderFlag.FP16 is gone): FP16 comes from an
-  FP16 ONNX. TensorRT 10 builds FP32 ONNX with the FP16 builder flag.
-- One timing cache is shared by all engines of a table (and saved beside it).
-- Inputs and outputs live in torch CUDA tensors; no host transfers in the timed loop.
+The builder follows NVIDIA's samples and Polygraphy's CreateConfig/EngineFromNetwork step
+for step (one logger, explicit optimization profile, timing cache set with
+ignore_mismatch=False), written out rather than called through Polygraphy: its loaders are
+untyped, so the check against TensorRT's stubs would stop at them, and Polygraphy ignores
+set_timing_cache's verdict, which hwnas must report.
+
+- One process-wide trt.Logger (TensorRT keeps the first logger it is given).
+- Precision (build_mode): TensorRT 11 networks are strongly typed (BuilderFlag.FP16 is gone):
+  FP16 comes from an FP16 ONNX. TensorRT 10 builds FP32 ONNX with the FP16 builder flag.
+  The precision reported is the built engine's, read back from its inspector.
+- ONNX with a dynamic batch gets one optimization profile (1, batch, batch).
+- One timing cache is shared by all engines of a table (and saved beside it); a cache that
+  does not match this TensorRT and GPU is refused, never silently replaced.
+- Inputs and outputs live in torch CUDA tensors; no host transfers in the timed loop. Runs
+  are replayed from CUDA graphs holding enough back-to-back runs that the host's enqueue
+  cost stays hidden behind GPU work (GRAPH_MIN_MS).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import re
+import sys
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +48,13 @@ from hwnas.profiling.protocol import Runner
 if TYPE_CHECKING:
     import tensorrt as trt
 
+# A CUDA graph replay costs the host a few microseconds; a graph that keeps the GPU busy at
+# least this long makes the replays run back to back, so the GPU's time is what is measured.
+GRAPH_MIN_MS = 0.2
+MAX_RUNS_PER_GRAPH = 256
+TIMING_METHOD = (f"CUDA events around CUDA-graph replays on a torch stream; each graph holds enough back-to-back "
+                 f"execute_async_v3 runs to last >= {GRAPH_MIN_MS} ms, so the host's enqueue cost is hidden")
+
 
 def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
     """TensorRT Dims as a tuple (Dims has __len__ and __getitem__, no __iter__)."""
@@ -40,6 +65,14 @@ def trt_major() -> int:
     import tensorrt as trt
 
     return int(trt.__version__.split(".")[0])
+
+
+@functools.cache
+def trt_logger() -> trt.Logger:
+    """The one logger of the process: TensorRT keeps the first one it is given."""
+    import tensorrt as trt
+
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def require_tensorrt() -> None:
@@ -56,24 +89,104 @@ def require_tensorrt() -> None:
         raise HwnasError("the tensorrt backend needs a CUDA GPU; torch.cuda.is_available() is False")
 
 
+# --- decisions that need no GPU (tested on the CPU) -------------------------------------------
+
+def build_mode(major: int, fp16: bool, onnx_fp16: bool) -> str:
+    """How TensorRT `major` builds: 'strongly_typed' (the ONNX's dtypes decide), 'fp16_flag' or 'fp32'."""
+    if major >= 11:
+        if fp16 and not onnx_fp16:
+            raise HwnasError("TensorRT 11 builds strongly typed networks, so an FP32 ONNX builds FP32: for FP16 "
+                             "export the ONNX with FP16 weights (hwnas export onnx ARCH --fp16)")
+        return "strongly_typed"
+    if onnx_fp16:
+        return "strongly_typed"
+    return "fp16_flag" if fp16 else "fp32"
+
+
+def fp16_onnx_for(major: int) -> bool:
+    """Whether an FP16 engine needs an FP16 ONNX (TensorRT 11) or an FP32 one plus the flag (10)."""
+    return major >= 11
+
+
+def batch_profile(inputs: Sequence[tuple[str, tuple[int, ...]]], batch: int
+                  ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) shapes per input whose batch dimension is dynamic: (1, batch, batch).
+
+    Empty when every shape is static. hwnas exports only the batch as dynamic; any other
+    dynamic dimension is refused.
+    """
+    if batch < 1:
+        raise HwnasError(f"--batch must be at least 1, got {batch}")
+    profile = {}
+    for name, shape in inputs:
+        if all(d >= 0 for d in shape):
+            continue
+        if any(d < 0 for d in shape[1:]):
+            raise HwnasError(f"ONNX input '{name}' has dynamic dimensions {list(shape)} other than the batch; "
+                             "export it with a fixed shape (hwnas export onnx --batch N or --dynamic-batch)")
+        rest = tuple(shape[1:])
+        profile[name] = ((1, *rest), (batch, *rest), (batch, *rest))
+    return profile
+
+
+_DATATYPES = {"fp32": "fp32", "float": "fp32", "fp16": "fp16", "half": "fp16", "bf16": "bf16",
+              "bfloat16": "bf16", "int8": "int8", "fp8": "fp8"}
+
+
+def engine_precision(inspector: str) -> dict[str, Any]:
+    """The compute precision of an engine from its inspector JSON (detailed profiling verbosity).
+
+    Counts the data types of the outputs of every layer except reformats (which only
+    convert between the I/O's types and the layers'). 'precision' is the one type found,
+    'mixed' when several are, 'unknown' when the engine was built without detailed layers.
+    The inspector writes "Row major linear FP16 format" with an execution context and
+    "Half" without; both are read.
+    """
+    layers = json.loads(inspector).get("Layers", [])
+    counts: Counter[str] = Counter()
+    for layer in layers:
+        if not isinstance(layer, dict) or str(layer.get("LayerType", "")).lower() == "reformat":
+            continue
+        for out in layer.get("Outputs", []):
+            words = re.findall(r"[a-z0-9]+", str(out.get("Format/Datatype", "")).lower())
+            types = {_DATATYPES[w] for w in words if w in _DATATYPES}
+            counts.update(types)
+    if not counts:
+        return {"precision": "unknown", "layer_outputs": {}}
+    return {"precision": next(iter(counts)) if len(counts) == 1 else "mixed", "layer_outputs": dict(counts)}
+
+
+def check_precision(requested_fp16: bool, found: dict[str, Any]) -> None:
+    """An FP16 request must have produced FP16 layers: never report a precision the engine lacks."""
+    if requested_fp16 and found["precision"] != "unknown" and "fp16" not in found["layer_outputs"]:
+        raise HwnasError(f"FP16 was requested but TensorRT built every layer in {found['precision']} "
+                         f"({found['layer_outputs']}); the engine would be reported under a precision it lacks")
+
+
+# --- building --------------------------------------------------------------------------------
+
 @dataclass
 class EngineBuild:
     plan: bytes
     timing_cache: bytes
+    mode: str
+    precision: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
-def engine_from_onnx(onnx_model: bytes, *, fp16: bool, workspace_gb: float = 4.0,
-                     timing_cache: bytes | None = None, detailed_profile: bool = True) -> EngineBuild:
-    """Serialized engine (and updated timing cache) from an ONNX model, TensorRT 10 or 11."""
+def engine_from_onnx(onnx_model: bytes, *, fp16: bool, batch: int = 16, workspace_gb: float = 4.0,
+                     timing_cache: bytes | None = None, timing_cache_name: str = "the timing cache",
+                     detailed_profile: bool = True) -> EngineBuild:
+    """Serialized engine (and updated timing cache) from an ONNX model, TensorRT 10 or 11.
+
+    batch: the opt and max batch of the optimization profile when the ONNX's batch is dynamic.
+    """
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger()
     builder = trt.Builder(logger)
-    major = trt_major()
-    flags = 0
-    if major >= 11 or (fp16 and _is_fp16_onnx(onnx_model)):
-        # Strongly typed: the ONNX's own dtypes decide (TensorRT 11 has no other mode).
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    mode = build_mode(trt_major(), fp16, _is_fp16_onnx(onnx_model))
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if mode == "strongly_typed" else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_model):
@@ -81,17 +194,43 @@ def engine_from_onnx(onnx_model: bytes, *, fp16: bool, workspace_gb: float = 4.0
         raise HwnasError(f"TensorRT could not parse the ONNX model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16 and not flags:
+    if mode == "fp16_flag":
         config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10, weakly typed FP32 ONNX
     if detailed_profile:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    shapes = batch_profile([(t.name, dims_tuple(t.shape)) for t in inputs], batch)
+    if shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
+        config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache or b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise HwnasError(f"{timing_cache_name} was made by another TensorRT version or GPU and does not match "
+                         "this one; it was left untouched: delete it or name another file")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise HwnasError("TensorRT failed to build the engine (see its log above)")
+    plan = bytes(serialized)
     new_cache = config.get_timing_cache()
-    return EngineBuild(bytes(serialized), bytes(new_cache.serialize()) if new_cache is not None else b"")
+    precision = engine_precision(inspector_json(plan)) if detailed_profile else {"precision": "unknown"}
+    return EngineBuild(plan, bytes(new_cache.serialize()) if new_cache is not None else b"", mode, precision,
+                       {k: [list(s) for s in v] for k, v in shapes.items()})
+
+
+def inspector_json(plan: bytes) -> str:
+    """Per-layer engine information (rich when built with detailed profiling verbosity)."""
+    import tensorrt as trt
+
+    engine = trt.Runtime(trt_logger()).deserialize_cuda_engine(plan)
+    if engine is None:
+        raise HwnasError("TensorRT could not deserialize the engine (built by another TensorRT version "
+                         "or for another GPU?)")
+    inspector = engine.create_engine_inspector()
+    if inspector is None:
+        raise HwnasError("TensorRT could not create an engine inspector")
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
 def _is_fp16_onnx(onnx_model: bytes) -> bool:
@@ -108,18 +247,45 @@ def _torch_dtype(dtype: Any) -> torch.dtype:
              trt.DataType.BF16: torch.bfloat16, trt.DataType.INT32: torch.int32,
              trt.DataType.INT64: torch.int64, trt.DataType.INT8: torch.int8, trt.DataType.BOOL: torch.bool}
     if dtype not in table:
-        raise HwnasError(f"engine tensor of TensorRT type {dtype} has no torch equivalent here")
+        raise HwnasError(f"engine tensor of TensorRT type {dtype} has no torch equivalent")
     return table[dtype]
 
 
-class TensorRTRunner(Runner):
-    """An engine with its I/O in torch CUDA tensors; runs with execute_async_v3 on a torch stream."""
+# --- running ---------------------------------------------------------------------------------
 
-    def __init__(self, plan: bytes, inputs: Sequence[torch.Tensor] | None = None, cuda_graph: bool = False):
+def input_shape(name: str, shape: tuple[int, ...], profile: Sequence[tuple[int, ...]] | None,
+                batch: int | None) -> tuple[int, ...]:
+    """The concrete shape of an engine input: static, or the profile's opt shape at `batch`."""
+    if all(d >= 0 for d in shape):
+        return shape
+    if profile is None:
+        raise HwnasError(f"engine input '{name}' has dynamic shape {list(shape)} and no optimization profile")
+    lo, opt, hi = profile
+    if batch is None:
+        return opt
+    if not lo[0] <= batch <= hi[0]:
+        raise HwnasError(f"batch {batch} is outside the engine's optimization profile ({lo[0]}..{hi[0]}) for "
+                         f"input '{name}'; rebuild the engine with hwnas export engine --batch {batch}")
+    return (batch, *opt[1:])
+
+
+def graph_runs(single_run_ms: float) -> int:
+    """Runs per CUDA graph so that one replay keeps the GPU busy for at least GRAPH_MIN_MS."""
+    return max(1, min(MAX_RUNS_PER_GRAPH, math.ceil(GRAPH_MIN_MS / max(single_run_ms, 1e-4))))
+
+
+class TensorRTRunner(Runner):
+    """An engine with its I/O in torch CUDA tensors; runs with execute_async_v3 on a torch stream.
+
+    With cuda_graph, run(n) replays a graph of `runs_per_graph` back-to-back runs
+    ceil(n / runs_per_graph) times and returns the time scaled to n runs.
+    """
+
+    def __init__(self, plan: bytes, inputs: Sequence[torch.Tensor] | None = None, cuda_graph: bool = False,
+                 batch: int | None = None):
         import tensorrt as trt
 
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
+        self.runtime = trt.Runtime(trt_logger())
         engine = self.runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise HwnasError("TensorRT could not deserialize the engine (built by another TensorRT version "
@@ -132,46 +298,67 @@ class TensorRTRunner(Runner):
         self.stream = torch.cuda.Stream()
         self.tensors: dict[str, torch.Tensor] = {}
         given = list(inputs or [])
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            shape = dims_tuple(engine.get_tensor_shape(name))
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        outputs = []
+        for name in names:  # every input shape is set before any output shape is asked for
+            if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
+                outputs.append(name)
+                continue
             dtype = _torch_dtype(engine.get_tensor_dtype(name))
-            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                tensor = given.pop(0).to("cuda", dtype) if given else torch.randn(shape, device="cuda").to(dtype)
-                if any(d < 0 for d in shape):
-                    self.context.set_input_shape(name, tuple(tensor.shape))
+            shape = dims_tuple(engine.get_tensor_shape(name))
+            if given:
+                tensor = given.pop(0).to("cuda", dtype)
             else:
-                tensor = torch.empty(dims_tuple(self.context.get_tensor_shape(name)), device="cuda", dtype=dtype)
+                profile = None
+                if any(d < 0 for d in shape):
+                    profile = [dims_tuple(d) for d in engine.get_tensor_profile_shape(name, 0)]
+                tensor = torch.randn(input_shape(name, shape, profile, batch), device="cuda").to(dtype)
+            if any(d < 0 for d in shape) and not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise HwnasError(f"input '{name}' of shape {list(tensor.shape)} is outside the engine's profile")
             self.tensors[name] = tensor.contiguous()
-            self.context.set_tensor_address(name, self.tensors[name].data_ptr())
+        for name in outputs:
+            out_shape = dims_tuple(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in out_shape):
+                raise HwnasError(f"engine output '{name}' has unresolved shape {list(out_shape)}")
+            self.tensors[name] = torch.empty(out_shape, device="cuda", dtype=_torch_dtype(engine.get_tensor_dtype(name)))
+        for name, tensor in self.tensors.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.runs_per_graph = 1
         if cuda_graph:
-            self._capture()
+            self._enqueue()  # TensorRT needs one run before capture (shape-dependent setup)
+            self.stream.synchronize()
+            self.graph = self._capture(1)
+            self.runs_per_graph = graph_runs(self.run(10) / 10)
+            if self.runs_per_graph > 1:
+                self.graph = self._capture(self.runs_per_graph)
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise HwnasError("TensorRT execute_async_v3 failed")
 
-    def _capture(self) -> None:
-        self._enqueue()  # TensorRT needs one run before capture (shape-dependent setup)
-        self.stream.synchronize()
+    def _capture(self, runs: int) -> torch.cuda.CUDAGraph:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self.stream):
-            self._enqueue()
-        self.graph = graph
+            for _ in range(runs):
+                self._enqueue()
+        return graph
 
     def run(self, iterations: int) -> float:
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        replays = math.ceil(iterations / self.runs_per_graph)
         with torch.cuda.stream(self.stream):
             begin.record(self.stream)
-            for _ in range(iterations):
-                if self.graph is not None:
+            if self.graph is not None:
+                for _ in range(replays):
                     self.graph.replay()
-                else:
+            else:
+                for _ in range(iterations):
                     self._enqueue()
             end.record(self.stream)
         end.synchronize()
-        return float(begin.elapsed_time(end))
+        done = replays * self.runs_per_graph if self.graph is not None else iterations
+        return float(begin.elapsed_time(end)) * iterations / done
 
     def outputs(self) -> dict[str, torch.Tensor]:
         import tensorrt as trt
@@ -196,23 +383,32 @@ class TensorRTBackend(Backend):
         self.timing_cache_path = Path(timing_cache) if timing_cache else None
         self.timing_cache = self.timing_cache_path.read_bytes() if self.timing_cache_path and \
             self.timing_cache_path.exists() else b""
+        self.engine_precisions: Counter[str] = Counter()
 
     def describe(self) -> dict[str, Any]:
         import tensorrt as trt
 
         return {"name": self.name, "version": trt.__version__, "precision": self.precision, "threads": None,
-                "timing": "CUDA events around execute_async_v3 on a torch stream",
+                "build": "strongly typed FP16 ONNX" if self.precision == "fp16" and fp16_onnx_for(trt_major())
+                else ("FP32 ONNX with the FP16 builder flag" if self.precision == "fp16" else "FP32 ONNX"),
+                "timing": TIMING_METHOD,
                 "device": gpu_fingerprint(torch.cuda.current_device()), "software": software_versions("tensorrt")}
 
     def onnx_for(self, module: nn.Module, input_shapes: Sequence[Shape]) -> bytes:
-        # TensorRT 11 is strongly typed: FP16 must be in the ONNX itself.
-        half = self.precision == "fp16" and trt_major() >= 11
+        half = self.precision == "fp16" and fp16_onnx_for(trt_major())
         return module_to_onnx(module, input_shapes, dtype=torch.float16 if half else torch.float32)
 
     def load(self, module: nn.Module, input_shapes: Sequence[Shape]) -> Runner:
         build = engine_from_onnx(self.onnx_for(module, input_shapes), fp16=self.precision == "fp16",
-                                 workspace_gb=self.workspace_gb, timing_cache=self.timing_cache)
+                                 workspace_gb=self.workspace_gb, timing_cache=self.timing_cache,
+                                 timing_cache_name=f"timing cache {self.timing_cache_path}")
         self.timing_cache = build.timing_cache  # shared across all engines of the table
         if self.timing_cache_path:
             self.timing_cache_path.write_bytes(self.timing_cache)
-        return TensorRTRunner(build.plan)
+        found = build.precision.get("precision", "unknown")
+        self.engine_precisions[found] += 1
+        if found not in (self.precision, "unknown") and self.engine_precisions[found] == 1:
+            print(f"hwnas: warning: TensorRT built an engine of this table in {found} "
+                  f"({build.precision.get('layer_outputs')}) although {self.precision} was asked for",
+                  file=sys.stderr)
+        return TensorRTRunner(build.plan, cuda_graph=True)
