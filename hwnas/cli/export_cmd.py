@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hwnas.cli.options import add_batch
 from hwnas.cli.output import print_json
 
 
@@ -45,8 +46,7 @@ def register(sub: Any) -> None:
     eng.add_argument("onnx", help="ONNX model")
     eng.add_argument("-o", "--output", required=True, help="plan file to write")
     eng.add_argument("--fp16", action="store_true", help="FP16 engine (refused if TensorRT builds no FP16 layer)")
-    eng.add_argument("--batch", type=int, default=16,
-                     help="dynamic-batch ONNX: the optimization profile's opt and max batch")
+    add_batch(eng, 16, help="dynamic-batch ONNX: the optimization profile's opt and max batch (min 1)")
     eng.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace limit")
     eng.add_argument("--timing-cache", metavar="FILE",
                      help="timing cache to read and update (one made by another TensorRT or GPU is refused)")

@@ -6,24 +6,11 @@ where TensorRT and a GPU exist; CI type-checks it against the TensorRT stubs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hwnas.files import write_bytes, write_text
 from hwnas.profiling.backends.tensorrt import check_precision, engine_from_onnx, inspector_json, require_tensorrt
-
-
-def write_whole(path: Path, data: bytes) -> None:
-    """Write data to path whole or not at all (a temporary file in the same folder, renamed)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, workspace_gb: float = 4.0,
@@ -37,11 +24,11 @@ def export_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, wo
     build = engine_from_onnx(model, fp16=fp16, batch=batch, workspace_gb=workspace_gb, timing_cache=cache,
                              timing_cache_name=f"timing cache {cache_path}")
     check_precision(fp16, build.precision)
-    write_whole(out, build.plan)
+    write_bytes(out, build.plan)
     if cache_path:
-        write_whole(cache_path, build.timing_cache)
+        write_bytes(cache_path, build.timing_cache)
     info = out.with_suffix(out.suffix + ".json")
-    write_whole(info, inspector_json(build.plan).encode())
+    write_text(info, inspector_json(build.plan))
     return {"plan": str(out), "inspector": str(info), "timing_cache": str(cache_path) if cache_path else "",
             "build": build.mode, "precision": build.precision["precision"],
             "layer_outputs": build.precision.get("layer_outputs", {}), "profile": build.profile}

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from hwnas.errors import HwnasError
+from hwnas.files import write_bytes
 from hwnas.profiling.backends.base import Backend, Shape
 from hwnas.profiling.device import gpu_fingerprint, software_versions
 from hwnas.profiling.onnx_io import module_to_onnx
@@ -404,7 +405,7 @@ class TensorRTBackend(Backend):
                                  timing_cache_name=f"timing cache {self.timing_cache_path}")
         self.timing_cache = build.timing_cache  # shared across all engines of the table
         if self.timing_cache_path:
-            self.timing_cache_path.write_bytes(self.timing_cache)
+            write_bytes(self.timing_cache_path, self.timing_cache)
         found = build.precision.get("precision", "unknown")
         self.engine_precisions[found] += 1
         if found not in (self.precision, "unknown") and self.engine_precisions[found] == 1:
