@@ -1,9 +1,10 @@
-"""`hwnas table build|show`, `hwnas predict`, `hwnas validate`: lookup tables and their use."""
+"""`hwnas table build|merge|calibrate|show`, `hwnas predict`, `hwnas validate`: lookup tables and their use."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,39 @@ def register(sub: Any) -> None:
     build.add_argument("--seed", type=int, default=0, help="seed of weights and measurement order")
     build.add_argument("-o", "--output", required=True, help="table file (JSON)")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build of the same table")
+    build.add_argument("--shard", type=_shard, metavar="I/N", default=None,
+                       help="measure only shard I of N (numbered from 1): a slice of the entries of about 1/N "
+                            "of the estimated time, written as a part for 'hwnas table merge'; run the N "
+                            "shards on N devices of one type (e.g. CUDA_VISIBLE_DEVICES=I-1), with the same "
+                            "options and software. Calibration waits for the merged table")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=cmd_build)
+
+    merge = tsub.add_parser(
+        "merge", help="combine the parts of a sharded build into one table",
+        description="Combine the N parts written by 'hwnas table build --shard I/N' into the table a single "
+                    "build would have written. Refuses parts measured on another device type, driver, "
+                    "software version, protocol or setting (naming the field), a part given twice, "
+                    "entries in two parts, and missing parts or entries. A table that measures latency "
+                    "then needs 'hwnas table calibrate' on one device of the parts' type.")
+    merge.add_argument("parts", nargs="+", metavar="PART", help="part files, all N of them, in any order")
+    merge.add_argument("-o", "--output", required=True, help="merged table file (JSON)")
+    merge.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    merge.add_argument("--json", action="store_true", help="print a summary of the parts as JSON")
+    merge.set_defaults(func=cmd_merge)
+
+    cal = tsub.add_parser(
+        "calibrate", help="time random networks whole and record the table's calibration factor",
+        description="Time the protocol's calibration architectures (random networks of the table's space) "
+                    "whole, set the factor that maps summed entries to whole networks, and mark the table "
+                    "complete; the file is rewritten atomically. A single build calibrates by itself; a "
+                    "merged sharded build is calibrated once, on one device of its parts' type, with the "
+                    "same backend options and software.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cal.add_argument("table", help="table file, rewritten in place")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the calibration architectures (as in build)")
+    cal.add_argument("--quiet", action="store_true", help="no progress messages")
+    cal.set_defaults(func=cmd_calibrate)
 
     show = tsub.add_parser("show", help="summarise a table: metadata and entries")
     show.add_argument("table", help="table file")
@@ -81,6 +113,16 @@ def register(sub: Any) -> None:
     val.set_defaults(func=cmd_validate)
 
 
+def _shard(text: str) -> Any:
+    from hwnas.errors import HwnasError
+    from hwnas.profiling.shards import Shard
+
+    try:
+        return Shard.parse(text)
+    except HwnasError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -96,11 +138,56 @@ def cmd_build(args: argparse.Namespace) -> int:
         protocol = replace(protocol, rounds=args.rounds)
     if args.drift_wait is not None:
         protocol = replace(protocol, drift_wait_s=args.drift_wait)
+    if args.shard:
+        from hwnas.profiling.entries import plan_groups
+        from hwnas.profiling.shards import estimated_share, owned
+
+        groups = plan_groups(space, macro, args.scale, args.batch)
+        if not args.quiet:
+            print(f"shard {args.shard}: {len(owned(groups, args.shard))} of {sum(map(len, groups))} entries, "
+                  f"{estimated_share(groups, args.shard):.1%} of the estimated time", file=sys.stderr)
     tbl = build_table(space, macro, args.scale, backend, args.batch, args.output, resume=args.resume,
-                      protocol=protocol, seed=args.seed, progress=not args.quiet)
+                      protocol=protocol, seed=args.seed, progress=not args.quiet, shard=args.shard)
     flagged = sum(1 for e in tbl.entries.values() if e.get("latency", {}).get("flags"))
-    print(f"wrote {args.output}: {len(tbl.entries)} entries ({args.backend}, batch {args.batch})"
-          + (f", {flagged} flagged (see 'hwnas table show')" if flagged else ""))
+    what = f"part {args.shard} of a table" if args.shard else "table"
+    print(f"wrote {what} {args.output}: {len(tbl.entries)} entries ({args.backend}, batch {args.batch})"
+          + (f", {flagged} flagged (see 'hwnas table show')" if flagged else "")
+          + (f"; merge the parts with 'hwnas table merge'" if args.shard else ""))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from hwnas.errors import HwnasError
+    from hwnas.profiling.shards import merge
+    from hwnas.profiling.table import Table
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise HwnasError(f"{out} exists; choose another -o, or pass --force to overwrite it")
+    if any(Path(p).resolve() == out.resolve() for p in args.parts):
+        raise HwnasError(f"-o {out} is one of the parts: write the merged table to another file")
+    merged = merge([(p, Table.load(p)) for p in args.parts])
+    merged.save(out)
+    shards = merged.meta["shards"]
+    if args.json:
+        print_json({"output": str(out), "entries": len(merged.entries), "complete": merged.meta["complete"],
+                    "shards": shards})
+        return 0
+    print(table([[s["shard"], s["entries"], s["created"], s["updated"]] for s in shards],
+                ["shard", "entries", "created", "updated"]))
+    print(f"wrote {out}: {len(merged.entries)} entries from {len(shards)} parts"
+          + ("" if merged.meta["complete"] else f"; calibrate it on one device of the parts' type: "
+                                                f"hwnas table calibrate {out}"))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from hwnas.profiling.build import calibrate_file
+
+    tbl = calibrate_file(args.table, seed=args.seed, progress=not args.quiet)
+    c = tbl.meta["calibration"]
+    print(f"calibrated {args.table}: factor {c['factor']} (median measured/summed over {c['architectures']} "
+          f"random architectures timed whole)")
     return 0
 
 
@@ -119,6 +206,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                                                             else "") + f"; threads {m['backend'].get('threads')}")
     print(f"entries: {len(tbl.entries)}{'' if m.get('complete') else ' (incomplete)'}; statistic "
           f"{m.get('statistic')}; created {m.get('created')}")
+    if tbl.part:
+        print(f"part of a sharded build: shard {tbl.part}, {len(m['shard']['keys'])} entries of its own; "
+              f"merge all parts with 'hwnas table merge'")
+    if "shards" in m:
+        print(f"merged from {len(m['shards'])} shards" + ("" if m.get("complete") or "calibration" in m else
+                                                           "; not calibrated yet: 'hwnas table calibrate'"))
     if "calibration" in m:
         c = m["calibration"]
         print(f"calibration: factor {c['factor']} (median measured/summed over {c['architectures']} random "

@@ -2,7 +2,9 @@
 
 The file is rewritten atomically whenever entries finish, so a build killed at any moment
 loses only the group under measurement; `resume=True` continues it, refusing a file whose
-metadata (space, macro, scale, batch, backend, device, software, protocol) differ.
+metadata (space, macro, scale, batch, backend, device, software, protocol, shard) differ.
+With `shard`, only that shard's slice of the entries is measured, into a part for
+`hwnas table merge` (hwnas.profiling.shards); calibration waits for the merged table.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from hwnas.errors import HwnasError
 from hwnas.profiling.backends import Backend
 from hwnas.profiling.entries import EntrySpec, plan_groups, probe_entry
 from hwnas.profiling.protocol import Protocol, Runner, Stats, measure_group, probe_baseline
-from hwnas.profiling.table import COMBINATION, Table, identity_differences
+from hwnas.profiling.shards import Shard, part_meta
+from hwnas.profiling.table import COMBINATION, PART_FIELD, Table, identity_differences
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 
@@ -49,9 +52,12 @@ def _load(backend: Backend, spec: EntrySpec, seed: int) -> Runner:
 
 def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batch: int, out: str | Path,
                 resume: bool = False, protocol: Protocol | None = None, seed: int = 0,
-                progress: bool = True) -> Table:
+                progress: bool = True, shard: Shard | None = None) -> Table:
     protocol = protocol or Protocol()
     meta = table_meta(space, macro, scale, batch, backend, protocol)
+    groups = plan_groups(space, macro, scale, batch)
+    if shard:
+        meta[PART_FIELD] = part_meta(groups, shard)
     out = Path(out)
     if out.exists():
         if not resume:
@@ -61,11 +67,14 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
         if diffs:
             raise HwnasError(f"cannot resume {out}: it was measured with other settings ("
                              + "; ".join(diffs) + "); build a new table with another -o")
+        if table.meta.get(PART_FIELD) != meta.get(PART_FIELD):
+            raise HwnasError(f"cannot resume {out}: it is {_part_name(table.meta)}, not {_part_name(meta)}; "
+                             f"resume it with the --shard it was built with")
     else:
         table = Table({**meta, "created": _now(), "complete": False})
-    groups = plan_groups(space, macro, scale, batch)
-    todo = [[e for e in group if e.key not in table.entries] for group in groups]
-    total = sum(len(g) for g in groups)
+    mine = set(meta[PART_FIELD]["keys"]) if shard else {e.key for g in groups for e in g}
+    todo = [[e for e in group if e.key in mine and e.key not in table.entries] for group in groups]
+    total = len(mine)
     bar = _progress(total, total - sum(len(g) for g in todo), progress)
     rng = random.Random(seed)
     probe: Runner | None = None
@@ -94,27 +103,67 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
                 for e in group:
                     table.entries[e.key] = e.record()
             table.meta["updated"] = _now()
-            table.meta["complete"] = len(table.entries) == total and not backend.measures_latency
+            # a part is complete when its entries are; a whole table once calibrated
+            table.meta["complete"] = len(table.entries) == total and (shard is not None
+                                                                       or not backend.measures_latency)
             table.save(out)
             bar.update(len(group))
     finally:
         bar.close()
         if probe is not None:
             probe.close()
-    if backend.measures_latency and "calibration" not in table.meta and protocol.calibration_architectures:
-        from hwnas.profiling.validate import calibrate
-
-        if progress:
-            print(f"calibrating on {protocol.calibration_architectures} random architectures timed whole ...",
-                  file=sys.stderr)
-        table.meta["calibration"] = calibrate(table, backend, protocol, seed)
-        table.meta["updated"] = _now()
-        table.meta["complete"] = True
-        table.save(out)
+    if shard is None and backend.measures_latency and "calibration" not in table.meta \
+            and protocol.calibration_architectures:
+        calibrate_table(table, backend, protocol, seed, out, progress)
     elif not table.meta.get("complete"):  # nothing left to measure or calibrate
         table.meta["complete"] = True
         table.save(out)
     return table
+
+
+def calibrate_table(table: Table, backend: Backend, protocol: Protocol, seed: int, out: str | Path,
+                    progress: bool = True) -> Table:
+    """Time random architectures whole (validate.calibrate), record the factor, complete the table."""
+    from hwnas.profiling.validate import calibrate
+
+    if progress:
+        print(f"calibrating on {protocol.calibration_architectures} random architectures timed whole ...",
+              file=sys.stderr)
+    table.meta["calibration"] = calibrate(table, backend, protocol, seed)
+    table.meta["updated"] = _now()
+    table.meta["complete"] = True
+    table.save(out)
+    return table
+
+
+def calibrate_file(path: str | Path, seed: int = 0, progress: bool = True) -> Table:
+    """Calibrate a whole table in place (a merged sharded build), on a device of the table's type."""
+    from hwnas.profiling.shards import missing_keys
+    from hwnas.profiling.validate import backend_for
+
+    table = Table.load(path)
+    table.require_whole()
+    missing = missing_keys(table)
+    if missing:
+        raise HwnasError(f"{path} lacks {len(missing)} entries (first: '{missing[0]}'): finish its build with "
+                         f"--resume before calibrating it")
+    backend = backend_for(table, "calibrate")
+    protocol = Protocol.from_dict(table.meta["protocol"])
+    here = table_meta(table.space(), table.macro(), float(table.meta["scale"]), int(table.meta["batch"]), backend,
+                      protocol)
+    diffs = identity_differences(table.identity(), {k: here.get(k) for k in table.identity()})
+    if diffs:
+        raise HwnasError(f"cannot calibrate {path} here: it was measured with other settings ({'; '.join(diffs)}); "
+                         f"calibrate it where its parts were measured")
+    if not protocol.calibration_architectures:
+        raise HwnasError(f"{path} was built with a protocol that calibrates on no architecture "
+                         f"(calibration_architectures = 0)")
+    return calibrate_table(table, backend, protocol, seed, path, progress)
+
+
+def _part_name(meta: dict[str, Any]) -> str:
+    part = meta.get(PART_FIELD)
+    return f"shard {part['index']}/{part['count']}" if part else "a whole table (no --shard)"
 
 
 def _now() -> str:

@@ -10,6 +10,7 @@ from hwnas.spaces.arch import Architecture, PlacedCell
 
 
 def check_compatible(table: Table, arch: Architecture, batch: int | None = None) -> None:
+    table.require_whole()
     meta = table.meta
     if meta.get("space_def") != arch.space.to_dict():
         raise HwnasError(f"architecture {arch.name} uses space {arch.space.name}, the table was built for "

@@ -26,6 +26,9 @@ STEM_KEY, HEAD_KEY = "stem", "head"
 # Metadata that must be equal for two measurements to belong in one table (resume, validate).
 IDENTITY_FIELDS = ("space", "space_def", "macro", "macro_def", "scale", "batch", "resolution", "precision", "backend",
                    "device", "software", "protocol")
+# The metadata field of a part of a sharded build (its shard and the keys it owns); a merged
+# table keeps each part's timestamps and probe baseline under "shards" instead.
+PART_FIELD = "shard"
 # How a multi-branch cell is priced from its entries (stated in every table).
 COMBINATION = ("network = calibration factor * (stem + head + sum of cells); cell = sum of its branches' entries "
                "+ (terms - 1) * merge_add + merge_scale if terms > 1, where terms = branches + 1 for a normal cell "
@@ -83,6 +86,17 @@ class Table:
     @property
     def calibration_factor(self) -> float:
         return float(self.meta.get("calibration", {}).get("factor", 1.0))
+
+    @property
+    def part(self) -> str | None:
+        """'I/N' for a part of a sharded build, None for a whole table."""
+        raw = self.meta.get(PART_FIELD)
+        return f"{raw['index']}/{raw['count']}" if raw else None
+
+    def require_whole(self) -> None:
+        if self.part:
+            raise HwnasError(f"the table is shard {self.part} of a sharded build, with that shard's entries "
+                             f"only: merge all parts with 'hwnas table merge' and use the merged table")
 
     def identity(self) -> dict[str, Any]:
         return {k: self.meta.get(k) for k in IDENTITY_FIELDS}

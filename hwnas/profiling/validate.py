@@ -30,16 +30,16 @@ REFERENCE = "__reference__"
 CALIBRATION_SEED = 1_000_003
 
 
-def backend_for(table: Table) -> Backend:
+def backend_for(table: Table, purpose: str = "validate") -> Backend:
     """The table's backend on the current device, refused if it is another device."""
     if not table.has_latency:
-        raise HwnasError("the table holds no latency (backend 'none'); validate a profiled table")
+        raise HwnasError(f"the table holds no latency (backend 'none'); {purpose} a profiled table")
     b = table.meta["backend"]
     backend = get_backend(b["name"], precision=table.meta["precision"], threads=b.get("threads"))
     here = backend.describe()["device"]
     if here != table.meta["device"]:
         raise HwnasError(f"the table was measured on {table.meta['device']}, the current device is {here}: "
-                         f"its measurements cannot validate it; build a table on this device")
+                         f"its measurements cannot {purpose} it; build a table on this device")
     return backend
 
 
