@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hwnas.cli.options import add_json, add_quiet, add_seed
 from hwnas.cli.output import millions, print_json, table
 from hwnas.profiling.backends import REGISTRY
 
@@ -58,7 +59,7 @@ def register(sub: Any) -> None:
     merge.add_argument("parts", nargs="+", metavar="PART", help="part files, all N of them, in any order")
     merge.add_argument("-o", "--output", required=True, help="merged table file (JSON)")
     merge.add_argument("--force", action="store_true", help="overwrite the output if it exists")
-    merge.add_argument("--json", action="store_true", help="print a summary of the parts as JSON")
+    add_json(merge, help="print a summary of the parts as JSON")
     merge.set_defaults(func=cmd_merge)
 
     cal = tsub.add_parser(
@@ -70,8 +71,8 @@ def register(sub: Any) -> None:
                     "same backend options and software.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cal.add_argument("table", help="table file, rewritten in place")
-    cal.add_argument("--seed", type=int, default=0, help="seed of the calibration architectures (as in build)")
-    cal.add_argument("--quiet", action="store_true", help="no progress messages")
+    add_seed(cal, help="seed of the calibration architectures (as in build)")
+    add_quiet(cal)
     cal.set_defaults(func=cmd_calibrate)
 
     show = tsub.add_parser("show", help="summarise a table: metadata and entries")
@@ -158,10 +159,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from hwnas.errors import HwnasError
+    from hwnas.files import check_writable
     from hwnas.profiling.shards import merge
     from hwnas.profiling.table import Table
 
-    out = Path(args.output)
+    out = check_writable(args.output, "merged table")
     if out.exists() and not args.force:
         raise HwnasError(f"{out} exists; choose another -o, or pass --force to overwrite it")
     if any(Path(p).resolve() == out.resolve() for p in args.parts):
