@@ -120,7 +120,7 @@ def test_sharded_latency_build_with_calibration_equals_a_single_build(tmp_path):
 def test_parts_measured_differently_are_refused(tmp_path, other, field):
     first = build(tmp_path / "p1.json", shard="1/2")
     second = build(tmp_path / "p2.json", shard="2/2", **other)
-    with pytest.raises(HwnasError, match=rf"p2 and p1 were measured differently \({field}: "):
+    with pytest.raises(HwnasError, match=rf"p1 vs p2: measured differently \({field}: "):
         merge([("p1", first), ("p2", second)])
 
 

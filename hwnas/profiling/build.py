@@ -75,7 +75,7 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
     mine = set(meta[PART_FIELD]["keys"]) if shard else {e.key for g in groups for e in g}
     todo = [[e for e in group if e.key in mine and e.key not in table.entries] for group in groups]
     total = len(mine)
-    bar = _progress(total, total - sum(len(g) for g in todo), progress)
+    bar = _progress(total, total - sum(len(g) for g in todo), progress, f"shard {shard}" if shard else "table")
     rng = random.Random(seed)
     probe: Runner | None = None
     try:
@@ -170,8 +170,8 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _progress(total: int, done: int, enabled: bool) -> Any:
+def _progress(total: int, done: int, enabled: bool, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, unit="entry", desc="table", disable=not enabled, file=sys.stderr,
+    return tqdm(total=total, initial=done, unit="entry", desc=desc, disable=not enabled, file=sys.stderr,
                 dynamic_ncols=True)

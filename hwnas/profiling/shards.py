@@ -98,8 +98,7 @@ def part_meta(groups: Sequence[Sequence[EntrySpec]], shard: Shard) -> dict[str, 
 
 
 def part_of(table: Table) -> Shard | None:
-    raw = table.meta.get(PART_FIELD)
-    return Shard(int(raw["index"]), int(raw["count"])) if raw else None
+    return Shard.parse(table.part) if table.part else None
 
 
 def plan_of(table: Table) -> list[list[EntrySpec]]:
@@ -137,8 +136,8 @@ def merge(parts: Sequence[tuple[str, Table]]) -> Table:
     for name, table in parts[1:]:
         diffs = identity_differences(first.identity(), table.identity())
         if diffs:
-            raise HwnasError(f"{name} and {first_name} were measured differently ({'; '.join(diffs)}): the parts "
-                             "of one table must come from one device type, software, protocol and settings")
+            raise HwnasError(f"{first_name} vs {name}: measured differently ({'; '.join(diffs)}): the parts of "
+                             "one table must come from one device type, software, protocol and settings")
     count = first.meta[PART_FIELD]["count"]
     by_index: dict[int, str] = {}
     for name, table in parts:
