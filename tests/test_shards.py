@@ -11,12 +11,16 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 from hwnas.cli.main import main
+from hwnas.costs import Cost
 from hwnas.errors import HwnasError
 from hwnas.profiling.backends import REGISTRY, Backend, get_backend
 from hwnas.profiling.build import build_table, calibrate_table
-from hwnas.profiling.entries import plan_groups
+from hwnas.profiling.entries import EntrySpec, plan_groups
 from hwnas.profiling.predict import predict
 from hwnas.profiling.protocol import Protocol
 from hwnas.profiling.shards import Shard, assign, entry_weights, merge, owned
@@ -75,6 +79,32 @@ def test_slices_are_contiguous_and_balanced(space, macro):
         assert all(abs(c - sum(weights) / count) <= max(weights) for c in cost.values())
     with pytest.raises(HwnasError, match=f"at most {len(keys)}"):
         assign(groups, len(keys) + 1)
+
+
+def best_contiguous_makespan(weights: list[int], count: int) -> int:
+    """Brute force over every cut of `weights` into at most `count` contiguous slices."""
+    from itertools import combinations
+
+    best = sum(weights)
+    for cuts in combinations(range(1, len(weights)), min(count, len(weights)) - 1):
+        bounds = (0, *cuts, len(weights))
+        best = min(best, max(sum(weights[a:b]) for a, b in zip(bounds, bounds[1:])))
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 10**9), min_size=1, max_size=4), min_size=1, max_size=4), st.data())
+def test_slices_against_the_best_contiguous_cut(macs, data):
+    groups = [[EntrySpec(f"e{i}.{j}", "op", nn.Identity, ((1,),), Cost(m)) for j, m in enumerate(g)]
+              for i, g in enumerate(macs)]
+    weights = entry_weights(groups)
+    count = data.draw(st.integers(1, len(weights)))
+    shards = assign(groups, count)
+    assert shards == sorted(shards) and set(shards) <= set(range(1, count + 1))  # contiguous, numbered 1..N
+    cost = [sum(w for w, s in zip(weights, shards) if s == i) for i in range(1, count + 1)]
+    assert all(abs(c - sum(weights) / count) <= max(weights) for c in cost)
+    assert max(cost) <= best_contiguous_makespan(weights, count) + max(weights)
+    assert shards == assign(groups, count)  # the same slices every time
 
 
 def test_two_macs_shards_merge_to_a_single_build(tmp_path):
