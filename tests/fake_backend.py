@@ -34,9 +34,10 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, precision: str = "fp32", threads: int | None = None, device: str = "Fake GPU 1",
-                 version: str = "1.0", load_s: float = 0.0):
+                 version: str = "1.0", load_s: float = 0.0, slowdown: float = 1.0):
         super().__init__(precision, threads)
         self.device, self.version, self.load_s = device, version, load_s
+        self.slowdown = slowdown  # a device of the same type running slower (clocks, power, heat)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "precision": self.precision, "threads": self.threads,
@@ -47,7 +48,7 @@ class FakeBackend(Backend):
         time.sleep(self.load_s)
         params = sum(p.numel() for p in module.parameters())
         inputs = sum(math.prod(s) for s in input_shapes)
-        return FakeRunner(0.02 + 1e-5 * params + 1e-6 * inputs)
+        return FakeRunner((0.02 + 1e-5 * params + 1e-6 * inputs) * self.slowdown)
 
 
 class SlowFakeBackend(FakeBackend):

@@ -154,6 +154,19 @@ def test_parts_measured_differently_are_refused(tmp_path, other, field):
         merge([("p1", first), ("p2", second)])
 
 
+def test_parts_from_devices_that_ran_at_different_speeds_are_refused(tmp_path):
+    tolerance = QUICK.drift_tolerance
+    first = build(tmp_path / "p1.json", shard="1/2")
+    close = build(tmp_path / "p2.json", shard="2/2", backend=FakeBackend(slowdown=1 + tolerance / 2))
+    assert merge([("p1", first), ("p2", close)]).meta["shards"][1]["probe_baseline"] != first.meta["probe_baseline"]
+    slow = build(tmp_path / "p3.json", shard="2/2", backend=FakeBackend(slowdown=1 + 2 * tolerance))
+    with pytest.raises(HwnasError, match=r"ran at different speeds: .* for p1 and .* for p3 \(16.0% apart"):
+        merge([("p3", slow), ("p1", first)])
+    merged = merge([("p1", first), ("p3", slow)], allow_speed_spread=True)
+    assert [s["probe_baseline"] for s in merged.meta["shards"]] == [first.meta["probe_baseline"],
+                                                                    slow.meta["probe_baseline"]]
+
+
 def test_missing_overlapping_and_misnumbered_parts_are_refused(tmp_path):
     none = get_backend("none")
     p1, p2 = (build(tmp_path / f"p{i}.json", none, f"{i}/2") for i in (1, 2))

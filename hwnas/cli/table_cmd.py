@@ -53,12 +53,16 @@ def register(sub: Any) -> None:
         "merge", help="combine the parts of a sharded build into one table",
         description="Combine the N parts written by 'hwnas table build --shard I/N' into the table a single "
                     "build would have written. Refuses parts measured on another device type, driver, "
-                    "software version, protocol or setting (naming the field), a part given twice, "
-                    "entries in two parts, and missing parts or entries. A table that measures latency "
+                    "software version, protocol or setting (naming the field), on devices that ran at "
+                    "different speeds (the drift probe), a part given twice, entries in two parts, and "
+                    "missing parts or entries. A table that measures latency "
                     "then needs 'hwnas table calibrate' on one device of the parts' type.")
     merge.add_argument("parts", nargs="+", metavar="PART", help="part files, all N of them, in any order")
     merge.add_argument("-o", "--output", required=True, help="merged table file (JSON)")
     merge.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    merge.add_argument("--allow-speed-spread", action="store_true",
+                       help="merge parts whose devices ran at different speeds (their drift probes' baselines "
+                            "further apart than the protocol's drift tolerance); refused by default")
     add_json(merge, help="print a summary of the parts as JSON")
     merge.set_defaults(func=cmd_merge)
 
@@ -168,7 +172,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise HwnasError(f"{out} exists; choose another -o, or pass --force to overwrite it")
     if any(Path(p).resolve() == out.resolve() for p in args.parts):
         raise HwnasError(f"-o {out} is one of the parts: write the merged table to another file")
-    merged = merge([(p, Table.load(p)) for p in args.parts])
+    merged = merge([(p, Table.load(p)) for p in args.parts], allow_speed_spread=args.allow_speed_spread)
     merged.save(out)
     shards = merged.meta["shards"]
     if args.json:

@@ -28,7 +28,7 @@ from typing import Any
 
 from hwnas.errors import HwnasError
 from hwnas.profiling.entries import EntrySpec, plan_groups
-from hwnas.profiling.protocol import Protocol
+from hwnas.profiling.protocol import Protocol, Stats
 from hwnas.profiling.table import PART_FIELD, Table, identity_differences
 
 
@@ -114,14 +114,34 @@ def missing_keys(table: Table) -> list[str]:
     return [k for k in keys if k not in table.entries]
 
 
+def check_speed_spread(parts: Sequence[tuple[str, Table]]) -> None:
+    baselines = {name: Stats.from_dict(t.meta["probe_baseline"]).median for name, t in parts
+                 if "probe_baseline" in t.meta}
+    if len(baselines) < 2:
+        return
+    fast, slow = min(baselines, key=baselines.__getitem__), max(baselines, key=baselines.__getitem__)
+    spread = baselines[slow] / baselines[fast] - 1
+    tolerance = Protocol.from_dict(parts[0][1].meta["protocol"]).drift_tolerance
+    if spread > tolerance:
+        raise HwnasError(f"the parts' devices ran at different speeds: the drift probe took {baselines[fast]:.4g} ms "
+                         f"for {fast} and {baselines[slow]:.4g} ms for {slow} ({spread:.1%} apart, over the "
+                         f"protocol's drift tolerance of {tolerance:.0%}); re-measure {slow} on a device like the "
+                         f"others, or pass --allow-speed-spread to merge anyway")
+
+
 def needs_calibration(table: Table) -> bool:
     protocol = table.meta.get("protocol")
     return (table.has_latency and "calibration" not in table.meta
             and bool(protocol and Protocol.from_dict(protocol).calibration_architectures))
 
 
-def merge(parts: Sequence[tuple[str, Table]]) -> Table:
+def merge(parts: Sequence[tuple[str, Table]], allow_speed_spread: bool = False) -> Table:
     """One table from all N parts of a sharded build, named by their files in the messages.
+
+    Devices of one type can still run at different speeds (clocks, power limits, cooling). The
+    drift probe, timed alone at the start of every part, shows it: parts whose probe baselines
+    are further apart than the protocol's drift tolerance are refused unless `allow_speed_spread`,
+    as a build re-measures a group whose probe drifted that far.
 
     The merged table has a single build's metadata and entries (in plan order), with the parts'
     timestamps and probe baselines under `shards`; it is complete once calibrated (when it
@@ -176,6 +196,8 @@ def merge(parts: Sequence[tuple[str, Table]]) -> Table:
         raise HwnasError(f"{len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} missing (first: "
                          f"'{missing[0]}') from {names}: finish {'it' if len(where) == 1 else 'them'} with "
                          f"'hwnas table build ... --shard I/N --resume'")
+    if not allow_speed_spread:
+        check_speed_spread(parts)
     ordered = [t for _, t in sorted(parts, key=lambda p: p[1].meta[PART_FIELD]["index"])]
     meta = {k: v for k, v in ordered[0].meta.items() if k != PART_FIELD}
     meta["created"] = min(str(t.meta.get("created")) for t in ordered)
