@@ -250,7 +250,7 @@ def test_killed_shard_resumes_and_the_merged_calibrated_table_equals_a_single_bu
     assert without(table.meta, MAY_DIFFER) == without(single.meta, MAY_DIFFER)
 
 
-def test_calibrate_refuses_parts_unfinished_tables_and_other_devices(tmp_path, capsys):
+def test_calibrate_refuses_parts_unfinished_tables_and_other_devices(tmp_path, capsys, monkeypatch):
     none = get_backend("none")
     build(tmp_path / "p1.json", none, "1/2")
     assert main(["table", "calibrate", str(tmp_path / "p1.json")]) == 1
@@ -262,10 +262,18 @@ def test_calibrate_refuses_parts_unfinished_tables_and_other_devices(tmp_path, c
     del table.entries["stem"]
     table.save(tmp_path / "lacking.json")
     assert main(["table", "calibrate", str(tmp_path / "lacking.json")]) == 1
-    assert "lacks 1 entries (first: 'stem')" in capsys.readouterr().err
+    assert "lacks 1 entry (first: 'stem')" in capsys.readouterr().err
     elsewhere = Table(dict(table.meta, backend={"name": "ort", "threads": 1}, precision="fp32",
                            device={"type": "gpu", "name": "NVIDIA GeForce GTX TITAN Xp"}),
                       dict(Table.load(tmp_path / "whole.json").entries))
     elsewhere.save(tmp_path / "elsewhere.json")
     assert main(["table", "calibrate", str(tmp_path / "elsewhere.json")]) == 1
     assert "cannot calibrate it" in capsys.readouterr().err
+    # the same device with other software: the backend of the current device is version 1.0
+    monkeypatch.setitem(REGISTRY, "fake", ("fake_backend", "FakeBackend", (), "core"))
+    parts = [(f"p{i}", build(tmp_path / f"v{i}.json", FakeBackend(version="0.9"), f"{i}/2")) for i in (1, 2)]
+    merge(parts).save(tmp_path / "older.json")
+    assert main(["table", "calibrate", str(tmp_path / "older.json")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot calibrate" in err and "on the current device" in err and 'backend: {"name": "fake"' in err
+    assert "calibration" not in Table.load(tmp_path / "older.json").meta

@@ -163,7 +163,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from hwnas.errors import HwnasError
-    from hwnas.files import check_writable
+    from hwnas.files import check_writable, exclusive
     from hwnas.profiling.shards import merge
     from hwnas.profiling.table import Table
 
@@ -172,8 +172,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise HwnasError(f"{out} exists; choose another -o, or pass --force to overwrite it")
     if any(Path(p).resolve() == out.resolve() for p in args.parts):
         raise HwnasError(f"-o {out} is one of the parts: write the merged table to another file")
-    merged = merge([(p, Table.load(p)) for p in args.parts], allow_speed_spread=args.allow_speed_spread)
-    merged.save(out)
+    with exclusive(out, "merged table"):
+        merged = merge([(p, Table.load(p)) for p in args.parts], allow_speed_spread=args.allow_speed_spread)
+        merged.save(out)
     shards = merged.meta["shards"]
     if args.json:
         print_json({"output": str(out), "entries": len(merged.entries), "complete": merged.meta["complete"],

@@ -137,7 +137,16 @@ def calibrate_table(table: Table, backend: Backend, protocol: Protocol, seed: in
 
 
 def calibrate_file(path: str | Path, seed: int = 0, progress: bool = True) -> Table:
-    """Calibrate a whole table in place (a merged sharded build), on a device of the table's type."""
+    """Calibrate a whole table in place (a merged sharded build), on a device of the table's type.
+
+    The file is locked meanwhile: another process writing it (a build, a calibration) is refused."""
+    from hwnas.files import exclusive
+
+    with exclusive(path, "lookup table"):
+        return _calibrate_file(path, seed, progress)
+
+
+def _calibrate_file(path: str | Path, seed: int, progress: bool) -> Table:
     from hwnas.profiling.shards import missing_keys
     from hwnas.profiling.validate import backend_for
 
@@ -145,16 +154,16 @@ def calibrate_file(path: str | Path, seed: int = 0, progress: bool = True) -> Ta
     table.require_whole()
     missing = missing_keys(table)
     if missing:
-        raise HwnasError(f"{path} lacks {len(missing)} entries (first: '{missing[0]}'): finish its build with "
-                         f"--resume before calibrating it")
+        raise HwnasError(f"{path} lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} (first: "
+                         f"'{missing[0]}'): finish its build with --resume before calibrating it")
     backend = backend_for(table, "calibrate")
     protocol = Protocol.from_dict(table.meta["protocol"])
     here = table_meta(table.space(), table.macro(), float(table.meta["scale"]), int(table.meta["batch"]), backend,
                       protocol)
     diffs = identity_differences(table.identity(), {k: here.get(k) for k in table.identity()})
     if diffs:
-        raise HwnasError(f"cannot calibrate {path} here: it was measured with other settings ({'; '.join(diffs)}); "
-                         f"calibrate it where its parts were measured")
+        raise HwnasError(f"cannot calibrate {path} on the current device: it was measured with other settings "
+                         f"({'; '.join(diffs)}); calibrate it where its parts were measured")
     if not protocol.calibration_architectures:
         raise HwnasError(f"{path} was built with a protocol that calibrates on no architecture "
                          f"(calibration_architectures = 0)")
