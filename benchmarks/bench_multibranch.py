@@ -60,6 +60,34 @@ def make_step(module: torch.nn.Module, x: torch.Tensor, config: torch.Tensor) ->
     return step
 
 
+def bench_position(space: Any, pos: Position, device: str, batch: int, protocol: Protocol,
+                   compile_too: bool) -> dict[str, Any]:
+    """Eager, fused (and compiled) forward + backward of one cell, timed interleaved; one row."""
+    torch.manual_seed(0)
+    ref = SupernetCell(space, OPS, pos).to(device).train()
+    fused = FusedSupernetCell(ref)  # the same parameters
+    x = torch.randn(batch, pos.cin, pos.resolution, pos.resolution, device=device)
+    config = torch.ones(len(OPS), dtype=torch.bool)
+    variants = {"eager": make_step(ref, x, config), "fused": make_step(fused, x, config)}
+    if compile_too:
+        # dynamic shapes fail in Inductor on out / terms; compile wraps the module in a Module
+        compiled = cast(torch.nn.Module, torch.compile(ref, dynamic=False))
+        variants["compile"] = make_step(compiled, x, config)
+    runners = {k: StepRunner(v, device == "cuda") for k, v in variants.items()}
+    stats = measure_interleaved(runners, protocol, random.Random(0))
+    row = {"device": device, "position": pos.key, "ops": [space.ops[i].name for i in OPS],
+           **{f"{k}_ms": round(s.median, 3) for k, s in stats.items()},
+           **{f"{k}_cov": round(s.cov, 4) for k, s in stats.items()},
+           "speedup_vs_eager": round(stats["eager"].median / stats["fused"].median, 3)}
+    if "compile" in stats:
+        row["speedup_vs_compile"] = round(stats["compile"].median / stats["fused"].median, 3)
+    return row
+
+
+def bench_protocol(rounds: int) -> Protocol:
+    return Protocol(warmup_ms=300, warmup_runs=3, min_sample_ms=20, rounds=rounds, max_remeasure=1, drift_wait_s=0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
@@ -69,30 +97,12 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     space = builtin().spaces["latency19"]
-    protocol = Protocol(warmup_ms=300, warmup_runs=3, min_sample_ms=20, rounds=args.rounds, max_remeasure=1,
-                        drift_wait_s=0)
+    protocol = bench_protocol(args.rounds)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows: list[dict[str, Any]] = []
     for device in devices:
         for pos in SHAPES:
-            torch.manual_seed(0)
-            ref = SupernetCell(space, OPS, pos).to(device).train()
-            fused = FusedSupernetCell(ref)  # the same parameters
-            x = torch.randn(args.batch, pos.cin, pos.resolution, pos.resolution, device=device)
-            config = torch.ones(len(OPS), dtype=torch.bool)
-            variants = {"eager": make_step(ref, x, config), "fused": make_step(fused, x, config)}
-            if not args.no_compile:
-                # dynamic shapes fail in Inductor on out / terms; compile wraps the module in a Module
-                compiled = cast(torch.nn.Module, torch.compile(ref, dynamic=False))
-                variants["compile"] = make_step(compiled, x, config)
-            runners = {k: StepRunner(v, device == "cuda") for k, v in variants.items()}
-            stats = measure_interleaved(runners, protocol, random.Random(0))
-            row = {"device": device, "position": pos.key, "ops": [space.ops[i].name for i in OPS],
-                   **{f"{k}_ms": round(s.median, 3) for k, s in stats.items()},
-                   **{f"{k}_cov": round(s.cov, 4) for k, s in stats.items()},
-                   "speedup_vs_eager": round(stats["eager"].median / stats["fused"].median, 3)}
-            if "compile" in stats:
-                row["speedup_vs_compile"] = round(stats["compile"].median / stats["fused"].median, 3)
+            row = bench_position(space, pos, device, args.batch, protocol, not args.no_compile)
             rows.append(row)
             if not args.json:
                 print(json.dumps(row), flush=True)

@@ -1,104 +1,500 @@
-"""GPU acceptance: everything hwnas does on a GPU, in one go, for the first user who has one.
+"""GPU acceptance: what hwnas does on a GPU, in stages chosen by what the machine has, within a budget.
 
-    python benchmarks/gpu_acceptance.py [--out gpu_acceptance] [--samples 50]
+    PYTHONPATH=. python3 benchmarks/gpu_acceptance.py --budget 8 --out OUT
 
-1. the TensorRT latency19 table at batch 16 (FP32) and its validation (50 random architectures);
-2. the fused kernel's GPU tests (pytest -m gpu) and its benchmark (CUDA path included);
-3. NSENet-GPU exported to ONNX (FP32 and FP16), built into TensorRT engines, benchmarked,
-   with the table's prediction beside each measurement;
-4. one report: OUT/report.md and OUT/report.json.
-Without a CUDA GPU and TensorRT it says so and exits 2, touching nothing. What has run on which
-GPU: docs/gpu.md.
+Stages (each in its own process, killed at its share of the budget):
+  environment       GPU, driver, torch and its CUDA, cuda-bindings, NVRTC, TensorRT
+  kernel_tests      pytest -m gpu (the kernels' CUDA path, NVRTC compile included)      [CUDA]
+  fused_bench       fused multi-branch cell vs eager and torch.compile, fwd+bwd, batch 16 [CUDA]
+  kernel_bandwidth  mixed-depthwise kernel's bandwidth vs a device-to-device copy         [CUDA]
+  torch_table       latency19 table at batch 16, torch backend on the GPU (CUDA events)  [CUDA]
+  torch_validate    that table's prediction vs whole networks on a random sample         [CUDA]
+  trt_engines       NSENet-GPU -> ONNX -> TensorRT engines FP32 and FP16, benchmarked    [TensorRT]
+  trt_table         latency19 table through TensorRT and its validation                  [TensorRT]
+--budget MINUTES sizes the work: each stage gets a share of the time left (positions, rounds,
+samples follow from it) and is stopped at its deadline; a stage that cannot fit is skipped
+with the reason. OUT/report.json and OUT/report.md are rewritten whole after every stage, so
+a run killed at any point keeps what it measured. Needs only torch, numpy, onnx, onnxruntime,
+tabulate, tqdm and (for the kernels) cuda-bindings; installs nothing, uses no network.
+The targets (fused >= 1.5x eager and >= 1.0x torch.compile, kernel >= 50% of copy bandwidth,
+>= 90% of validated networks within 10%) are reported, not enforced: they are benchmarks.
+
+Exit status: 0 every stage that ran passed; 1 a stage failed or ran out of its time;
+2 usage error; 4 no CUDA GPU, so nothing but the environment was checked (the report says
+which stages were skipped and why).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+NO_GPU_EXIT = 4
 
 
-def gpu_missing() -> str | None:
+# --- the plan: stages, what they need, their share of the budget --------------------------------
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    needs: str  # "" (always), "cuda" or "tensorrt"
+    weight: float  # share of the time left, relative to the other stages still to run
+    min_s: float  # with less time than this the stage is skipped
+    what: str
+
+
+STAGES = [
+    Stage("environment", "", 0.3, 10, "GPU, driver and software versions"),
+    Stage("kernel_tests", "cuda", 2.0, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
+    Stage("fused_bench", "cuda", 2.2, 30, "fused cell vs eager and torch.compile, fwd+bwd, batch 16"),
+    Stage("kernel_bandwidth", "cuda", 0.5, 10, "mixed-depthwise kernel vs device-to-device copy bandwidth"),
+    Stage("torch_table", "cuda", 2.6, 60, "latency19 table, torch backend on the GPU, batch 16"),
+    Stage("torch_validate", "cuda", 1.6, 30, "that table vs whole networks on a random sample"),
+    Stage("trt_engines", "tensorrt", 2.4, 60, "NSENet-GPU engines FP32/FP16, built and benchmarked"),
+    Stage("trt_table", "tensorrt", 4.0, 600, "latency19 table through TensorRT and its validation"),
+]
+TABLE_ENTRIES = 191  # latency19 ops x distinct positions of the latency macro-architecture, batch 16
+
+
+def fused_params(seconds: float) -> dict[str, Any]:
+    """Positions timed and whether torch.compile is among the variants (it compiles ~30 s per cell)."""
+    compile_too = seconds >= 60
+    per_position = 35.0 if compile_too else 8.0
+    return {"positions": max(1, min(4, int(seconds // per_position))), "compile": compile_too, "rounds": 7,
+            "seconds": round(seconds)}
+
+
+def table_params(seconds: float, entries: int = TABLE_ENTRIES) -> dict[str, Any]:
+    """Rounds per entry so that the build fits: an entry costs ~0.25 s of set-up and warm-up plus
+    one sample of >= 5 ms per round (and the calibration networks ~10 s). A drift of the probe
+    is re-measured after 1 s, not the protocol's 5 s: a GPU's clocks settle in less."""
+    per_entry = max(0.0, seconds - 15) / entries
+    rounds = int((per_entry - 0.25) / 0.01)
+    return {"rounds": max(3, min(9, rounds))}
+
+
+def validate_params(seconds: float) -> dict[str, Any]:
+    """Sample size: a network costs ~2 s (build, warm-up, 3 rounds, its share of the reference)."""
+    return {"samples": max(5, min(50, int(seconds // 2.0))), "rounds": 3}
+
+
+def trt_table_params(seconds: float, entries: int = TABLE_ENTRIES) -> dict[str, Any]:
+    """A TensorRT engine takes seconds to build: the table is built whole or not at all."""
+    return {"rounds": 5, "samples": max(5, min(20, int((seconds - entries * 2.5) // 3)))}
+
+
+PARAMS: dict[str, Callable[[float], dict[str, Any]]] = {
+    "fused_bench": fused_params, "torch_table": table_params, "torch_validate": validate_params,
+    "trt_table": trt_table_params,
+}
+
+
+def share(stage: Stage, left_s: float, to_run: list[Stage]) -> float:
+    """This stage's seconds: its weight's share of the time left among the stages still to run."""
+    total = sum(s.weight for s in to_run)
+    return left_s * stage.weight / total if total else left_s
+
+
+def capabilities() -> dict[str, str | None]:
+    """For each need, None when the machine has it, else why not. Starts no CUDA context."""
+    reasons: dict[str, str | None] = {"": None}
     try:
         import torch
     except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU: torch.cuda.is_available() is False"
+        reasons["cuda"] = "torch is not installed"
+    else:
+        reasons["cuda"] = None if torch.cuda.is_available() else \
+            "no CUDA GPU: torch.cuda.is_available() is False"
     try:
         import tensorrt
+        ok = hasattr(tensorrt, "Builder")
     except ImportError:
-        return "TensorRT is not installed (pip install 'hwnas[gpu]')"
-    if not hasattr(tensorrt, "Builder"):
-        return "only TensorRT's type stubs are installed, not its libraries (pip install 'hwnas[gpu]')"
-    return None
+        ok = False
+    reasons["tensorrt"] = reasons["cuda"] or (None if ok else "TensorRT is not installed (pip install tensorrt)")
+    return reasons
 
 
-def run(step: str, cmd: list[str], log: dict[str, Any], out: Path) -> Any:
-    print(f"== {step}: {' '.join(cmd)}", flush=True)
+# --- running the stages and keeping the report --------------------------------------------------
+
+def write_whole(path: Path, text: str) -> None:
+    """The report is replaced whole (temporary file + rename): a kill never leaves half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    write_whole(out / "report.json", json.dumps(report, indent=1) + "\n")
+    write_whole(out / "report.md", markdown(report))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    env = next((s.get("result") for s in report["stages"] if s["name"] == "environment"), None) or {}
+    lines = ["# hwnas GPU acceptance", "",
+             f"Budget {report['budget_min']} min, started {report['started']}, "
+             f"{report.get('elapsed_s', 0):.0f} s so far; {report['state']}.", ""]
+    if env:
+        lines += [f"GPU: {env.get('gpu') or 'none'}; driver {env.get('driver')}; torch {env.get('torch')} "
+                  f"(CUDA {env.get('torch_cuda')}); cuda-bindings {env.get('cuda_bindings')}; "
+                  f"NVRTC {env.get('nvrtc')}; TensorRT {env.get('tensorrt')}.", ""]
+    rows = [[s["name"], s["status"], s.get("seconds", ""), s.get("reason", "") or summary(s.get("result"))]
+            for s in report["stages"]]
+    lines += [tabulate(rows, ["stage", "status", "seconds", "figures / reason"], tablefmt="github"), ""]
+    checks = report.get("checks", [])
+    if checks:
+        lines += ["## Figures against their targets (benchmarks, not pass/fail)", "",
+                  tabulate([[c["what"], c["target"], c["value"], "yes" if c["ok"] else "no"] for c in checks],
+                           ["figure", "target", "measured", "reaches it"], tablefmt="github"), ""]
+    return "\n".join(lines)
+
+
+def summary(result: Any) -> str:
+    if not isinstance(result, dict):
+        return ""
+    keys = ("passed", "failed", "skipped", "speedup_vs_eager", "speedup_vs_compile", "copy_fraction", "entries",
+            "complete", "within_10pct", "spearman", "mape", "fp32_median_ms", "fp16_median_ms")
+    return ", ".join(f"{k} {result[k]}" for k in keys if k in result)
+
+
+def targets(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The performance targets, checked on whatever figures the stages that passed produced."""
+    results = {s["name"]: s.get("result") or {} for s in stages if s["status"] == "passed"}
+    checks = []
+
+    def add(what: str, target: str, value: Any, ok: bool) -> None:
+        checks.append({"what": what, "target": target, "value": value, "ok": bool(ok)})
+
+    fused = results.get("fused_bench", {})
+    if "speedup_vs_eager" in fused:
+        add("fused cell fwd+bwd vs eager (geometric mean)", ">= 1.5x", fused["speedup_vs_eager"],
+            fused["speedup_vs_eager"] >= 1.5)
+    if fused.get("speedup_vs_compile") is not None:
+        add("fused cell fwd+bwd vs torch.compile", ">= 1.0x", fused["speedup_vs_compile"],
+            fused["speedup_vs_compile"] >= 1.0)
+    bandwidth = results.get("kernel_bandwidth", {})
+    if "copy_fraction" in bandwidth:
+        add("mixed-depthwise bandwidth / copy bandwidth", ">= 50%", bandwidth["copy_fraction"],
+            bandwidth["copy_fraction"] >= 0.5)
+    for name in ("torch_validate", "trt_table"):
+        val = results.get(name, {})
+        if "within_10pct" in val:
+            add(f"{name}: networks within 10% of the table's prediction", ">= 90%", val["within_10pct"],
+                val["within_10pct"] >= 0.9)
+    return checks
+
+
+def stage_command(stage: Stage, params: dict[str, Any], out: Path) -> list[str]:
+    """A stage runs as this script with --stage NAME, writing OUT/stages/NAME.json."""
+    return [sys.executable, str(SCRIPT), "--stage", stage.name, "--params", json.dumps(params), "--out", str(out)]
+
+
+def run_stage(stage: Stage, seconds: float, params: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run `--stage NAME` in its own process group; kill the whole group at the deadline."""
+    result_file = out / "stages" / f"{stage.name}.json"
+    result_file.unlink(missing_ok=True)
+    log = out / "logs" / f"{stage.name}.log"
+    cmd = stage_command(stage, params, out)
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    (out / f"{step}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    entry: dict[str, Any] = {"command": " ".join(cmd), "returncode": proc.returncode,
-                             "seconds": round(time.monotonic() - start, 1)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the stage and its children (pytest, compile workers)
+            proc.wait()
+            rc = None
+    entry: dict[str, Any] = {"seconds": round(time.monotonic() - start, 1), "log": str(log.relative_to(out))}
+    if result_file.exists():
+        entry["result"] = json.loads(result_file.read_text())
+    if rc is None:
+        entry.update(status="timed_out", reason=f"stopped at its share of the budget ({seconds:.0f} s)")
+    elif rc != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        entry.update(status="failed", reason=f"exit {rc}: {tail[0][:300]}")
+    else:
+        entry["status"] = "passed"
+    return entry
+
+
+def run_stages(stages: list[Stage], out: Path, budget_min: float, needs: dict[str, str | None]) -> int:
+    """Run the stages the machine can run, each within its share of the budget; the exit status."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stages").mkdir(exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    start = time.monotonic()
+    deadline = start + budget_min * 60
+    report: dict[str, Any] = {"budget_min": budget_min, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                              "state": "running", "stages": [], "checks": []}
+    budget_s = budget_min * 60
+    reasons = {s.name: needs.get(s.needs) or (f"needs >= {s.min_s / 60:.0f} min alone, the budget is "
+                                                  f"{budget_min:g} min (raise --budget)" if s.min_s > budget_s else None)
+               for s in stages}
+    runnable = [s for s in stages if reasons[s.name] is None]
+    for stage in stages:
+        why = reasons[stage.name]
+        entry: dict[str, Any] = {"name": stage.name, "what": stage.what}
+        report["stages"].append(entry)
+        if why is not None:
+            entry.update(status="skipped", reason=why)
+            continue
+        to_run = runnable[runnable.index(stage):]
+        seconds = min(share(stage, deadline - time.monotonic(), to_run), deadline - time.monotonic())
+        if seconds < stage.min_s:
+            entry.update(status="skipped", reason=f"the budget leaves {max(seconds, 0):.0f} s, it needs "
+                                                  f">= {stage.min_s:.0f} s (raise --budget)")
+            continue
+        params = PARAMS[stage.name](seconds) if stage.name in PARAMS else {}
+        entry.update(status="running", budget_s=round(seconds, 1), params=params)
+        report["elapsed_s"] = time.monotonic() - start
+        write_report(out, report)  # a kill now leaves the stage marked as running
+        print(f"== {stage.name} ({seconds:.0f} s): {stage.what}", flush=True)
+        entry.update(run_stage(stage, seconds, params, out))
+        print(f"   {entry['status']} in {entry['seconds']} s {entry.get('reason', '')}", flush=True)
+        report["checks"] = targets(report["stages"])
+        report["elapsed_s"] = time.monotonic() - start
+        write_report(out, report)
+    ran = [s for s in report["stages"] if s["status"] != "skipped"]
+    bad = [s["name"] for s in ran if s["status"] != "passed"]
+    no_gpu = needs.get("cuda") is not None
+    report["state"] = ("failed: " + ", ".join(bad)) if bad else ("no CUDA GPU: only the environment was checked"
+                                                                  if no_gpu else "every stage that ran passed")
+    report["elapsed_s"] = time.monotonic() - start
+    write_report(out, report)
+    print(f"report: {out / 'report.md'}; {report['state']}")
+    return 1 if bad else (NO_GPU_EXIT if no_gpu else 0)
+
+
+# --- the stages themselves (run in a child process: `--stage NAME`) -----------------------------
+
+def stage_environment(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    import importlib.metadata
+    import shutil
+
+    import torch
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__,
+                            "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+                            "cuda_bindings": version("cuda-bindings") or version("cuda-python"),
+                            "gpu": None, "driver": None, "nvrtc": None, "tensorrt": None}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, capability=f"sm_{props.major}{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1), gpus=torch.cuda.device_count())
+    if shutil.which("nvidia-smi"):
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True)
+        info["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
     try:
-        entry["result"] = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        entry["tail"] = proc.stdout[-2000:]
-    log[step] = entry
-    print(f"   -> exit {proc.returncode} in {entry['seconds']} s", flush=True)
-    return entry.get("result")
+        from cuda.bindings import nvrtc
+
+        err, major, minor = nvrtc.nvrtcVersion()
+        info["nvrtc"] = f"{major}.{minor}" if int(err) == 0 else None
+    except Exception as exc:  # noqa: BLE001 - any loader failure is reported, not raised
+        info["nvrtc"] = f"unavailable ({type(exc).__name__}: {exc})"[:200]
+    try:
+        import tensorrt
+
+        info["tensorrt"] = getattr(tensorrt, "__version__", None) if hasattr(tensorrt, "Builder") else None
+    except ImportError:
+        pass
+    return info
+
+
+def stage_kernel_tests(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    import re
+
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                           "tests/"], capture_output=True, text=True, cwd=REPO)
+    print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n")
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", proc.stdout)}
+    result = {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)
+              + counts.get("errors", 0), "skipped": counts.get("skipped", 0), "returncode": proc.returncode}
+    if proc.returncode != 0:
+        write_result(out, "kernel_tests", result)
+        raise SystemExit(f"pytest -m gpu exited {proc.returncode}: {result}")
+    return result
+
+
+def stage_fused_bench(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_multibranch as bm
+    import torch
+
+    from hwnas.spaces import builtin
+
+    space = builtin().spaces["latency19"]
+    device, batch = params.get("device", "cuda"), params.get("batch", 16)  # others only in the script's tests
+    rows = []
+    start = time.monotonic()
+    for pos in bm.SHAPES[:params["positions"]]:
+        begin = time.monotonic()
+        rows.append(bm.bench_position(space, pos, device, batch, bm.bench_protocol(params["rounds"]), params["compile"]))
+        write_result(out, "fused_bench", {"rows": rows})  # partial figures survive a timeout
+        print(json.dumps(rows[-1]), flush=True)
+        if time.monotonic() - start + (time.monotonic() - begin) > 0.9 * params["seconds"]:
+            break  # the next position would not fit in this stage's time
+
+    def geomean(key: str) -> float | None:
+        vals = [r[key] for r in rows if key in r]
+        return round(math.exp(sum(math.log(v) for v in vals) / len(vals)), 3) if vals else None
+
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    return {"batch": batch, "device": name, "speedup_vs_eager": geomean("speedup_vs_eager"),
+            "speedup_vs_compile": geomean("speedup_vs_compile"), "rows": rows}
+
+
+def stage_kernel_bandwidth(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    import torch
+
+    from hwnas.kernels import SegmentSpec, mixed_depthwise
+
+    def gpu_ms(fn: Callable[[], Any], iterations: int = 20) -> float:
+        fn()
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(iterations):
+            fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / iterations
+
+    rows: list[dict[str, Any]] = []
+    for dtype in (torch.float32, torch.float16):
+        # a latency19 hidden tensor: 64 channels x T=6 per branch, k 3/5/7, at 56x56, batch 16
+        segments = [SegmentSpec(384, k, 1, 1) for k in (3, 5, 7)]
+        x = torch.randn(16, sum(s.channels for s in segments), 56, 56, device="cuda", dtype=dtype)
+        flat = torch.randn(sum(s.channels * s.kernel**2 for s in segments), device="cuda", dtype=dtype)
+        src, dst = torch.empty_like(x), torch.empty_like(x)
+        kernel_ms: list[float] = []
+        copy_ms: list[float] = []
+        for _ in range(7):  # interleaved rounds, medians: both see the same clocks
+            kernel_ms.append(gpu_ms(lambda: mixed_depthwise(x, flat, segments)))
+            copy_ms.append(gpu_ms(lambda: dst.copy_(src)))
+        kernel, copy = sorted(kernel_ms)[3], sorted(copy_ms)[3]
+        size = x.element_size()
+        moved = (2 * x.numel() + flat.numel()) * size  # read h and the weights, write the outputs
+        kernel_gbps, copy_gbps = moved / kernel / 1e6, 2 * x.numel() * size / copy / 1e6
+        rows.append({"dtype": str(dtype).removeprefix("torch."), "kernel_ms": round(kernel, 4),
+                     "copy_ms": round(copy, 4), "kernel_gbps": round(kernel_gbps, 1), "copy_gbps": round(copy_gbps, 1),
+                     "copy_fraction": round(kernel_gbps / copy_gbps, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"copy_fraction": min(float(r["copy_fraction"]) for r in rows), "rows": rows}
+
+
+def table_path(out: Path, backend: str) -> Path:
+    return out / f"latency19_{backend}-cuda_b16.json"
+
+
+def hwnas(*args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hwnas.cli.main", *args], cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"hwnas {' '.join(args[:2])} exited {proc.returncode}")
+
+
+def stage_torch_table(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    from hwnas.profiling.table import Table
+
+    path = table_path(out, "torch")
+    hwnas("table", "build", "--space", "latency19", "--macro", "latency", "--backend", "torch", "--batch", "16",
+          "--rounds", str(params["rounds"]), "--drift-wait", "1", "--quiet", "--resume", "-o", str(path))
+    table = Table.load(path)
+    return {"table": path.name, "entries": len(table.entries), "complete": bool(table.meta.get("complete")),
+            "device": table.meta.get("device"), "rounds": params["rounds"]}
+
+
+def validation(table: Path, params: dict[str, Any], out: Path, name: str) -> dict[str, Any]:
+    report = out / f"{name}.json"
+    hwnas("validate", "--table", str(table), "--samples", str(params["samples"]), "--rounds", str(params["rounds"]),
+          "--quiet", "-o", str(report))
+    data = json.loads(report.read_text())
+    return {k: data[k] for k in ("n", "within_10pct", "mape", "spearman") if k in data} | {"report": report.name}
+
+
+def stage_torch_validate(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    table = table_path(out, "torch")
+    if not table.exists():
+        raise SystemExit("no torch table to validate (the torch_table stage did not finish)")
+    return validation(table, params, out, "torch_validation")
+
+
+def stage_trt_engines(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    from hwnas.profiling.backends.tensorrt import fp16_onnx_for, trt_major
+
+    result: dict[str, Any] = {}
+    for precision in ("fp32", "fp16"):
+        half = precision == "fp16"
+        onnx = out / f"nsenet_gpu_{precision}.onnx"
+        plan = out / f"nsenet_gpu_{precision}.plan"
+        hwnas("export", "onnx", "nsenet_gpu", "--reparam", "-o", str(onnx),
+              *(["--fp16"] if half and fp16_onnx_for(trt_major()) else []))
+        hwnas("export", "engine", str(onnx), "-o", str(plan), *(["--fp16"] if half else []),
+              "--timing-cache", str(out / "timing.cache"), "--json")
+        bench = out / f"bench_{precision}.json"
+        with open(bench, "w") as f:
+            proc = subprocess.run([sys.executable, "-m", "hwnas.cli.main", "bench", str(plan), "--backend", "tensorrt",
+                                   "--batch", "16", "--duration-s", "2", "--json"], cwd=REPO, stdout=f)
+        if proc.returncode != 0:
+            raise SystemExit(f"hwnas bench {plan.name} exited {proc.returncode}")
+        data = json.loads(bench.read_text())
+        result[f"{precision}_median_ms"] = data["latency_ms"]["median"]
+        result[f"{precision}_engine_precision"] = data.get("engine_precision")
+        write_result(out, "trt_engines", result)
+    return result
+
+
+def stage_trt_table(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    path = table_path(out, "tensorrt")
+    hwnas("table", "build", "--space", "latency19", "--macro", "latency", "--backend", "tensorrt", "--batch", "16",
+          "--rounds", str(params["rounds"]), "--quiet", "--resume", "-o", str(path))
+    return validation(path, params, out, "tensorrt_validation")
+
+
+def write_result(out: Path, name: str, result: dict[str, Any]) -> None:
+    write_whole(out / "stages" / f"{name}.json", json.dumps(result, indent=1) + "\n")
+
+
+def run_one(name: str, params: dict[str, Any], out: Path) -> int:
+    result = globals()[f"stage_{name}"](params, out)
+    write_result(out, name, result)
+    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="gpu_acceptance")
-    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--budget", type=float, default=8.0, metavar="MINUTES",
+                    help="wall-clock minutes for the whole run (default 8)")
+    ap.add_argument("--out", default="gpu_acceptance", help="folder of the report, tables, engines and logs")
+    ap.add_argument("--stage", choices=[s.name for s in STAGES], help=argparse.SUPPRESS)  # a child's one stage
+    ap.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    missing = gpu_missing()
-    if missing:
-        print(f"gpu_acceptance: cannot run here: {missing}. Nothing was done.", file=sys.stderr)
-        return 2
+    if not args.budget > 0:
+        ap.error("--budget must be a positive number of minutes")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    hw = [sys.executable, "-m", "hwnas.cli.main"]
-    table = str(out / "latency19_tensorrt_b16.json")
-    log: dict[str, Any] = {}
-    run("table", [*hw, "table", "build", "--space", "latency19", "--macro", "latency", "--backend", "tensorrt",
-                  "--batch", "16", "-o", table, "--resume"], log, out)
-    run("validate", [*hw, "validate", "--table", table, "--samples", str(args.samples), "--json",
-                     "--plot", str(out / "validation.png")], log, out)
-    run("kernel_tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/"], log, out)
-    run("kernel_bench", [sys.executable, "benchmarks/bench_multibranch.py", "--json"], log, out)
-    for precision in ("fp32", "fp16"):
-        flag = ["--fp16"] if precision == "fp16" else []
-        onnx = str(out / f"nsenet_gpu_{precision}.onnx")
-        plan = str(out / f"nsenet_gpu_{precision}.plan")
-        run(f"onnx_{precision}", [*hw, "export", "onnx", "nsenet_gpu", "-o", onnx, "--reparam", *flag, "--json"], log,
-            out)
-        run(f"engine_{precision}", [*hw, "export", "engine", onnx, "-o", plan, *flag, "--timing-cache",
-                                    str(out / "timing.cache"), "--json"], log, out)
-        run(f"bench_{precision}", [*hw, "bench", onnx, "--backend", "tensorrt", "--batch", "16", *flag,
-                                   "--table", table, "--json"], log, out)
-    (out / "report.json").write_text(json.dumps(log, indent=1) + "\n")
-    lines = ["# hwnas GPU acceptance", "", "| step | exit | seconds | key figures |", "| --- | --- | --- | --- |"]
-    for step, entry in log.items():
-        result = entry.get("result") or {}
-        keys = {k: result[k] for k in ("within_10pct", "spearman", "mape", "speedup_vs_eager", "throughput_ips",
-                                       "cov", "predicted_ms", "prediction_error") if isinstance(result, dict) and k in result}
-        if isinstance(result, dict) and "latency_ms" in result and isinstance(result["latency_ms"], dict):
-            keys["median_ms"] = result["latency_ms"]["median"]
-        lines.append(f"| {step} | {entry['returncode']} | {entry['seconds']} | {json.dumps(keys)} |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    failed = [s for s, e in log.items() if e["returncode"]]
-    print(f"report: {out / 'report.md'}; {'all steps passed' if not failed else 'failed: ' + ', '.join(failed)}")
-    return 1 if failed else 0
+    if args.stage:
+        return run_one(args.stage, json.loads(args.params), out)
+    return run_stages(STAGES, out, args.budget, capabilities())
 
 
 if __name__ == "__main__":

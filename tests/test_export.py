@@ -90,15 +90,3 @@ def test_bench_cli_json(tmp_path, capsys):
 def test_engine_export_needs_tensorrt(tmp_path, capsys):
     code = main(["export", "engine", str(tmp_path / "x.onnx"), "-o", str(tmp_path / "x.plan")])
     assert code == 1 and "hwnas[gpu]" in capsys.readouterr().err
-
-
-def test_gpu_acceptance_refuses_without_gpu(tmp_path):
-    import subprocess
-    import sys
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the acceptance script would run for real")
-    out = tmp_path / "acc"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_acceptance.py"), "--out", str(out)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "cannot run here" in proc.stderr and not out.exists()
