@@ -27,6 +27,17 @@ def test_dry_run_reaches_macs_target(latency19_macs, fraction):
     assert result["final_expected"] == pytest.approx(result["trajectory"][-1]["expected"])
 
 
+def test_dry_run_reaches_a_far_target(latency19_macs):
+    """From the uniform start to NSENet-GPU's MACs (about a fifth of the start) in 400 steps."""
+    from hwnas.profiling.predict import predict
+    from hwnas.spaces import builtin
+
+    target = predict(latency19_macs, builtin().networks["nsenet_gpu"])["macs"] / 1e6
+    result = dry_run(latency19_macs, "macs", target, steps=400)
+    assert target / result["initial_expected"] < 0.25
+    assert abs(result["relative_error"]) <= 0.02
+
+
 @pytest.mark.skipif(not SHIPPED.exists(), reason=f"the shipped latency table {SHIPPED.name} is missing")
 @pytest.mark.parametrize("fraction", [0.6, 0.9])
 def test_dry_run_reaches_latency_target(fraction):

@@ -1,30 +1,35 @@
-"""`hwnas search --dry-run`: theta against the resource regularizer alone."""
+"""`hwnas search run`: the NSE search on data; `hwnas search --dry-run`: theta against the
+resource regularizer alone."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from hwnas.cli.output import print_json, table
+from hwnas.cli.output import millions, print_json, table
 from hwnas.errors import HwnasError
 from hwnas.supernet.search import DEFAULT_K, DEFAULT_LR
 
 
 def register(sub: Any) -> None:
     s = sub.add_parser(
-        "search", help="calibrate the resource regularizer (dry run: no data, no weights)",
-        description="Optimise the fitness indicators (theta) against the resource regularizer alone and "
-                    "report the trajectory of the expected cost E[C]: the tool for choosing alpha, beta and "
-                    "the target before training a supernet. Units: ms per batch for latency, millions of "
-                    "MACs per image for macs.",
+        "search", help="search a network on data (search run), or calibrate the regularizer (--dry-run)",
+        description="'hwnas search run ...' runs the NSE search on image data (see 'hwnas search run "
+                    "--help'). 'hwnas search --dry-run ...' optimises the fitness indicators (theta) against "
+                    "the resource regularizer alone and reports the trajectory of the expected cost E[C]: the "
+                    "tool for choosing alpha, beta and the target before training a supernet. Units: ms per "
+                    "batch for latency, millions of MACs per image for macs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--dry-run", action="store_true", required=True,
-                   help="required: only the regularizer is optimised (a full search needs data and a GPU)")
-    s.add_argument("--table", required=True, help="lookup table (its space and macro are used)")
+    actions = s.add_subparsers(dest="search_action", metavar="ACTION", parser_class=type(s))
+    actions.required = False
+    register_run(actions)
+    s.add_argument("--dry-run", action="store_true",
+                   help="only the regularizer is optimised (no data, no weights)")
+    s.add_argument("--table", help="lookup table (its space and macro are used)")
     s.add_argument("--space", metavar="NAME|FILE", help="refuse unless the table is of this space")
     s.add_argument("--macro", metavar="NAME|FILE", help="refuse unless the table is of this macro-architecture")
-    s.add_argument("--metric", choices=["latency", "macs"], required=True)
-    s.add_argument("--target", type=float, required=True, help="tau, in the metric's units")
+    s.add_argument("--metric", choices=["latency", "macs"])
+    s.add_argument("--target", type=float, help="tau, in the metric's units")
     s.add_argument("--form", choices=["nse", "nss", "linear", "fbnet"], default="nse")
     s.add_argument("--alpha", type=float, default=None, help="default: NSE's (2e-2 latency, 1e-5 macs)")
     s.add_argument("--beta", type=float, default=None, help="default: NSE's (2)")
@@ -47,6 +52,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hwnas.spaces import resolve_macro, resolve_space
     from hwnas.supernet.search import dry_run
 
+    if getattr(args, "search_action", None) is None:
+        missing = [flag for flag, value in (("--dry-run", args.dry_run), ("--table", args.table),
+                                            ("--metric", args.metric), ("--target", args.target)) if not value]
+        if missing:
+            raise HwnasError(f"'hwnas search' needs {', '.join(missing)} (a dry run), or the action 'run' "
+                             f"(see 'hwnas search run --help')")
     tbl = Table.load(args.table)
     if args.space and resolve_space(args.space).to_dict() != tbl.meta.get("space_def"):
         raise HwnasError(f"the table is of space {tbl.meta.get('space')}, not {args.space}")
@@ -67,4 +78,67 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"(target {args.target} {unit}, {result['relative_error']:+.2%}); reachable "
           f"{result['min_cost']:.3f}..{result['max_cost']:.3f}; form {result['form']}, alpha {result['alpha']}, "
           f"beta {result['beta']}")
+    return 0
+
+
+def register_run(actions: Any) -> None:
+    from hwnas.cli.options import COUNT, ROUNDS, SEED, TARGET, add_number
+
+    r = actions.add_parser(
+        "run", help="the NSE search on image data, driven by a lookup table",
+        description="Search a network with NSE's evolution loop (Ci et al., ICCV 2021): train a supernet on a "
+                    "subset of K ops per layer (weights on Bernoulli(0.5) subnets; fitness indicators with the "
+                    "table-driven regularizer on a held-out split), retrieve the Pareto front of (table cost, "
+                    "accuracy), keep its ops and refill each layer to K with ops not tried there yet; repeat "
+                    "until a layer's pool runs out or the rounds are spent. The run folder keeps a checkpoint "
+                    "(--resume), the log, every round's subset, thetas, samples and front, and the final front as "
+                    "architecture files for 'hwnas export onnx', 'hwnas bench' and 'hwnas predict'. Every "
+                    "setting can come from --config (YAML or JSON; the options below override it).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--table", required=True, help="lookup table: its space, macro-architecture and prices")
+    r.add_argument("--data", required=True, metavar="DIR|FILE.npz",
+                   help="an image folder (one sub-folder per class, all images of one size) or an .npz with "
+                        "'images' (N, C, H, W; float or uint8) and 'labels' (N,)")
+    target = r.add_mutually_exclusive_group(required=True)
+    add_number(target, "--target-ms", rng=TARGET, default=None,
+               help="latency constraint and target, ms per batch as the table predicts it")
+    add_number(target, "--target-macs", rng=TARGET, default=None, help="MACs constraint and target, millions per image")
+    add_number(r, "--rounds", rng=ROUNDS, default=None, help="at most this many rounds (default: until a pool runs out)")
+    add_number(r, "--K", dest="k", rng=COUNT, default=None, help="candidate ops per layer (default 6)")
+    add_number(r, "--epochs", rng=COUNT, default=None, help="supernet epochs per round (default 10)")
+    r.add_argument("--config", metavar="C.yaml", help="settings file (YAML or JSON); copied into the run folder")
+    r.add_argument("--fused", action="store_true", default=None,
+                   help="the fused multi-branch layer on the CPU too (always used on GPUs)")
+    r.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    add_number(r, "--seed", rng=SEED, default=None, help="random seed (default 0)")
+    r.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder")
+    r.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hwnas.profiling.table import Table
+    from hwnas.search import SearchConfig, load_data, read_config, search
+
+    settings = read_config(args.config) if args.config else {}
+    overrides = {"k": args.k, "epochs": args.epochs, "rounds": args.rounds, "seed": args.seed, "fused": args.fused}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if args.target_ms is not None:
+        settings.update(metric="latency", target=args.target_ms)
+    else:
+        settings.update(metric="macs", target=args.target_macs)
+    cfg = SearchConfig.from_dict(settings, args.config or "options").check(args.config or "options")
+    result = search(Table.load(args.table), load_data(args.data), cfg, args.output, resume=args.resume,
+                    device=args.device, progress=not args.quiet, config_source=args.config,
+                    sources={"paths": {"table": str(args.table), "data": str(args.data)}})
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    rows = [[f["file"], f"{f['latency_ms']:.3f}" if f["latency_ms"] is not None else "-", millions(f["macs"]),
+             f"{f['params']:,}", f"{f['supernet_accuracy']:.2%}"] for f in result.front]
+    print(table(rows, ["architecture", "latency ms", "MACs", "params", "supernet accuracy"]))
+    why = "a layer's pool ran out" if result.stopped == "pool" else "the rounds were spent"
+    print(f"{result.rounds} round(s), ended because {why}; results in {result.run_dir}")
     return 0

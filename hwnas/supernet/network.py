@@ -64,7 +64,7 @@ def weight_step(net: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def theta_step(net: Supernet, fitness: FitnessIndicators, regularizer: ResourceRegularizer,
@@ -78,4 +78,4 @@ def theta_step(net: Supernet, fitness: FitnessIndicators, regularizer: ResourceR
     net.zero_grad(set_to_none=True)
     (ce + penalty).backward()
     optimizer.step()
-    return float(ce), float(penalty)
+    return float(ce.detach()), float(penalty.detach())

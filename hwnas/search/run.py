@@ -1,0 +1,370 @@
+"""The NSE search loop and its run folder (Ci et al., "Evolving Search Space for Neural
+Architecture Search", ICCV 2021): train the supernet on the current subset, retrieve the Pareto
+front, aggregate and replenish, until a layer's pool runs out or the rounds are spent.
+
+A run is a folder:
+    config.json          every setting, the table's and data's identity (+ the user's config file, copied)
+    checkpoint.pt        weights, optimiser states, thetas, round state, RNG states (the last one)
+    log.jsonl            one JSON object per step / event: losses, E[cost], pruned ops
+    round_NN/            subset.json, thetas.json, samples.json, front.json, front.png (matplotlib)
+    final/               the last front as architecture files, and front.json
+    result.json          a summary
+Only rank 0 writes (a data-parallel run has one writer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwnas import files
+from hwnas.errors import HwnasError
+from hwnas.profiling.predict import predict
+from hwnas.profiling.table import Table
+from hwnas.search.config import SearchConfig
+from hwnas.search.data import (as_dataset, check_against_macro, data_shape, fixed_batches, split_held_out,
+                               step_seed)
+from hwnas.search.evolution import Evolution, aggregate
+from hwnas.search.retrieval import Candidate, Sampler, beyond, configs_of, evaluate, front_of, within
+from hwnas.search.training import RoundTrainer
+from hwnas.spaces.arch import Architecture, Cell, architecture_from_dict
+
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 1
+RETRIEVAL = 3  # tag of the retrieval's generator
+
+
+def table_digest(table: Table) -> str:
+    return hashlib.sha256(json.dumps(table.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def architecture(table: Table, ops: list[list[int]], name: str) -> Architecture:
+    """The architecture of per-layer op lists, in hwnas's spec format (checked by its parser)."""
+    space, macro, scale = table.space(), table.macro(), float(table.meta["scale"])
+    cells = [Cell(s.position.cell_type, tuple(sorted(o))) for s, o in zip(macro.slots(scale), ops)]
+    raw = {"space": space.name, "macro": macro.name, "scale": scale,
+           "cells": [{"type": c.type, "ops": list(c.ops)} for c in cells]}
+    return architecture_from_dict(name, raw, name, {space.name: space}, {macro.name: macro})
+
+
+class Log:
+    """JSON lines (and TensorBoard scalars when it is installed); silent off rank 0."""
+
+    def __init__(self, folder: Path | None):
+        self.path = folder / "log.jsonl" if folder else None
+        self.board: Any = None
+        if folder is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(folder / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.board = None
+
+    def write(self, record: dict[str, Any], global_step: int | None = None) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.board is not None and global_step is not None:
+            for key in ("loss", "ce", "penalty", "expected_cost"):
+                if key in record:
+                    self.board.add_scalar(f"round_{record.get('round', 0):02d}/{key}", record[key], global_step)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+def plot_round(path: Path, candidates: list[Candidate], front: list[Candidate], target: float, unit: str,
+               title: str) -> bool:
+    """Cost against accuracy: samples, edge samples, the previous front, this front. False when
+    matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, colour in (("sample", "tab:blue"), ("edge", "tab:orange"), ("previous", "tab:green")):
+        pts = [(c.cost, c.accuracy) for c in candidates if c.kind == kind]
+        if pts:
+            costs, accs = zip(*pts)
+            ax.scatter(costs, accs, s=10, alpha=0.6, color=colour, label=kind)
+    if front:
+        ax.plot([c.cost for c in front], [float(c.accuracy or 0.0) for c in front], "k.-", label="Pareto front")
+    ax.axvline(target, color="red", linestyle="--", linewidth=1, label="target")
+    ax.set_xlabel(f"table cost ({unit})")
+    ax.set_ylabel("held-out accuracy (supernet weights)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return True
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    rounds: int
+    front: list[dict[str, Any]]
+    stopped: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "rounds": self.rounds, "front": self.front, "stopped": self.stopped}
+
+
+class Search:
+    """NSE's loop over rounds. `data`: any torch Dataset (or DataLoader) of (image (C, H, W), label);
+    the held-out split is carved from it unless `held_out` is given."""
+
+    def __init__(self, table: Table, data: Any, cfg: SearchConfig, run_dir: str | Path, held_out: Any = None,
+                 device: str | torch.device | None = None, progress: bool = True, rank: int = 0, world: int = 1,
+                 config_source: str | Path | None = None, sources: dict[str, Any] | None = None):
+        self.table, self.cfg = table, cfg.check()
+        self.space, self.macro = table.space(), table.macro()
+        if cfg.metric == "latency" and not table.has_latency:
+            raise HwnasError("the table holds no latency (backend 'none'): search for MACs (metric macs) or use a "
+                             "profiled table")
+        dataset = as_dataset(data)
+        shape = data_shape(dataset)
+        check_against_macro(shape, self.macro)
+        self.train_set: Any
+        self.held_set: Any
+        if held_out is None:
+            self.train_set, self.held_set = split_held_out(dataset, cfg.held_out, cfg.seed)
+        else:
+            self.train_set, self.held_set = dataset, as_dataset(held_out)
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.progress, self.rank, self.world = progress, rank, world
+        self.main = rank == 0
+        self.identity = {"table": {"space": table.meta.get("space"), "macro": table.meta.get("macro"),
+                                   "digest": table_digest(table)},
+                         "data": {"train": len(self.train_set), "held_out": len(self.held_set),
+                                  "channels": shape.channels, "resolution": shape.resolution,
+                                  "classes": shape.classes}, **(sources or {})}
+        self.config_source = Path(config_source) if config_source else None
+        self.stop_after: int | None = None  # tests: raise KeyboardInterrupt after this many weight steps
+        self._steps_done = 0
+
+    # -- files -----------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _write_json(self, rel: str, data: Any) -> None:
+        if self.main:
+            files.write_json(self.run_dir / rel, data)
+
+    def _start_folder(self, resume: bool) -> None:
+        if not self.main:
+            return
+        if resume:
+            if not self.checkpoint_path.exists():
+                raise HwnasError(f"{self.run_dir} holds no checkpoint to resume: start a run without --resume")
+            recorded = files.read_json(self.run_dir / "config.json", "run configuration")
+            if recorded.get("config") != self.cfg.to_dict():
+                diff = sorted(k for k in self.cfg.to_dict() if recorded.get("config", {}).get(k) != getattr(self.cfg, k))
+                raise HwnasError(f"--resume with other settings than the run's ({', '.join(diff)}): resume with the "
+                                 f"same settings (the run's are in {self.run_dir / 'config.json'})")
+            if recorded.get("identity", {}).get("table") != self.identity["table"]:
+                raise HwnasError(f"--resume with another table than the run's ({recorded['identity']['table']})")
+            if recorded.get("identity", {}).get("data") != self.identity["data"]:
+                raise HwnasError(f"--resume with other data than the run's ({recorded['identity']['data']})")
+            return
+        if self.checkpoint_path.exists():
+            raise HwnasError(f"{self.run_dir} already holds a run: continue it with --resume, or choose another folder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record: dict[str, Any] = {"config": self.cfg.to_dict(), "identity": self.identity}
+        if self.config_source is not None:
+            copy = self.run_dir / f"config.source{self.config_source.suffix}"
+            files.write_bytes(copy, files.read_bytes(self.config_source, "config file"))
+            record["config_file"] = str(self.config_source)
+        self._write_json("config.json", record)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state,
+                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        with files.atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated or foreign file
+            raise HwnasError(f"cannot read the checkpoint {self.checkpoint_path}: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise HwnasError(f"{self.checkpoint_path} is not an hwnas search checkpoint")
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        return state
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> SearchResult:
+        self._start_folder(resume)
+        log = Log(self.run_dir if self.main else None)
+        files.on_interrupt(f"continue the search with --resume (from {self.checkpoint_path})")
+        try:
+            return self._loop(resume, log)
+        finally:
+            log.close()
+
+    def _loop(self, resume: bool, log: Log) -> SearchResult:
+        cfg = self.cfg
+        if resume:
+            state = self._load()
+            if state.get("done"):
+                done = files.read_json(self.run_dir / "result.json", "search result")
+                return SearchResult(self.run_dir, done["rounds"], done["front"], done["stopped"])
+            evo = Evolution.from_dict(state["evolution"])
+            round_index, previous = state["round"], [Candidate(**c) for c in state["previous_front"]]
+            history = state["history"]
+            trainer = (RoundTrainer.from_state(state["trainer"], self.table, cfg, self.train_set, self.held_set,
+                                               self.device, self.rank, self.world) if state["trainer"] else None)
+            log.write({"event": "resumed", "round": round_index, "step": trainer.step if trainer else 0})
+        else:
+            evo = Evolution.start(len(self.macro.slots(float(self.table.meta["scale"]))), len(self.space.ops), cfg.k,
+                                  cfg.seed)
+            round_index, previous, history, trainer = 1, [], [], None
+        stopped = "rounds"
+        while True:
+            if trainer is None:
+                trainer = RoundTrainer(self.table, evo.subsets, evo.locked, cfg, self.train_set, self.held_set,
+                                       round_index, self.device, self.rank, self.world)
+                self._write_json(f"round_{round_index:02d}/subset.json",
+                                 {"round": round_index, "layers": evo.subsets, "locked": evo.locked,
+                                  "ops": [[self.space.ops[i].name for i in s] for s in evo.subsets]})
+            started = time.perf_counter()
+            self._train(trainer, evo, round_index, previous, history, log)
+            front, candidates = self._retrieve(trainer, previous, round_index)
+            seconds = time.perf_counter() - started
+            self._write_round(trainer, round_index, candidates, front)
+            summary = {"round": round_index, "seconds": round(seconds, 2), "steps": trainer.total_steps,
+                       "front": [c.to_dict() for c in front], "evaluated": len(candidates),
+                       "pruned": trainer.pruned}
+            history.append(summary)
+            log.write({"event": "round", **{k: v for k, v in summary.items() if k != "front"},
+                       "front": [[c.cost, c.accuracy] for c in front]})
+            inherited = aggregate([c.ops for c in front], len(evo.subsets))
+            if round_index >= cfg.rounds:
+                break
+            if not evo.replenish(inherited):
+                stopped = "pool"  # NSE's end: a layer's pool cannot refill its subset
+                break
+            round_index, previous, trainer = round_index + 1, front, None
+            self._save({"round": round_index, "evolution": evo.to_dict(), "previous_front": [c.to_dict() for c in previous],
+                        "history": history, "trainer": None})
+        result = self._finish(front, round_index, stopped, history)
+        self._save({"round": round_index, "evolution": evo.to_dict(), "previous_front": [c.to_dict() for c in front],
+                    "history": history, "trainer": None, "done": True})
+        return result
+
+    def _train(self, trainer: RoundTrainer, evo: Evolution, round_index: int, previous: list[Candidate],
+               history: list[Any], log: Log) -> None:
+        from tqdm import tqdm
+
+        def save() -> None:
+            self._save({"round": round_index, "evolution": evo.to_dict(),
+                        "previous_front": [c.to_dict() for c in previous], "history": history,
+                        "trainer": trainer.state_dict()})
+
+        with tqdm(total=trainer.total_steps, initial=trainer.step, desc=f"round {round_index}", unit="step",
+                  disable=not (self.progress and self.main), leave=False) as bar:
+            while trainer.step < trainer.total_steps:
+                record = trainer.train_step()
+                record["round"] = round_index
+                log.write(record, global_step=trainer.step)
+                bar.update(1)
+                if "expected_cost" in record:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", cost=f"{record['expected_cost']:.3g}")
+                if trainer.step % self.cfg.checkpoint_every == 0 or trainer.step == trainer.total_steps:
+                    save()
+                self._steps_done += 1
+                if self.stop_after is not None and self._steps_done >= self.stop_after:
+                    raise KeyboardInterrupt
+
+    def _retrieve(self, trainer: RoundTrainer, previous: list[Candidate],
+                  round_index: int) -> tuple[list[Candidate], list[Candidate]]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        scale = self.table.calibration_factor if cfg.metric == "latency" else 1.0
+        sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops, scale)
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, round_index, RETRIEVAL))
+        draws = 20 * (cfg.samples + cfg.edge_samples)
+        candidates = sampler.sample(cfg.samples, within(cfg.target), "sample", gen, draws)
+        candidates += sampler.sample(cfg.edge_samples, beyond(cfg.target, cfg.edge_margin), "edge", gen, draws)
+        for old in previous:  # lock and rehearse: the previous front, re-evaluated on this supernet
+            configs = configs_of(old.ops, trainer.layer_ops)
+            if configs is not None:
+                cand = Candidate(old.ops, sampler.price(configs), "previous")
+                if cand.key not in sampler.seen:
+                    sampler.seen.add(cand.key)
+                    candidates.append(cand)
+        seed = step_seed(cfg.seed, round_index, RETRIEVAL, 1)
+        bn_count = min(cfg.bn_images, len(self.train_set))
+        for cand in tqdm(candidates, desc=f"round {round_index} evaluate", unit="arch",
+                         disable=not (self.progress and self.main), leave=False):
+            configs = configs_of(cand.ops, trainer.layer_ops)
+            assert configs is not None
+            cand.accuracy = evaluate(trainer.net, configs, fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed),
+                                     fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed), self.device)
+        return front_of(candidates), candidates
+
+    def _write_round(self, trainer: RoundTrainer, round_index: int, candidates: list[Candidate],
+                     front: list[Candidate]) -> None:
+        folder = f"round_{round_index:02d}"
+        self._write_json(f"{folder}/thetas.json", {"round": round_index, "layers": trainer.layer_ops,
+                                                   "thetas": trainer.thetas(), "pruned": trainer.pruned})
+        self._write_json(f"{folder}/samples.json", {"round": round_index, "target": self.cfg.target,
+                                                    "metric": self.cfg.metric, "samples": [c.to_dict() for c in candidates]})
+        self._write_json(f"{folder}/front.json", {"round": round_index, "front": [c.to_dict() for c in front]})
+        if self.main:
+            plot_round(self.run_dir / folder / "front.png", candidates, front, self.cfg.target,
+                       "ms per batch" if self.cfg.metric == "latency" else "M MACs", f"round {round_index}")
+
+    def _finish(self, front: list[Candidate], rounds: int, stopped: str, history: list[Any]) -> SearchResult:
+        """The last front within the constraint, as architecture files with their table prices."""
+        chosen = [c for c in front if c.cost <= self.cfg.target] or front[:1]
+        out = []
+        for i, cand in enumerate(chosen, 1):
+            name = f"searched_{i:02d}"
+            arch = architecture(self.table, cand.ops, name)
+            price = predict(self.table, arch)
+            info = {"arch": name, "file": f"final/{name}.json", "latency_ms": price.get("latency_ms"),
+                    "macs": price["macs"], "params": price["params"], "supernet_accuracy": cand.accuracy,
+                    "cost": cand.cost, "kind": cand.kind}
+            doc = {"about": (f"Searched by hwnas (NSE evolution, {rounds} rounds) for {self.cfg.metric} target "
+                             f"{self.cfg.target}: predicted latency {price.get('latency_ms')} ms per batch of "
+                             f"{self.table.meta.get('batch')}, {price['macs']} MACs, {price['params']} params, "
+                             f"supernet held-out accuracy {cand.accuracy}"), **arch.document()}
+            self._write_json(info["file"], doc)
+            out.append(info)
+        summary = {"rounds": rounds, "stopped": stopped, "target": self.cfg.target, "metric": self.cfg.metric,
+                   "front": out, "history": history}
+        self._write_json("final/front.json", out)
+        self._write_json("result.json", summary)
+        return SearchResult(self.run_dir, rounds, out, stopped)
+
+
+def search(table: Table, data: Any, cfg: SearchConfig, run_dir: str | Path, **kwargs: Any) -> SearchResult:
+    """Run (or with resume=True continue) an NSE search; see `Search`."""
+    resume = kwargs.pop("resume", False)
+    return Search(table, data, cfg, run_dir, **kwargs).run(resume=resume)

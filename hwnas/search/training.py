@@ -1,0 +1,224 @@
+"""One NSE round's supernet training (Ci et al., ICCV 2021, Sec. 3.1-3.2).
+
+Weights: every branch Bernoulli(0.5) per step (identity always on in normal cells), Nesterov
+SGD, cosine learning rate after a linear warm-up. Fitness indicators: one Adam step every
+`theta_every` weight steps on held-out data, through the simulated gradient of two sampled
+configurations plus the table-driven resource regularizer. Simplification: at the end of every
+epoch (or every `simplify_every` theta steps), branches whose theta fell below the threshold are
+dropped, except inherited ones (lock and rehearse) and the last branch of an R/E cell.
+
+Every random draw of a step comes from a generator seeded by (seed, round, step), and the data
+order by (seed, round, epoch): a run resumed from a checkpoint repeats the steps it lost exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwnas.profiling.table import Table
+from hwnas.search.config import SearchConfig
+from hwnas.search.data import ShardedBatches, collate, step_seed
+from hwnas.spaces.arch import Space
+from hwnas.spaces.macro import Macro
+from hwnas.supernet.costs import cost_model
+from hwnas.supernet.fitness import FitnessIndicators
+from hwnas.supernet.network import Supernet, theta_step, weight_step
+from hwnas.supernet.regularizer import ResourceRegularizer
+from hwnas.supernet.search import THETA_BETAS, theta_lr_factor
+from hwnas.supernet.simplify import simplify_layer
+
+WEIGHTS, THETA = 1, 2  # tags of the per-step generators
+
+
+def model_target(table: Table, cfg: SearchConfig) -> float:
+    """The target in the cost model's units: a latency target is of the table's calibrated
+    prediction (what `hwnas predict` reports), the cost model sums uncalibrated entries."""
+    return cfg.target / table.calibration_factor if cfg.metric == "latency" else cfg.target
+
+
+class RoundTrainer:
+    """The supernet, fitness indicators and optimisers of one round, and its training steps."""
+
+    def __init__(self, table: Table, layer_ops: Sequence[Sequence[int]], locked: Sequence[Sequence[int]],
+                 cfg: SearchConfig, train_set: Any, held_set: Any, round_index: int,
+                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1):
+        self.table, self.cfg, self.round = table, cfg, round_index
+        self.space: Space = table.space()
+        self.macro: Macro = table.macro()
+        self.scale = float(table.meta["scale"])
+        self.locked = [list(x) for x in locked]
+        self.train_set, self.held_set = train_set, held_set
+        self.device = torch.device(device)
+        self.batches = ShardedBatches(len(train_set), cfg.batch, step_seed(cfg.seed, round_index, WEIGHTS), rank, world)
+        self.held_batches = ShardedBatches(len(held_set), min(cfg.batch, len(held_set)),
+                                           step_seed(cfg.seed, round_index, THETA), rank, world)
+        self.total_steps = cfg.epochs * len(self.batches)
+        self.step = 0  # weight steps done
+        self.theta_steps = 0
+        self.pruned: list[dict[str, Any]] = []
+        with torch.random.fork_rng(devices=[]):  # weights re-initialised every round, from the seed
+            torch.manual_seed(step_seed(cfg.seed, round_index))
+            self._build([list(o) for o in layer_ops])
+        self.weight_opt = self._weight_optimizer()
+        self.theta_opt = torch.optim.Adam(self.fitness.parameters(), lr=cfg.theta_lr, betas=THETA_BETAS)
+        self._order_cache: dict[tuple[int, int], list[list[int]]] = {}
+
+    # -- structure -------------------------------------------------------------------------------
+
+    def _build(self, layer_ops: list[list[int]]) -> None:
+        fused = self.cfg.fused or self.device.type == "cuda"
+        self.net = Supernet(self.space, self.macro, self.scale, layer_ops, fused=fused).to(self.device)
+        needs = [c.needs_branch for c in self.cells]
+        self.fitness = FitnessIndicators([len(o) for o in layer_ops], needs).to(self.device)
+        self._pricing()
+
+    def _pricing(self) -> None:
+        self.costs = cost_model(self.table, [(c.position, c.ops) for c in self.cells], self.cfg.metric)
+        self.regularizer = ResourceRegularizer(self.costs, model_target(self.table, self.cfg), self.cfg.form,
+                                               self.cfg.alpha, self.cfg.beta, outer="expected")
+
+    @property
+    def cells(self) -> list[Any]:
+        return list(self.net.cells)
+
+    @property
+    def layer_ops(self) -> list[list[int]]:
+        return [list(c.ops) for c in self.cells]
+
+    def _weight_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+
+    # -- schedules -------------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        warm = self.cfg.warmup_epochs * len(self.batches)
+        if step < warm:
+            return self.cfg.lr * (step + 1) / warm
+        span = max(1.0, self.total_steps - warm)
+        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * (step - warm) / span))
+
+    @property
+    def total_theta_steps(self) -> int:
+        return self.total_steps // self.cfg.theta_every
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _batch(self, batches: ShardedBatches, dataset: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b = divmod(index, len(batches))
+        key = (id(batches), epoch)
+        if key not in self._order_cache:
+            self._order_cache = {k: v for k, v in self._order_cache.items() if k[0] != id(batches)}
+            self._order_cache[key] = list(batches.epoch(epoch))
+        x, y = collate(dataset, self._order_cache[key][b])
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, Any]:
+        """One weight step, and a theta step every `theta_every`; a simplification at an epoch's end."""
+        cfg, step = self.cfg, self.step
+        for group in self.weight_opt.param_groups:
+            group["lr"] = self.lr_at(step)
+        x, y = self._batch(self.batches, self.train_set, step)
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.round, step, WEIGHTS))
+        record: dict[str, Any] = {"step": step + 1, "loss": weight_step(self.net, self.weight_opt, x, y, gen)}
+        self.step += 1
+        if self.step % cfg.theta_every == 0:
+            record.update(self.fitness_step())
+        end_of_epoch = self.step % len(self.batches) == 0
+        due = (self.theta_steps % cfg.simplify_every == 0 and "ce" in record) if cfg.simplify_every else end_of_epoch
+        if due:
+            pruned = self.simplify()
+            if pruned:
+                record["pruned"] = pruned
+        return record
+
+    def fitness_step(self) -> dict[str, float]:
+        cfg, t = self.cfg, self.theta_steps
+        for group in self.theta_opt.param_groups:
+            group["lr"] = cfg.theta_lr * theta_lr_factor(t, self.total_theta_steps)
+        x, y = self._batch(self.held_batches, self.held_set, t)
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.round, t, THETA))
+        self.net.train()
+        ce, penalty = theta_step(self.net, self.fitness, self.regularizer, self.theta_opt, x, y, gen)
+        self.theta_steps += 1
+        with torch.no_grad():
+            expected = float(self.regularizer.expected_cost(self.fitness))
+        if self.cfg.metric == "latency":
+            expected *= self.table.calibration_factor
+        return {"ce": ce, "penalty": penalty, "expected_cost": expected}
+
+    # -- simplification (lock and rehearse) ------------------------------------------------------
+
+    def simplify(self) -> list[dict[str, Any]]:
+        """Drop the branches whose theta fell below the threshold (not inherited ones, not the last
+        of an R/E cell); the optimisers keep the state of what stays."""
+        pruned = []
+        keep_index: list[list[int]] = []
+        for i, (cell, theta) in enumerate(zip(self.cells, self.fitness.thetas)):
+            kept = simplify_layer(cell.ops, theta.detach().cpu(), cell.needs_branch, self.locked[i], self.cfg.threshold)
+            keep_index.append([cell.ops.index(op) for op in kept])
+            gone = [op for op in cell.ops if op not in kept]
+            if gone:
+                pruned.append({"layer": i, "ops": gone})
+        if not pruned:
+            return []
+        old_weight_state = {p: self.weight_opt.state[p] for p in self.net.parameters() if p in self.weight_opt.state}
+        old_thetas = list(self.fitness.thetas)
+        old_theta_state = [self.theta_opt.state.get(t, {}) for t in old_thetas]
+        for cell, keep in zip(self.cells, keep_index):
+            if len(keep) != len(cell.branches):
+                cell.branches = nn.ModuleList(cell.branches[j] for j in keep)
+                cell.ops = tuple(cell.ops[j] for j in keep)
+        with torch.no_grad():
+            self.fitness.thetas = nn.ParameterList(nn.Parameter(t.detach()[keep].clone())
+                                                   for t, keep in zip(old_thetas, keep_index))
+        self.weight_opt = self._weight_optimizer()
+        for p in self.net.parameters():
+            if p in old_weight_state:
+                self.weight_opt.state[p] = old_weight_state[p]
+        self.theta_opt = torch.optim.Adam(self.fitness.parameters(), lr=self.cfg.theta_lr, betas=THETA_BETAS)
+        for t, state, keep in zip(self.fitness.thetas, old_theta_state, keep_index):
+            if state:
+                self.theta_opt.state[t] = {k: (v[keep].clone() if isinstance(v, torch.Tensor) and v.ndim else v)
+                                           for k, v in state.items()}
+        self._pricing()
+        self.pruned.extend(pruned)
+        return pruned
+
+    # -- checkpoint ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "step": self.step, "theta_steps": self.theta_steps, "layer_ops": self.layer_ops,
+                "locked": self.locked, "net": self.net.state_dict(), "fitness": self.fitness.state_dict(),
+                "weight_opt": self.weight_opt.state_dict(), "theta_opt": self.theta_opt.state_dict(),
+                "pruned": self.pruned}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], table: Table, cfg: SearchConfig, train_set: Any, held_set: Any,
+                   device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> RoundTrainer:
+        trainer = cls(table, state["layer_ops"], state["locked"], cfg, train_set, held_set, state["round"], device,
+                      rank, world)
+        trainer.net.load_state_dict(state["net"])
+        trainer.fitness.load_state_dict(state["fitness"])
+        trainer.weight_opt.load_state_dict(state["weight_opt"])
+        trainer.theta_opt.load_state_dict(state["theta_opt"])
+        trainer.step, trainer.theta_steps = state["step"], state["theta_steps"]
+        trainer.pruned = list(state["pruned"])
+        return trainer
+
+    def thetas(self) -> list[list[float]]:
+        return [[float(v) for v in t.detach().cpu()] for t in self.fitness.thetas]
+
+    def run(self, on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
+        while self.step < self.total_steps:
+            record = self.train_step()
+            if on_step is not None:
+                on_step(record)

@@ -1,0 +1,314 @@
+"""The NSE search (hwnas.search): Pareto front, evolution, lock and rehearse, edge samples, BN
+recalibration, resume, and an end-to-end run whose architectures export to ONNX."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.cli.main import main
+from hwnas.errors import HwnasError
+from hwnas.profiling.predict import predict
+from hwnas.profiling.table import Table
+from hwnas.search import Evolution, Search, SearchConfig, TensorImages, aggregate, pareto_front
+from hwnas.search.data import load_npz
+from hwnas.search.retrieval import Sampler, beyond, configs_of, recalibrate_bn, within
+from hwnas.search.run import architecture
+from hwnas.search.training import RoundTrainer
+from hwnas.spaces import Macro, Space, load_file
+from hwnas.spaces.ops import op_from_dict
+
+from conftest import REPO
+
+OPS = [{"name": "dw_k3_t1", "kind": "dw", "kernel": 3, "expand": 1},
+       {"name": "dw_k5_t1", "kind": "dw", "kernel": 5, "expand": 1},
+       {"name": "dw_k3_t2", "kind": "dw", "kernel": 3, "expand": 2},
+       {"name": "dw_k5_t2", "kind": "dw", "kernel": 5, "expand": 2},
+       {"name": "ssc_k3_t1", "kind": "ssc", "kernel": 3, "expand": 1}]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions run fastest on one thread, and far faster on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 5-op space on a 16x16, 4-class macro; a table priced by a fake latency (a function of
+    MACs: no device needed) and a learnable .npz dataset."""
+    from hwnas.profiling.backends import get_backend
+    from hwnas.profiling.build import build_table
+
+    folder = tmp_path_factory.mktemp("nse")
+    macro = dataclasses.replace(load_file(REPO / "tests" / "data" / "tiny.json").macros["tiny"], input=16,
+                                classes=4, name="tiny16")
+    space = Space("tiny5", tuple(op_from_dict(o, "op") for o in OPS))
+    path = folder / "table.json"
+    build_table(space, macro, 1.0, get_backend("none"), 16, path, progress=False)
+    table = Table.load(path)
+    for e in table.entries.values():
+        ms = e["macs"] / 1e6 * 0.05 + 0.01
+        e["latency"] = {"count": 1, "min": ms, "median": ms, "mean": ms, "std": 0.0, "cov": 0.0}
+    table.meta["backend"] = {"name": "fake"}
+    table.meta["statistic"] = "median"
+    table.save(path)
+    g = torch.Generator().manual_seed(0)
+    n = 192
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.rand(n, 3, 16, 16, generator=g) * 0.5
+    for c in range(4):  # each class brightens its own band of one channel
+        x[y == c, c % 3, (c // 2) * 8:(c // 2) * 8 + 8, :] += 0.5
+    npz = folder / "data.npz"
+    np.savez(npz, images=(x.clamp(0, 1) * 255).to(torch.uint8).numpy(), labels=y.numpy())
+    full = predict(table, architecture(table, [list(range(5))] * len(macro.slots(1.0)), "full"))["latency_ms"]
+    return {"folder": folder, "table": table, "path": path, "npz": npz, "target": round(0.4 * full, 4)}
+
+
+def tiny_config(tiny, **kw) -> SearchConfig:
+    base = dict(metric="latency", target=tiny["target"], rounds=2, k=2, epochs=2, batch=32, samples=12,
+                edge_samples=4, edge_margin=0.5, bn_images=64, eval_batch=64, checkpoint_every=3, seed=1)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+# -- Pareto front ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pareto_front_matches_brute_force(seed):
+    rng = random.Random(seed)
+    pts = [(rng.randint(0, 8), rng.randint(0, 8)) for _ in range(40)]  # small ranges: many ties
+
+    def dominated(i):
+        c, a = pts[i]
+        return any((c2 <= c and a2 >= a and (c2, a2) != (c, a)) for c2, a2 in pts)
+
+    undominated = {pts[i] for i in range(len(pts)) if not dominated(i)}
+    front = pareto_front(pts)
+    assert {pts[i] for i in front} == undominated
+    assert len(front) == len(undominated)  # of equal points, one
+    assert [pts[i][0] for i in front] == sorted(pts[i][0] for i in front)
+
+
+# -- aggregation and replenishment -------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(4))
+def test_evolution_invariants(seed):
+    rng = random.Random(seed)
+    layers, ops, k = 4, 12, 3
+    evo = Evolution.start(layers, ops, k, seed)
+    seen = [list(s) for s in evo.subsets]
+    rounds = 0
+    while True:
+        assert all(len(s) == k and len(set(s)) == k for s in evo.subsets)
+        front = [[rng.sample(s, rng.randint(0, len(s))) for s in evo.subsets] for _ in range(rng.randint(1, 3))]
+        inherited = aggregate(front, layers)
+        for layer in range(layers):  # the union of the front's ops
+            assert set(inherited[layer]) == {op for arch in front for op in arch[layer]}
+        before = [list(s) for s in evo.subsets]
+        if not evo.replenish(inherited):
+            assert any(len(inherited[i]) + len(set(range(ops)) - set(seen[i])) < k for i in range(layers))
+            assert evo.subsets == before  # nothing changed
+            break
+        rounds += 1
+        for layer in range(layers):
+            subset = evo.subsets[layer]
+            assert set(inherited[layer]) <= set(subset)  # inherited ops kept
+            assert evo.locked[layer] == inherited[layer]
+            fresh = [op for op in subset if op not in inherited[layer]]
+            assert not set(fresh) & set(seen[layer])  # never an op the layer has had before
+            seen[layer].extend(fresh)
+            assert evo.pools[layer].traversed == seen[layer]
+    assert rounds >= 2
+
+
+# -- lock and rehearse -------------------------------------------------------------------------
+
+def test_simplify_never_prunes_inherited_ops(tiny):
+    table = tiny["table"]
+    ds = load_npz(tiny["npz"])
+    slots = table.macro().slots(1.0)
+    layer_ops = [[0, 1, 2] for _ in slots]
+    locked = [[1] if i % 2 else [] for i in range(len(slots))]
+    trainer = RoundTrainer(table, layer_ops, locked, tiny_config(tiny), ds, ds, 1)
+    with torch.no_grad():
+        for t in trainer.fitness.thetas:
+            t.copy_(torch.tensor([-5.0, -5.0, -1.0]))
+        trainer.fitness.thetas[0].copy_(torch.tensor([-5.0, -5.0, -5.0]))
+    pruned = trainer.simplify()
+    for i, (slot, ops) in enumerate(zip(slots, trainer.layer_ops)):
+        expected = [op for op in (0, 1, 2) if op in locked[i] or (op == 2 and i != 0)]
+        if not expected and slot.position.cell_type != "N":
+            expected = [0]  # the best (first of the ties) stays in an R/E cell
+        assert ops == expected, (i, slot.position.cell_type)
+        assert trainer.fitness.thetas[i].numel() == len(ops) == len(trainer.cells[i].branches)
+    assert all(set(p["ops"]).isdisjoint(locked[p["layer"]]) for p in pruned)
+    trainer.train_step()  # the pruned supernet and its optimisers still train
+
+
+# -- edge samples and pricing ------------------------------------------------------------------
+
+def test_samples_within_and_edge_samples_beyond_the_constraint(tiny):
+    table = tiny["table"]
+    ds = load_npz(tiny["npz"])
+    slots = table.macro().slots(1.0)
+    trainer = RoundTrainer(table, [[0, 1, 2, 3, 4] for _ in slots], [[] for _ in slots], tiny_config(tiny), ds, ds, 1)
+    sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops, table.calibration_factor)
+    gen = torch.Generator().manual_seed(0)
+    target = tiny["target"]
+    inside = sampler.sample(20, within(target), "sample", gen, 2000)
+    edge = sampler.sample(10, beyond(target, 0.3), "edge", gen, 4000)
+    assert inside and edge
+    assert all(c.cost <= target for c in inside)
+    assert all(target < c.cost <= 1.3 * target for c in edge)
+    assert len({c.key for c in inside + edge}) == len(inside) + len(edge)  # distinct
+    for c in inside[:5] + edge[:5]:  # the sampler's price is hwnas predict's
+        assert c.cost == pytest.approx(predict(table, architecture(table, c.ops, "a"))["latency_ms"], rel=1e-9)
+
+
+# -- BN recalibration --------------------------------------------------------------------------
+
+def test_bn_recalibration_equals_direct_statistics(tiny):
+    table = tiny["table"]
+    ds = load_npz(tiny["npz"])
+    slots = table.macro().slots(1.0)
+    trainer = RoundTrainer(table, [[0, 2, 4] for _ in slots], [[] for _ in slots], tiny_config(tiny), ds, ds, 1)
+    net = trainer.net
+    configs = [torch.tensor([True, False, True]) for _ in slots]
+    batches = [(ds.images[i:i + 40].expand(-1, 3, -1, -1), ds.labels[i:i + 40]) for i in range(0, 160, 40)]
+    recalibrate_bn(net, configs, batches)
+    # Reference: forward the same batches in training mode on a copy and collect each BN's inputs.
+    ref = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    inputs: dict[torch.nn.Module, list[torch.Tensor]] = {m: [] for m in ref}
+    handles = [m.register_forward_hook(lambda m, i, o: inputs[m].append(i[0].detach().clone())) for m in ref]
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            net(x, configs)
+    for h in handles:
+        h.remove()
+    net.load_state_dict(saved)
+    used = [m for m in ref if inputs[m]]
+    assert len(used) > 10
+    for m in used:
+        assert m.running_mean is not None and m.running_var is not None
+        x = torch.cat(inputs[m]).double().transpose(0, 1).reshape(m.num_features, -1)
+        torch.testing.assert_close(m.running_mean.double(), x.mean(1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.running_var.double(), x.var(1), rtol=1e-4, atol=1e-6)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+def test_data_mismatch_is_a_clear_error(tiny, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((8, 3, 12, 12), np.float32), labels=np.arange(8) % 4)
+    code = main(["search", "run", "--table", str(tiny["path"]), "--data", str(bad), "--target-ms", "1",
+                 "-o", str(tmp_path / "run"), "--quiet"])
+    assert code == 1
+    np.savez(bad, images=np.zeros((8, 3, 16, 16), np.float32), labels=np.arange(8) % 7)
+    with pytest.raises(HwnasError, match="7 classes.*ends in 4"):
+        Search(tiny["table"], load_npz(bad), tiny_config(tiny), tmp_path / "run2")
+    np.savez(bad, pixels=np.zeros((8, 3, 16, 16), np.float32))
+    with pytest.raises(HwnasError, match="no array images or labels"):
+        load_npz(bad)
+
+
+def test_image_folder_matches_npz(tmp_path):
+    image = pytest.importorskip("PIL.Image")
+    from hwnas.search.data import load_image_folder
+
+    rng = np.random.default_rng(0)
+    arrays = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    for i, a in enumerate(arrays):
+        (tmp_path / f"class{i % 2}").mkdir(exist_ok=True)
+        image.fromarray(a).save(tmp_path / f"class{i % 2}" / f"{i}.png")
+    ds = load_image_folder(tmp_path)
+    order = [0, 2, 4, 1, 3, 5]  # class0 files first, then class1, each sorted by name
+    ref = TensorImages(torch.from_numpy(arrays[order].transpose(0, 3, 1, 2).copy()), torch.tensor([0, 0, 0, 1, 1, 1]))
+    torch.testing.assert_close(ds.images, ref.images)
+    assert ds.labels.tolist() == ref.labels.tolist() and ds.classes == ["class0", "class1"]
+
+
+# -- the whole search --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished(tiny):
+    """One uninterrupted 2-round search through the CLI, with a YAML config file."""
+    cfg = tiny_config(tiny)
+    folder = tiny["folder"]
+    config = folder / "search.yaml"
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("metric", "target", "rounds", "k", "epochs")}
+    config.write_text(pytest.importorskip("yaml").safe_dump(settings))
+    run = folder / "run"
+    torch.set_num_threads(1)
+    code = main(["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms",
+                 str(cfg.target), "--rounds", "2", "--K", "2", "--epochs", "2", "--config", str(config), "-o", str(run),
+                 "--quiet", "--json"])
+    assert code == 0
+    return run
+
+
+def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys):
+    run = finished
+    result = json.loads((run / "result.json").read_text())
+    assert result["rounds"] == 2 and len(result["history"]) == 2
+    assert (run / "config.source.yaml").exists() and json.loads((run / "config.json").read_text())["config"]["k"] == 2
+    for r in (1, 2):
+        for name in ("subset.json", "thetas.json", "samples.json", "front.json"):
+            assert (run / f"round_{r:02d}" / name).exists()
+        samples = json.loads((run / f"round_{r:02d}" / "samples.json").read_text())["samples"]
+        front = json.loads((run / f"round_{r:02d}" / "front.json").read_text())["front"]
+        points = [(s["cost"], s["accuracy"]) for s in samples]
+        assert sorted(map(tuple, ([f["cost"], f["accuracy"]] for f in front))) == sorted(
+            points[i] for i in pareto_front(points))
+    subset1 = json.loads((run / "round_01" / "subset.json").read_text())
+    subset2 = json.loads((run / "round_02" / "subset.json").read_text())
+    front1 = json.loads((run / "round_01" / "front.json").read_text())["front"]
+    for layer, (old, new) in enumerate(zip(subset1["layers"], subset2["layers"])):
+        kept = {op for f in front1 for op in f["ops"][layer]}
+        assert kept <= set(new) and set(subset2["locked"][layer]) == kept and len(new) == 2
+        assert set(new) - kept <= set(range(5)) - set(old)  # refilled with ops the layer had not had
+    samples2 = json.loads((run / "round_02" / "samples.json").read_text())["samples"]
+    assert {"previous", "sample"} <= {s["kind"] for s in samples2}
+    assert all(s["cost"] > tiny["target"] for s in samples2 if s["kind"] == "edge")
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("expected_cost" in r for r in log) and sum(r.get("event") == "round" for r in log) == 2
+    final = result["front"]
+    assert final and all(f["latency_ms"] <= tiny["target"] for f in final)
+    capsys.readouterr()
+    for f in final:  # architecture files the other commands take as they are
+        path = run / f["file"]
+        assert main(["predict", "--table", str(tiny["path"]), str(path), "--json"]) == 0
+        priced = json.loads(capsys.readouterr().out)
+        assert priced["latency_ms"] == pytest.approx(f["latency_ms"]) and priced["macs"] == f["macs"]
+    path = run / final[0]["file"]
+    assert main(["export", "onnx", str(path), "-o", str(tmp_path / "net.onnx"), "--batch", "2"]) == 0
+    assert (tmp_path / "net.onnx").stat().st_size > 0
+
+
+def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
+    cfg = tiny_config(tiny)
+    run = tmp_path / "run"
+    search = Search(tiny["table"], load_npz(tiny["npz"]), cfg, run, progress=False)
+    search.stop_after = 7  # mid-round 1, one step after a checkpoint: that step is lost and redone
+    with pytest.raises(KeyboardInterrupt):
+        search.run()
+    assert (run / "checkpoint.pt").exists() and not (run / "round_01" / "thetas.json").exists()
+    code = main(["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms",
+                 str(cfg.target), "--rounds", "2", "--K", "2", "--epochs", "2", "--config",
+                 str(tiny["folder"] / "search.yaml"), "-o", str(run), "--resume", "--quiet", "--json"])
+    assert code == 0
+    for r in (1, 2):
+        a = json.loads((finished / f"round_{r:02d}" / "thetas.json").read_text())
+        b = json.loads((run / f"round_{r:02d}" / "thetas.json").read_text())
+        assert a == b
+    assert json.loads((finished / "result.json").read_text())["front"] == json.loads((run / "result.json").read_text())["front"]
