@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
     b.add_argument("--duration-s", type=float, default=3.0)
     b.add_argument("--iterations", type=int, default=10, help="minimum number of timed iterations")
     b.add_argument("--threads", type=int, default=None, help="CPU threads (ort/torch; default 1)")
-    b.add_argument("--fp16", action="store_true", help="TensorRT/torch-CUDA: FP16")
+    b.add_argument("--fp16", action="store_true",
+                   help="TensorRT/torch-CUDA: FP16 (TensorRT 11 needs an FP16 ONNX; the engine's own precision "
+                        "is reported)")
     b.add_argument("--reparam", action="store_true", help="architectures: benchmark the re-parameterised export")
     b.add_argument("--no-cuda-graph", action="store_true", help="TensorRT: enqueue without CUDA graphs")
     b.add_argument("--seed", type=int, default=0)
