@@ -5,6 +5,7 @@ TensorRT itself are type-checked in test_tensorrt_types.py; they cannot run with
 from __future__ import annotations
 
 import json
+import sys
 
 import onnx
 import pytest
@@ -92,3 +93,79 @@ def test_graph_holds_enough_runs_to_hide_enqueue_cost():
     assert graph_runs(0.004) * 0.004 >= GRAPH_MIN_MS  # a 4-us single-op engine
     assert graph_runs(5.0) == 1  # a whole network: one run per replay
     assert graph_runs(0.0) == MAX_RUNS_PER_GRAPH
+
+
+# --- the builder's control flow, against a stand-in for TensorRT (tests/fake_tensorrt.py) -------
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    from fake_tensorrt import make
+
+    from hwnas.profiling.backends import tensorrt as backend
+
+    def install(version="10.13.0"):
+        fake = make(version)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake)
+        backend.trt_logger.cache_clear()
+        return fake
+
+    yield install
+    backend.trt_logger.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def onnx_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    arch = resolve_architecture(str(REPO / "tests" / "data" / "tiny.json"))
+    export_onnx(arch, folder / "dyn.onnx", dynamic_batch=True)
+    export_onnx(arch, folder / "fixed.onnx", batch=4)
+    export_onnx(arch, folder / "half.onnx", batch=4, fp16=True)
+    return folder
+
+
+def test_dynamic_batch_onnx_builds_with_its_profile_and_one_logger(fake_trt, onnx_models):
+    from hwnas.profiling.backends.tensorrt import engine_from_onnx, inspector_json
+
+    fake = fake_trt()
+    build = engine_from_onnx((onnx_models / "dyn.onnx").read_bytes(), fp16=False, batch=8)
+    engine_from_onnx((onnx_models / "fixed.onnx").read_bytes(), fp16=False)
+    inspector_json(build.plan)
+    [shapes] = fake.calls["profiles"]  # the fixed-shape model needs none
+    assert list(shapes.values()) == [([1, 3, 32, 32], [8, 3, 32, 32], [8, 3, 32, 32])]
+    assert len(fake.calls["loggers"]) == 1  # builders, parsers, runtimes and inspectors share it
+    assert build.precision["precision"] == "fp32" and build.mode == "fp32"
+
+
+def test_fp16_per_tensorrt_version_and_read_back(fake_trt, onnx_models):
+    from hwnas.profiling.backends.tensorrt import engine_from_onnx
+
+    fp32_onnx, fp16_onnx = (onnx_models / "fixed.onnx").read_bytes(), (onnx_models / "half.onnx").read_bytes()
+    fake = fake_trt("10.13.0")
+    build = engine_from_onnx(fp32_onnx, fp16=True)
+    assert fake.calls["flags"] == ["FP16"] and build.precision["precision"] == "fp16"
+    fake = fake_trt("11.4.0")
+    with pytest.raises(HwnasError, match="strongly typed"):
+        engine_from_onnx(fp32_onnx, fp16=True)
+    build = engine_from_onnx(fp16_onnx, fp16=True)
+    assert fake.calls["network_flags"] == [1 << 1] and not fake.calls["flags"]  # the STRONGLY_TYPED bit
+    assert build.mode == "strongly_typed" and build.precision["precision"] == "fp16"
+    assert engine_from_onnx(fp32_onnx, fp16=False).precision["precision"] == "fp32"  # never called fp16
+
+
+def test_a_mismatched_timing_cache_is_refused_and_kept(fake_trt, onnx_models, tmp_path, monkeypatch):
+    from fake_tensorrt import CACHE_MAGIC
+
+    from hwnas.export import engine
+
+    fake_trt()
+    monkeypatch.setattr(engine, "require_tensorrt", lambda: None)  # the stand-in has no GPU to check
+    cache, plan = tmp_path / "gpu.cache", tmp_path / "m.plan"
+    cache.write_bytes(b"made by another GPU")
+    with pytest.raises(HwnasError, match="does not match"):
+        engine.export_engine(onnx_models / "fixed.onnx", plan, timing_cache=cache)
+    assert cache.read_bytes() == b"made by another GPU" and not plan.exists()
+    cache.write_bytes(CACHE_MAGIC + b"ours")
+    report = engine.export_engine(onnx_models / "dyn.onnx", plan, timing_cache=cache, batch=4)
+    assert cache.read_bytes() == CACHE_MAGIC + b"updated" and plan.exists()
+    assert report["precision"] == "fp32" and report["profile"]
+    assert json.loads((tmp_path / "m.plan.json").read_text())["Layers"]
