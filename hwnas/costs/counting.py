@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hwnas.model.blocks import head_layer, stem_layer
 from hwnas.spaces.arch import Architecture, PlacedCell, Space
 from hwnas.spaces.macro import Macro, Position
 from hwnas.spaces.ops import ConvLayer, OpSpec
@@ -53,13 +52,13 @@ def op_cost(op: OpSpec, pos: Position) -> Cost:
 
 
 def stem_cost(macro: Macro) -> Cost:
-    cost, _, _ = layers_cost([stem_layer(macro)], macro.input, macro.input)
+    cost, _, _ = layers_cost([macro.stem_layer()], macro.input, macro.input)
     return cost
 
 
 def head_cost(macro: Macro, scale: float) -> Cost:
     res = macro.final_resolution(scale)
-    conv, _, _ = layers_cost([head_layer(macro, macro.last_channels(scale))], res, res)
+    conv, _, _ = layers_cost([macro.head_layer(scale)], res, res)
     fc = Cost(macro.head_channels * macro.classes, macro.head_channels * macro.classes + macro.classes)
     return conv + fc
 

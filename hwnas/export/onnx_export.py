@@ -14,6 +14,7 @@ from torch import nn
 
 import hwnas
 from hwnas.errors import HwnasError
+from hwnas.model.checkpoints import upgrade_state_dict
 from hwnas.model.network import Network, build_network
 from hwnas.profiling.onnx_io import module_to_onnx
 from hwnas.spaces.arch import Architecture
@@ -33,7 +34,14 @@ def seeded_network(arch: Architecture, seed: int = 0, weights: str | None = None
         except (OSError, RuntimeError) as exc:
             raise HwnasError(f"cannot read checkpoint {weights}: {exc}") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        if not isinstance(state, dict):
+            raise HwnasError(f"checkpoint {weights} holds a {type(state).__name__}, not a state_dict; save "
+                             f"net.state_dict()")
+        # a checkpoint with positional layer names (branches.0.1.0.weight) is renamed, then checked
+        try:
+            missing, unexpected = net.load_state_dict(upgrade_state_dict(net, state), strict=False)
+        except RuntimeError as exc:  # shapes that differ; torch's message spans lines
+            raise HwnasError(f"checkpoint {weights} does not fit {arch.name}: {' '.join(str(exc).split())}") from None
         if missing or unexpected:
             raise HwnasError(f"checkpoint {weights} does not fit {arch.name}: missing {missing[:3]}..., "
                              f"unexpected {unexpected[:3]}...")

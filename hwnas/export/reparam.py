@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwnas.model.blocks import is_fusable_depthwise
+from hwnas.model.blocks import cell_terms, is_fusable_depthwise
 from hwnas.model.network import Network
 
 MERGES = ("auto", "padded", "grouped")
@@ -39,13 +39,6 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> nn.Conv2d:
     out.weight.data.copy_(w)
     out.bias.data.copy_(b)  # type: ignore[union-attr]
     return out
-
-
-def fold_block(block: Any) -> tuple[nn.Conv2d, bool]:
-    """A conv_block (conv, [BN], [ReLU]) as (folded conv, has ReLU)."""
-    conv: nn.Conv2d = block[0]
-    bn = next((m for m in block if isinstance(m, nn.BatchNorm2d)), None)
-    return fold_bn(conv, bn), any(isinstance(m, nn.ReLU) for m in block)
 
 
 def _effective(conv: nn.Conv2d) -> int:
@@ -75,12 +68,12 @@ class MergedDepthwiseBranches(nn.Module):
 
     def __init__(self, branches: list[Any], terms: int):
         super().__init__()
-        expands = [fold_block(b[0])[0] for b in branches]
+        expands = [fold_bn(b.expand, b.bn1) for b in branches]
         self.expand = nn.Conv2d(expands[0].in_channels, sum(e.out_channels for e in expands), 1, bias=True)
         self.expand.weight.data.copy_(torch.cat([e.weight.detach() for e in expands]))
         self.expand.bias.data.copy_(torch.cat([e.bias.detach() for e in expands]))  # type: ignore[union-attr,misc]
-        self.depthwise = padded_depthwise([fold_block(b[1])[0] for b in branches])
-        projects = [fold_block(b[2])[0] for b in branches]
+        self.depthwise = padded_depthwise([fold_bn(b.depthwise, b.bn2) for b in branches])
+        projects = [fold_bn(b.project, b.bn3) for b in branches]
         self.project = nn.Conv2d(sum(p.in_channels for p in projects), projects[0].out_channels, 1, bias=True)
         self.project.weight.data.copy_(torch.cat([p.weight.detach() for p in projects], 1) / terms)
         self.project.bias.data.copy_(torch.stack([p.bias.detach() for p in projects]).sum(0) / terms)  # type: ignore[union-attr,misc]
@@ -101,14 +94,14 @@ def depthwise_groups(branches: list[Any], merge: str) -> list[list[Any]]:
         return []
     by_kernel: dict[tuple[int, int], list[Any]] = {}
     for b in branches:
-        conv = b[1][0]
+        conv = b.depthwise
         by_kernel.setdefault((conv.kernel_size[0], conv.dilation[0]), []).append(b)
     if merge == "grouped":
         return list(by_kernel.values())
     if merge == "auto":
-        size = max(_effective(b[1][0]) for b in branches)
-        exact = sum(b[1][0].out_channels * b[1][0].kernel_size[0] ** 2 for b in branches)
-        padded = sum(b[1][0].out_channels for b in branches) * size ** 2
+        size = max(_effective(b.depthwise) for b in branches)
+        exact = sum(b.depthwise.out_channels * b.depthwise.kernel_size[0] ** 2 for b in branches)
+        padded = sum(b.depthwise.out_channels for b in branches) * size ** 2
         if padded > 1.25 * exact:
             return list(by_kernel.values())
     return [branches]
@@ -119,7 +112,7 @@ class ReparamCell(nn.Module):
         super().__init__()
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
-        terms = len(cell.branches) + int(cell.identity)
+        terms = cell_terms(len(cell.branches), cell.identity)
         self.identity_scale = 1.0 / terms if cell.identity else 0.0
         fused = [b for b in cell.branches if is_fusable_depthwise(b)]
         self.merged = nn.ModuleList(MergedDepthwiseBranches(g, terms) for g in depthwise_groups(fused, merge))
@@ -128,15 +121,13 @@ class ReparamCell(nn.Module):
             if is_fusable_depthwise(b):
                 continue
             layers: list[nn.Module] = []
-            blocks = list(b)
-            for i, block in enumerate(blocks):
-                conv, relu = fold_block(block)
-                if i == len(blocks) - 1:  # the mean's 1/n, folded into the last conv
-                    conv.weight.data /= terms
-                    conv.bias.data /= terms  # type: ignore[union-attr]
-                layers.append(conv)
+            for conv, bn, relu in b.steps():
+                layers.append(fold_bn(conv, bn))
                 if relu:
                     layers.append(nn.ReLU())
+            last: Any = layers[-1]  # the projection: the mean's 1/n is folded into it
+            last.weight.data /= terms
+            last.bias.data /= terms
             others.append(nn.Sequential(*layers))
         self.others = nn.ModuleList(others)
 
@@ -155,8 +146,7 @@ class ReparamCell(nn.Module):
 def reparameterize(net: Network, merge: str = "auto") -> nn.Module:
     """An inference-only copy of the network (eval-mode BN folded) with re-parameterised cells."""
     net = copy.deepcopy(net).eval()
-    stem_conv, _ = fold_block(net.stem)
-    stem = nn.Sequential(stem_conv, nn.ReLU())
+    stem = nn.Sequential(fold_bn(net.stem.conv, net.stem.bn), nn.ReLU())
     cells = nn.Sequential(*(ReparamCell(c, merge) if c.branches else nn.Identity()  # type: ignore[union-attr]
                             for c in net.cells))
     return nn.Sequential(stem, cells, net.head).eval()

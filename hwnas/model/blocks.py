@@ -1,4 +1,4 @@
-"""PyTorch building blocks: one operation at one position, the multi-branch cell, stem, head.
+"""PyTorch building blocks: one operation at one position, and the multi-branch cell's mean.
 
 This is the reference implementation: the fused kernel, the profilers and the exports are
 all checked against it. Layers come from `OpSpec.layers`, the single definition of an op.
@@ -10,37 +10,52 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from hwnas.spaces.macro import Macro, Position
-from hwnas.spaces.ops import ConvLayer, OpSpec
+from hwnas.model.stem_head import conv2d
+from hwnas.spaces.macro import Position
+from hwnas.spaces.ops import OpSpec
 
-
-def conv_block(layer: ConvLayer) -> nn.Sequential:
-    """Conv2d (+ BN) (+ ReLU) for one ConvLayer."""
-    mods: list[nn.Module] = [nn.Conv2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding,
-                                       dilation=layer.dilation, groups=layer.groups, bias=layer.bias)]
-    if layer.bn:
-        mods.append(nn.BatchNorm2d(layer.cout))
-    if layer.relu:
-        mods.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*mods)
-
-
-def stem_layer(macro: Macro) -> ConvLayer:
-    return ConvLayer(3, macro.stem_channels, (3, 3), (macro.stem_stride,) * 2, (1, 1))
+# The middle conv(s) of each kind, with the batch norm that follows each: bn2 is always the
+# one before the projection; a two-conv middle puts bn_mid between its convs.
+MIDDLE: dict[str, tuple[tuple[str, str], ...]] = {
+    "dw": (("depthwise", "bn2"),),
+    "conv": (("conv", "bn2"),),
+    "dual": (("conv1", "bn_mid"), ("conv2", "bn2")),
+    "ssc": (("conv_1xk", "bn_mid"), ("conv_kx1", "bn2")),
+}
 
 
-def head_layer(macro: Macro, cin: int) -> ConvLayer:
-    # No BN follows the head's 1x1 conv, so (unlike every other conv) it has a bias.
-    return ConvLayer(cin, macro.head_channels, (1, 1), bn=False, bias=True)
+class Operation(nn.Module):
+    """One candidate operation (inverted residual, linear bottleneck) at one layer position:
 
+        expand (1x1) -> bn1 -> ReLU -> middle -> bn2 -> ReLU -> project (1x1) -> bn3
 
-class Operation(nn.Sequential):
-    """One candidate operation (inverted residual, linear bottleneck) at one layer position."""
+    with the middle by kind (`MIDDLE`): depthwise (dw), conv (conv), conv1 -> bn_mid -> ReLU
+    -> conv2 (dual), conv_1xk -> bn_mid -> ReLU -> conv_kx1 (ssc).
+    """
 
     def __init__(self, op: OpSpec, position: Position):
-        super().__init__(*(conv_block(layer) for layer in op.layers(position.cin, position.cout, position.stride)))
+        super().__init__()
         self.op, self.position = op, position
+        expand, *middle, project = op.layers(position.cin, position.cout, position.stride)
+        self.expand, self.bn1 = conv2d(expand), nn.BatchNorm2d(expand.cout)
+        self.middle = MIDDLE[op.kind]
+        for (conv_name, bn_name), layer in zip(self.middle, middle, strict=True):
+            self.add_module(conv_name, conv2d(layer))
+            self.add_module(bn_name, nn.BatchNorm2d(layer.cout))
+        self.project, self.bn3 = conv2d(project), nn.BatchNorm2d(project.cout)
+
+    def steps(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d, bool]]:
+        """(conv, its batch norm, whether a ReLU follows) in order."""
+        middle = [(getattr(self, conv), getattr(self, bn), True) for conv, bn in self.middle]
+        return [(self.expand, self.bn1, True), *middle, (self.project, self.bn3, False)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.expand(x)), inplace=True)
+        for conv, bn in self.middle:
+            x = F.relu(getattr(self, bn)(getattr(self, conv)(x)), inplace=True)
+        return self.bn3(self.project(x))
 
 
 def is_fusable_depthwise(branch: nn.Module) -> bool:
@@ -50,12 +65,32 @@ def is_fusable_depthwise(branch: nn.Module) -> bool:
     return isinstance(op, OpSpec) and op.kind == "dw" and op.groups == (1, 1)
 
 
-class MultiBranchCell(nn.Module):
-    """Mean of the branches' outputs; a normal cell counts its input (identity) as one more term.
+def cell_terms(branches: int, identity: bool) -> int:
+    """The number of terms of a cell's mean: its branches, and the identity of a normal cell."""
+    return branches + int(identity)
 
-    out = (x + sum_n op_n(x)) / (1 + n) for a normal cell, sum_n op_n(x) / n otherwise.
-    A normal cell with no branch is the identity.
-    """
+
+def cell_mean(x: torch.Tensor, outs: Sequence[torch.Tensor], identity: bool) -> torch.Tensor:
+    """The multi-branch cell's output: the mean of the branches' outputs, a normal cell's input
+    (identity) being one more term (Ci et al., "Evolving Search Space for Neural Architecture
+    Search", ICCV 2021):
+
+        out = (x + sum_n op_n(x)) / (1 + n) for a normal cell, sum_n op_n(x) / n otherwise.
+
+    A normal cell with no branch is the identity."""
+    if not outs:
+        if not identity:
+            raise ValueError("a cell without identity needs at least one branch")
+        return x
+    total = x if identity else outs[0]
+    for y in outs[0 if identity else 1:]:
+        total = total + y
+    terms = cell_terms(len(outs), identity)
+    return total / terms if terms > 1 else total
+
+
+class MultiBranchCell(nn.Module):
+    """A cell of a network: its selected branches, merged by `cell_mean`."""
 
     def __init__(self, branches: Sequence[nn.Module], identity: bool):
         super().__init__()
@@ -65,25 +100,4 @@ class MultiBranchCell(nn.Module):
         self.identity = identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        terms = len(self.branches) + int(self.identity)
-        if not self.branches:
-            return x
-        out = x if self.identity else None
-        for branch in self.branches:
-            y = branch(x)
-            out = y if out is None else out + y
-        assert out is not None
-        return out / terms if terms > 1 else out
-
-
-class Head(nn.Module):
-    """1x1 conv (bias, ReLU, no BN), global average pool, FC."""
-
-    def __init__(self, macro: Macro, cin: int):
-        super().__init__()
-        self.conv = conv_block(head_layer(macro, cin))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(macro.head_channels, macro.classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+        return cell_mean(x, [branch(x) for branch in self.branches], self.identity)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hwnas.model.blocks import Head, MultiBranchCell, Operation, conv_block, stem_layer
+from hwnas.model.blocks import MultiBranchCell, Operation
+from hwnas.model.stem_head import Head, Stem
 from hwnas.spaces.arch import Architecture, PlacedCell
 
 
@@ -19,10 +20,10 @@ class Network(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
         self.arch = arch
-        self.stem = conv_block(stem_layer(arch.macro))
+        self.stem = Stem(arch.macro)
         # Empty normal cells are identities; they are left out of the module tree.
         self.cells = nn.Sequential(*(build_cell(arch, pc) for pc in arch.placed if pc.ops))
-        self.head = Head(arch.macro, arch.macro.last_channels(arch.scale))
+        self.head = Head(arch.macro, arch.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.cells(self.stem(x)))

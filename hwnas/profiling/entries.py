@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from hwnas.costs import Cost, head_cost, op_cost, stem_cost
-from hwnas.model.blocks import Head, Operation, conv_block, stem_layer
+from hwnas.model.blocks import Operation
+from hwnas.model.stem_head import Head, Stem
 from hwnas.profiling.table import HEAD_KEY, STEM_KEY, merge_add_key, merge_scale_key, op_key
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
@@ -62,14 +63,14 @@ def plan_groups(space: Space, macro: Macro, scale: float, batch: int) -> list[li
         groups.append(group)
     last, res = macro.last_channels(scale), macro.final_resolution(scale)
     groups.append([
-        EntrySpec(STEM_KEY, "stem", lambda: conv_block(stem_layer(macro)), ((batch, 3, macro.input, macro.input),),
+        EntrySpec(STEM_KEY, "stem", functools.partial(Stem, macro), ((batch, 3, macro.input, macro.input),),
                   stem_cost(macro)),
-        EntrySpec(HEAD_KEY, "head", lambda: Head(macro, last), ((batch, last, res, res),), head_cost(macro, scale)),
+        EntrySpec(HEAD_KEY, "head", functools.partial(Head, macro, scale), ((batch, last, res, res),), head_cost(macro, scale)),
     ])
     return groups
 
 
 def probe_entry(macro: Macro, batch: int) -> EntrySpec:
     """The drift probe: the stem, which every macro-architecture has."""
-    return EntrySpec("probe", "stem", lambda: conv_block(stem_layer(macro)),
+    return EntrySpec("probe", "stem", functools.partial(Stem, macro),
                      ((batch, 3, macro.input, macro.input),), stem_cost(macro))

@@ -1,4 +1,8 @@
-"""Macro-architectures: stem, stages of cells, head; and the layer positions they define."""
+"""Macro-architectures: stem, stages of cells, head; and the layer positions they define.
+
+The stem and head convolutions are defined here, beside the stages: the PyTorch modules
+(hwnas.model.stem_head) and the MACs/params counter both read them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwnas.errors import SpecError
+from hwnas.spaces.ops import ConvLayer
 
 CELL_TYPES = ("N", "R", "E")
 
@@ -73,6 +78,15 @@ class Macro:
         """Channels of each stage: the first is kept, the others scaled and made divisible by 8."""
         return [s.channels if i == 0 else make_divisible(s.channels * scale)
                 for i, s in enumerate(self.stages)]
+
+    def stem_layer(self) -> ConvLayer:
+        """3x3 conv, stride 2 in every built-in macro (3 -> stem channels), BN, ReLU."""
+        return ConvLayer(3, self.stem_channels, (3, 3), (self.stem_stride,) * 2, (1, 1))
+
+    def head_layer(self, scale: float) -> ConvLayer:
+        """The head's 1x1 conv to head channels, ReLU; before global average pool and the FC.
+        No BN follows it, so (unlike every other conv) it has a bias."""
+        return ConvLayer(self.last_channels(scale), self.head_channels, (1, 1), bn=False, bias=True)
 
     @property
     def stem_out_resolution(self) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hwnas.model.blocks import Operation
+from hwnas.model.blocks import Operation, cell_mean
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Position
 
@@ -28,11 +28,8 @@ def sample_config(n: int, needs_branch: bool, generator: torch.Generator | None 
 
 
 class SupernetCell(nn.Module):
-    """The branches of one layer's search-space subset; computes any configuration of them.
-
-    out = (x + sum_{active n} op_n(x)) / (1 + k) for a normal cell (identity always on),
-    sum_{active n} op_n(x) / k otherwise, with k active branches.
-    """
+    """The branches of one layer's search-space subset; computes any configuration of them:
+    the `cell_mean` of its active branches (a normal cell's identity always on)."""
 
     def __init__(self, space: Space, ops: Sequence[int], position: Position):
         super().__init__()
@@ -57,12 +54,4 @@ class SupernetCell(nn.Module):
     def forward(self, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
         self.check_config(config)
         active = [b for b, on in zip(self.branches, config.tolist()) if on]
-        if not active:
-            return x
-        out = x if self.identity else None
-        for branch in active:
-            y = branch(x)
-            out = y if out is None else out + y
-        assert out is not None
-        terms = len(active) + int(self.identity)
-        return out / terms if terms > 1 else out
+        return cell_mean(x, [branch(x) for branch in active], self.identity)

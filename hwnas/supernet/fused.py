@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hwnas.kernels import SegmentSpec, mixed_depthwise_bn_relu
-from hwnas.model.blocks import is_fusable_depthwise
+from hwnas.model.blocks import cell_mean, is_fusable_depthwise
 from hwnas.supernet.cell import SupernetCell
 
 
@@ -56,10 +56,10 @@ def bn_relu_conv(h: torch.Tensor | list[torch.Tensor], bns: list[Any], weight: t
 def bn_relu_depthwise(h: torch.Tensor | list[torch.Tensor], blocks: list[Any], training: bool,
                       inplace: bool) -> list[torch.Tensor]:
     """Each block's depthwise(relu(bn1(.))) over its channels of h, in one kernel call."""
-    dw: list[Any] = [b[1][0] for b in blocks]
+    dw: list[Any] = [b.depthwise for b in blocks]
     segments = [SegmentSpec(c.out_channels, c.kernel_size[0], c.dilation[0], c.stride[0]) for c in dw]
     weight = torch.cat([c.weight.reshape(-1) for c in dw])
-    return bn_relu_conv(h, [b[0][1] for b in blocks], weight, segments, training, inplace)
+    return bn_relu_conv(h, [b.bn1 for b in blocks], weight, segments, training, inplace)
 
 
 def bn_relu(ys: list[torch.Tensor], bns: list[Any], training: bool, inplace: bool) -> list[torch.Tensor]:
@@ -80,24 +80,19 @@ def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor, inp
     fused = [i for i in active if is_fusable_depthwise(branches[i])]
     outs: list[torch.Tensor] = []
     if fused:
-        blocks = [branches[i] for i in fused]  # Sequential(expand, depthwise, project)
-        expands = [b[0][0].weight for b in blocks]
+        blocks = [branches[i] for i in fused]
+        expands = [b.expand.weight for b in blocks]
         # contiguous: a channels-last x gives channels-last convs, which the kernel does not read
         h = F.conv2d(x, torch.cat(expands)).contiguous() if x.is_cuda else [F.conv2d(x, w).contiguous()
                                                                             for w in expands]
         ys = bn_relu_depthwise(h, blocks, cell.training, inplace)
         if x.is_cuda:  # cuDNN's batch norm is already a fused pair of kernels
-            zs = [F.relu(b[1][1](y), inplace=True) for b, y in zip(blocks, ys)]
+            zs = [F.relu(b.bn2(y), inplace=True) for b, y in zip(blocks, ys)]
         else:
-            zs = bn_relu(ys, [b[1][1] for b in blocks], cell.training, inplace)
-        outs.extend(b[2](z) for b, z in zip(blocks, zs))
+            zs = bn_relu(ys, [b.bn2 for b in blocks], cell.training, inplace)
+        outs.extend(b.bn3(b.project(z)) for b, z in zip(blocks, zs))
     outs.extend(branches[i](x) for i in active if i not in fused)
-    total = x if cell.identity else None
-    for y in outs:
-        total = y if total is None else total + y
-    assert total is not None
-    terms = len(active) + int(cell.identity)
-    return total / terms if terms > 1 else total
+    return cell_mean(x, outs, cell.identity)
 
 
 class FusedSupernetCell(nn.Module):

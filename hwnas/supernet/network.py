@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hwnas.model.blocks import Head, conv_block, stem_layer
+from hwnas.model.stem_head import Head, Stem
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 from hwnas.supernet.cell import SupernetCell, sample_config
@@ -26,9 +26,9 @@ class Supernet(nn.Module):
         slots = macro.slots(scale)
         if len(layer_ops) != len(slots):
             raise ValueError(f"{len(layer_ops)} op lists for {len(slots)} cell slots")
-        self.stem = conv_block(stem_layer(macro))
+        self.stem = Stem(macro)
         self.cells = nn.ModuleList(SupernetCell(space, ops, s.position) for s, ops in zip(slots, layer_ops))
-        self.head = Head(macro, macro.last_channels(scale))
+        self.head = Head(macro, scale)
         self.fused = fused
 
     def _cell(self, i: int, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
