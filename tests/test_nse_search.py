@@ -19,7 +19,7 @@ from hwnas.search import Evolution, Search, SearchConfig, TensorImages, aggregat
 from hwnas.search.data import load_npz
 from hwnas.search.retrieval import Sampler, beyond, configs_of, recalibrate_bn, within
 from hwnas.search.run import architecture
-from hwnas.search.training import RoundTrainer
+from hwnas.search.training import RoundTrainer, price_scale
 from hwnas.spaces import Macro, Space, load_file
 from hwnas.spaces.ops import op_from_dict
 
@@ -161,7 +161,7 @@ def test_samples_within_and_edge_samples_beyond_the_constraint(tiny):
     ds = load_npz(tiny["npz"])
     slots = table.macro().slots(1.0)
     trainer = RoundTrainer(table, [[0, 1, 2, 3, 4] for _ in slots], [[] for _ in slots], tiny_config(tiny), ds, ds, 1)
-    sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops, table.calibration_factor)
+    sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops, price_scale(table, "latency"))
     gen = torch.Generator().manual_seed(0)
     target = tiny["target"]
     inside = sampler.sample(20, within(target), "sample", gen, 2000)
@@ -293,6 +293,8 @@ def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys
     path = run / final[0]["file"]
     assert main(["export", "onnx", str(path), "-o", str(tmp_path / "net.onnx"), "--batch", "2"]) == 0
     assert (tmp_path / "net.onnx").stat().st_size > 0
+    assert main(["bench", str(path), "--backend", "ort", "--batch", "16", "--warmup-ms", "1", "--duration-s", "0.01",
+                 "--iterations", "2", "--table", str(tiny["path"]), "--json"]) == 0
 
 
 def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):

@@ -28,17 +28,32 @@ from hwnas.spaces.macro import Macro
 from hwnas.supernet.costs import cost_model
 from hwnas.supernet.fitness import FitnessIndicators
 from hwnas.supernet.network import Supernet, theta_step, weight_step
-from hwnas.supernet.regularizer import ResourceRegularizer
+from hwnas.supernet.regularizer import PAPER_CONSTANTS, ResourceRegularizer
 from hwnas.supernet.search import THETA_BETAS, theta_lr_factor
 from hwnas.supernet.simplify import simplify_layer
 
 WEIGHTS, THETA = 1, 2  # tags of the per-step generators
 
 
+def price_scale(table: Table, metric: str) -> float:
+    """From the cost model's units to `hwnas predict`'s: a latency target is of the table's
+    calibrated prediction, the cost model sums uncalibrated entries."""
+    return table.calibration_factor if metric == "latency" else 1.0
+
+
 def model_target(table: Table, cfg: SearchConfig) -> float:
-    """The target in the cost model's units: a latency target is of the table's calibrated
-    prediction (what `hwnas predict` reports), the cost model sums uncalibrated entries."""
-    return cfg.target / table.calibration_factor if cfg.metric == "latency" else cfg.target
+    return cfg.target / price_scale(table, cfg.metric)
+
+
+def penalty_alpha(cfg: SearchConfig, tau: float) -> float | None:
+    """NSE's alpha was chosen for NSE's target (7 ms, 300 MFLOPs). For the NSE form and no alpha
+    given: the same penalty as a function of C / tau, alpha * (tau_NSE / tau) ** beta, so that
+    the regularizer weighs as much against the cross-entropy at any target's scale."""
+    if cfg.alpha is not None or cfg.form != "nse":
+        return cfg.alpha
+    alpha, beta, tau_nse = PAPER_CONSTANTS[cfg.metric]
+    beta = cfg.beta if cfg.beta is not None else beta
+    return float(alpha * (tau_nse / tau) ** beta)
 
 
 class RoundTrainer:
@@ -79,8 +94,9 @@ class RoundTrainer:
 
     def _pricing(self) -> None:
         self.costs = cost_model(self.table, [(c.position, c.ops) for c in self.cells], self.cfg.metric)
-        self.regularizer = ResourceRegularizer(self.costs, model_target(self.table, self.cfg), self.cfg.form,
-                                               self.cfg.alpha, self.cfg.beta, outer="expected")
+        tau = model_target(self.table, self.cfg)
+        self.regularizer = ResourceRegularizer(self.costs, tau, self.cfg.form, penalty_alpha(self.cfg, tau),
+                                               self.cfg.beta, outer="expected")
 
     @property
     def cells(self) -> list[Any]:
@@ -151,8 +167,7 @@ class RoundTrainer:
         self.theta_steps += 1
         with torch.no_grad():
             expected = float(self.regularizer.expected_cost(self.fitness))
-        if self.cfg.metric == "latency":
-            expected *= self.table.calibration_factor
+        expected *= price_scale(self.table, self.cfg.metric)
         return {"ce": ce, "penalty": penalty, "expected_cost": expected}
 
     # -- simplification (lock and rehearse) ------------------------------------------------------
