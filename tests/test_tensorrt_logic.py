@@ -12,8 +12,9 @@ import pytest
 
 from hwnas.errors import HwnasError
 from hwnas.export.onnx_export import export_onnx
-from hwnas.profiling.backends.tensorrt import (GRAPH_MIN_MS, MAX_RUNS_PER_GRAPH, batch_profile, build_mode,
-                                              check_precision, engine_precision, graph_runs, input_shape)
+from hwnas.profiling.backends.tensorrt import (batch_profile, build_mode, check_precision, engine_precision,
+                                              input_shape)
+from hwnas.profiling.gpu_timing import GRAPH_MIN_MS, MAX_RUNS_PER_GRAPH, graph_runs
 from hwnas.spaces import resolve_architecture
 
 from conftest import REPO

@@ -7,9 +7,9 @@ import pytest
 from conftest import REPO
 from trt_stubs import installed_stub_dir, mypy_available, patched_stubs, run_mypy
 
-# Modules that call TensorRT: they must be among the files the check covers.
+# Modules that call TensorRT or time the GPU: they must be among the files the check covers.
 TENSORRT_CODE = ["hwnas.profiling.backends.tensorrt", "hwnas.export.engine", "hwnas.bench.timing",
-                 "hwnas.cli.bench_cmd", "hwnas.cli.export_cmd"]
+                 "hwnas.cli.bench_cmd", "hwnas.cli.export_cmd", "hwnas.profiling.gpu_timing"]
 PACKAGE = ["hwnas"]  # the whole package, type-checked with the same stubs
 
 pytestmark = pytest.mark.skipif(

@@ -20,14 +20,13 @@ set_timing_cache's verdict, which hwnas must report.
   does not match this TensorRT and GPU is refused, never silently replaced.
 - Inputs and outputs live in torch CUDA tensors; no host transfers in the timed loop. Runs
   are replayed from CUDA graphs holding enough back-to-back runs that the host's enqueue
-  cost stays hidden behind GPU work (GRAPH_MIN_MS).
+  cost stays hidden behind GPU work (gpu_timing).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 import sys
 from collections import Counter
@@ -43,19 +42,12 @@ from hwnas.errors import HwnasError
 from hwnas.files import write_bytes
 from hwnas.profiling.backends.base import Backend, Shape
 from hwnas.profiling.device import gpu_fingerprint, software_versions
+from hwnas.profiling.gpu_timing import TIMING_METHOD, GraphTimer
 from hwnas.profiling.onnx_io import module_to_onnx
 from hwnas.profiling.protocol import Runner
 
 if TYPE_CHECKING:
     import tensorrt as trt
-
-# A CUDA graph replay costs the host a few microseconds; a graph that keeps the GPU busy at
-# least this long makes the replays run back to back, so the GPU's time is what is measured.
-GRAPH_MIN_MS = 0.2
-MAX_RUNS_PER_GRAPH = 256
-TIMING_METHOD = (f"CUDA events around CUDA-graph replays on a torch stream; each graph holds enough back-to-back "
-                 f"execute_async_v3 runs to last >= {GRAPH_MIN_MS} ms, so the host's enqueue cost is hidden")
-
 
 def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
     """TensorRT Dims as a tuple (Dims has __len__ and __getitem__, no __iter__)."""
@@ -270,16 +262,12 @@ def input_shape(name: str, shape: tuple[int, ...], profile: Sequence[tuple[int, 
     return (batch, *opt[1:])
 
 
-def graph_runs(single_run_ms: float) -> int:
-    """Runs per CUDA graph so that one replay keeps the GPU busy for at least GRAPH_MIN_MS."""
-    return max(1, min(MAX_RUNS_PER_GRAPH, math.ceil(GRAPH_MIN_MS / max(single_run_ms, 1e-4))))
-
-
 class TensorRTRunner(Runner):
     """An engine with its I/O in torch CUDA tensors; runs with execute_async_v3 on a torch stream.
 
-    With cuda_graph, run(n) replays a graph of `runs_per_graph` back-to-back runs
-    ceil(n / runs_per_graph) times and returns the time scaled to n runs.
+    Timed by gpu_timing.GraphTimer: with cuda_graph, replays of a CUDA graph holding enough
+    back-to-back runs to hide the host's enqueue cost (TensorRT needs one run before capture:
+    the timer's warm-up runs do it).
     """
 
     def __init__(self, plan: bytes, inputs: Sequence[torch.Tensor] | None = None, cuda_graph: bool = False,
@@ -324,42 +312,14 @@ class TensorRTRunner(Runner):
             self.tensors[name] = torch.empty(out_shape, device="cuda", dtype=_torch_dtype(engine.get_tensor_dtype(name)))
         for name, tensor in self.tensors.items():
             self.context.set_tensor_address(name, tensor.data_ptr())
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.runs_per_graph = 1
-        if cuda_graph:
-            self._enqueue()  # TensorRT needs one run before capture (shape-dependent setup)
-            self.stream.synchronize()
-            self.graph = self._capture(1)
-            self.runs_per_graph = graph_runs(self.run(10) / 10)
-            if self.runs_per_graph > 1:
-                self.graph = self._capture(self.runs_per_graph)
+        self.timer = GraphTimer(self._enqueue, self.stream, cuda_graph)
 
     def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise HwnasError("TensorRT execute_async_v3 failed")
 
-    def _capture(self, runs: int) -> torch.cuda.CUDAGraph:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
-            for _ in range(runs):
-                self._enqueue()
-        return graph
-
     def run(self, iterations: int) -> float:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        replays = math.ceil(iterations / self.runs_per_graph)
-        with torch.cuda.stream(self.stream):
-            begin.record(self.stream)
-            if self.graph is not None:
-                for _ in range(replays):
-                    self.graph.replay()
-            else:
-                for _ in range(iterations):
-                    self._enqueue()
-            end.record(self.stream)
-        end.synchronize()
-        done = replays * self.runs_per_graph if self.graph is not None else iterations
-        return float(begin.elapsed_time(end)) * iterations / done
+        return self.timer.run(iterations)
 
     def outputs(self) -> dict[str, torch.Tensor]:
         import tensorrt as trt
@@ -367,7 +327,7 @@ class TensorRTRunner(Runner):
         return {n: t for n, t in self.tensors.items() if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT}
 
     def close(self) -> None:
-        self.graph = None
+        self.timer.close()
         del self.context, self.engine
         self.tensors.clear()
 

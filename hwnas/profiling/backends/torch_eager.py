@@ -1,4 +1,4 @@
-"""Eager PyTorch: on the CPU, or on CUDA with CUDA-event timing where a GPU exists."""
+"""Eager PyTorch: on the CPU (wall time), or on a CUDA GPU (CUDA events around CUDA-graph replays)."""
 
 from __future__ import annotations
 
@@ -12,30 +12,37 @@ from torch import nn
 from hwnas.errors import HwnasError
 from hwnas.profiling.backends.base import Backend, Shape
 from hwnas.profiling.device import cpu_fingerprint, gpu_fingerprint, software_versions
+from hwnas.profiling.gpu_timing import TIMING_METHOD, GraphTimer
 from hwnas.profiling.protocol import Runner
 
 
 class TorchRunner(Runner):
-    def __init__(self, module: nn.Module, inputs: list[torch.Tensor]):
+    """CPU: wall time of back-to-back runs. CUDA: GPU time from CUDA-graph replays (gpu_timing),
+    so that a few-microsecond operation is not timed by Python's launch cost."""
+
+    def __init__(self, module: nn.Module, inputs: list[torch.Tensor], cuda_graph: bool = True):
         self.module, self.inputs = module, inputs
-        self.cuda = inputs[0].is_cuda
+        self.timer: GraphTimer | None = None
+        if inputs[0].is_cuda:
+            self.timer = GraphTimer(self._forward, torch.cuda.Stream(inputs[0].device), cuda_graph)
+
+    @torch.no_grad()
+    def _forward(self) -> None:
+        self.module(*self.inputs)
 
     @torch.inference_mode()
     def run(self, iterations: int) -> float:
+        if self.timer is not None:
+            return self.timer.run(iterations)
         module, inputs = self.module, self.inputs
-        if not self.cuda:
-            start = time.perf_counter()
-            for _ in range(iterations):
-                module(*inputs)
-            return (time.perf_counter() - start) * 1e3
-        # GPU time of the enqueued work, between two events on the current stream.
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
+        start = time.perf_counter()
         for _ in range(iterations):
             module(*inputs)
-        end.record()
-        end.synchronize()
-        return float(begin.elapsed_time(end))
+        return (time.perf_counter() - start) * 1e3
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
 
 
 class TorchBackend(Backend):
@@ -54,8 +61,11 @@ class TorchBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         device = gpu_fingerprint(self.device.index or 0) if self.device.type == "cuda" else cpu_fingerprint()
-        return {"name": self.name, "version": torch.__version__, "precision": self.precision,
-                "threads": self.threads, "device": device, "software": software_versions()}
+        described = {"name": self.name, "version": torch.__version__, "precision": self.precision,
+                     "threads": self.threads, "device": device, "software": software_versions()}
+        if self.device.type == "cuda":
+            described["timing"] = TIMING_METHOD
+        return described
 
     def load(self, module: nn.Module, input_shapes: Sequence[Shape]) -> Runner:
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
