@@ -314,3 +314,26 @@ def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
         b = json.loads((run / f"round_{r:02d}" / "thetas.json").read_text())
         assert a == b
     assert json.loads((finished / "result.json").read_text())["front"] == json.loads((run / "result.json").read_text())["front"]
+
+
+def test_config_file_settings_are_checked(tmp_path):
+    from hwnas.search import read_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("weight_decay: 4e-5\nk: 5\nform: nss\n")  # YAML 1.1 reads 4e-5 as a string
+    cfg = SearchConfig.from_dict({**read_config(path), "target": 1.0}, str(path)).check()
+    assert cfg.weight_decay == 4e-5 and cfg.k == 5 and cfg.form == "nss"
+    with pytest.raises(HwnasError, match="unknown setting.*epoch"):
+        SearchConfig.from_dict({"epoch": 3}, "c.yaml")
+    with pytest.raises(HwnasError, match="k must be"):
+        SearchConfig(target=1.0, k=0).check()
+
+
+def test_search_takes_a_dataloader(tiny, tmp_path):
+    ds = load_npz(tiny["npz"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=7)
+    search = Search(tiny["table"], loader, tiny_config(tiny), tmp_path / "run")
+    assert len(search.train_set) + len(search.held_set) == len(ds)
+    with pytest.raises(SystemExit) as exit_:  # neither a dry run nor 'run': a usage error
+        main(["search"])
+    assert exit_.value.code == 2

@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
     s.add_argument("--pairs", type=int, default=1, help="configuration pairs averaged per step")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=cmd_search)
+    s.set_defaults(func=cmd_search, search_parser=s)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -56,8 +56,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         missing = [flag for flag, value in (("--dry-run", args.dry_run), ("--table", args.table),
                                             ("--metric", args.metric), ("--target", args.target)) if not value]
         if missing:
-            raise HwnasError(f"'hwnas search' needs {', '.join(missing)} (a dry run), or the action 'run' "
-                             f"(see 'hwnas search run --help')")
+            args.search_parser.error(f"needs {', '.join(missing)} (a dry run), or the action 'run'")
     tbl = Table.load(args.table)
     if args.space and resolve_space(args.space).to_dict() != tbl.meta.get("space_def"):
         raise HwnasError(f"the table is of space {tbl.meta.get('space')}, not {args.space}")
@@ -94,7 +93,7 @@ def register_run(actions: Any) -> None:
                     "(--resume), the log, every round's subset, thetas, samples and front, and the final front as "
                     "architecture files for 'hwnas export onnx', 'hwnas bench' and 'hwnas predict'. Every "
                     "setting can come from --config (YAML or JSON; the options below override it).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.HelpFormatter)
     r.add_argument("--table", required=True, help="lookup table: its space, macro-architecture and prices")
     r.add_argument("--data", required=True, metavar="DIR|FILE.npz",
                    help="an image folder (one sub-folder per class, all images of one size) or an .npz with "
@@ -103,7 +102,7 @@ def register_run(actions: Any) -> None:
     add_number(target, "--target-ms", rng=TARGET, default=None,
                help="latency constraint and target, ms per batch as the table predicts it")
     add_number(target, "--target-macs", rng=TARGET, default=None, help="MACs constraint and target, millions per image")
-    add_number(r, "--rounds", rng=ROUNDS, default=None, help="at most this many rounds (default: until a pool runs out)")
+    add_number(r, "--rounds", rng=ROUNDS, default=None, help="at most this many rounds (default 100; the search ends earlier when a layer's pool runs out)")
     add_number(r, "--K", dest="k", rng=COUNT, default=None, help="candidate ops per layer (default 6)")
     add_number(r, "--epochs", rng=COUNT, default=None, help="supernet epochs per round (default 10)")
     r.add_argument("--config", metavar="C.yaml", help="settings file (YAML or JSON); copied into the run folder")

@@ -89,7 +89,17 @@ class SearchConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise SpecError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**raw)
+        return cls(**{k: _number(v) for k, v in raw.items()})
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads 4e-5 (no dot) as a string: such a string is taken as the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -111,11 +111,11 @@ def recalibrate_bn(net: Supernet, configs: Sequence[torch.Tensor], batches: Iter
     sums: dict[nn.Module, list[Any]] = {}
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].double()
+        x = inputs[0]
         s = sums.setdefault(module, [0, 0.0, 0.0])
         s[0] += x.numel() // x.shape[1]
-        s[1] = s[1] + x.sum(dim=(0, 2, 3))
-        s[2] = s[2] + (x * x).sum(dim=(0, 2, 3))
+        s[1] = s[1] + x.sum(dim=(0, 2, 3), dtype=torch.float64)  # accumulated in double
+        s[2] = s[2] + (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
 
     handles = [bn.register_forward_pre_hook(hook) for bn in bns]
     fused, net.fused = net.fused, False  # the eager path: one hook per branch BN
