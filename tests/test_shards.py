@@ -277,3 +277,13 @@ def test_calibrate_refuses_parts_unfinished_tables_and_other_devices(tmp_path, c
     err = capsys.readouterr().err
     assert "cannot calibrate" in err and "on the current device" in err and 'backend: {"name": "fake"' in err
     assert "calibration" not in Table.load(tmp_path / "older.json").meta
+
+
+@pytest.mark.parametrize("text,why", [("3/2", "I must be in 1..N"), ("0/2", "I must be in 1..N"),
+                                      ("1of2", "is not I/N"), ("2", "is not I/N")])
+def test_a_bad_shard_is_a_usage_error(tmp_path, capsys, text, why):
+    code = main(["table", "build", "--space", TINY, "--macro", TINY, "--backend", "none", "--shard", text, "-o",
+                 str(tmp_path / "t.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and why in err and err.count("\n") == 1
+    assert not (tmp_path / "t.json").exists()
