@@ -193,6 +193,8 @@ def test_missing_overlapping_and_misnumbered_parts_are_refused(tmp_path):
         build(tmp_path / "p1.json", none, "2/2", resume=True)
     with pytest.raises(HwnasError, match=r"it is shard 1/2, not a whole table \(no --shard\)"):
         build(tmp_path / "p1.json", none, resume=True)
+    # --resume starts a part that does not exist yet (a requeued job runs one command)
+    assert build(tmp_path / "fresh.json", none, "1/2", resume=True).entries == p1.entries
 
 
 def _shard_cmd(out: Any, shard: str, *extra: str) -> list[str]:
