@@ -4,6 +4,7 @@ resource regularizer alone."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from hwnas.cli.output import millions, print_json, table
@@ -117,10 +118,21 @@ def register_run(actions: Any) -> None:
     r.set_defaults(func=cmd_run)
 
 
+def refuse_data_parallel() -> None:
+    """One process only: under torchrun (WORLD_SIZE > 1) every process would run the whole search and
+    write the same run folder (docs/scale-out.md)."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world not in ("", "1"):
+        raise HwnasError(f"'hwnas search run' does not train data-parallel yet, and this process was launched as "
+                         f"one of WORLD_SIZE={world} (torchrun): every process would run the whole search and "
+                         f"write the same run folder; run it as one process, without torchrun")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from hwnas.profiling.table import Table
     from hwnas.search import SearchConfig, load_data, read_config, search
 
+    refuse_data_parallel()
     settings = read_config(args.config) if args.config else {}
     overrides = {"k": args.k, "epochs": args.epochs, "rounds": args.rounds, "seed": args.seed, "fused": args.fused}
     settings.update({k: v for k, v in overrides.items() if v is not None})
