@@ -15,7 +15,8 @@ from hwnas.kernels import (KernelInputError, SegmentSpec, mixed_depthwise, mixed
                            reference_mixed_depthwise)
 from hwnas.kernels.cuda import ARCHS, KERNELS
 from hwnas.kernels.ops import MixedDepthwiseBnReluFn, MixedDepthwiseFn
-from hwnas.kernels.segments import SOURCE_DIR, segment_table
+from hwnas.kernels.segments import segment_table
+from hwnas.kernels.sources import source_dir
 from low_precision import assert_matches, boundary, rounded
 
 
@@ -313,8 +314,8 @@ NVCC = shutil.which("nvcc")
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nvcc_compiles_without_spills(arch, tmp_path):
-    proc = subprocess.run([NVCC, "-std=c++17", "-cubin", f"-arch={arch}", f"-I{SOURCE_DIR}", "-Xptxas", "-v",
-                           str(SOURCE_DIR / "mixed_dw.cu"), "-o", str(tmp_path / "k.cubin")],
+    proc = subprocess.run([NVCC, "-std=c++17", "-cubin", f"-arch={arch}", f"-I{source_dir()}", "-Xptxas", "-v",
+                           str(source_dir() / "mixed_dw.cu"), "-o", str(tmp_path / "k.cubin")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = proc.stderr
@@ -336,10 +337,10 @@ def _have_nvrtc() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _have_nvrtc(), reason="cuda-python with NVRTC is not installed (pip install 'hwnas[gpu]')")
+@pytest.mark.skipif(not _have_nvrtc(), reason="cuda-bindings with NVRTC is not installed (pip install 'hwnas[cuda13]')")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nvrtc_compiles_the_runtime_path(arch):
-    from hwnas.kernels.cuda import compile_cubin
+    from hwnas.kernels.nvrtc import compile_cubin
 
     cubin, _log = compile_cubin(arch)
     assert cubin[:4] == b"\x7fELF"

@@ -17,7 +17,8 @@ import subprocess
 from pathlib import Path
 
 from hwnas.errors import HwnasError
-from hwnas.kernels.segments import SOURCE_DIR, CSegmentTable
+from hwnas.kernels.segments import CSegmentTable
+from hwnas.kernels.sources import source_dir
 
 SOURCES = ("mixed_dw.h", "mixed_dw_planes.h", "mixed_dw_cpu.cpp")
 # one form each (no separate "_fast" plane form); grad_input_bn is the fast path's whole BN backward
@@ -37,7 +38,8 @@ def compiler() -> str:
 
 
 def build(force: bool = False) -> Path:
-    texts = [(SOURCE_DIR / name).read_bytes() for name in SOURCES]
+    sources = source_dir()
+    texts = [(sources / name).read_bytes() for name in SOURCES]
     # -march=native code is CPU-specific: the CPU model is part of the key (a shared home directory
     # on another machine must not load it).
     from hwnas.profiling.device import cpu_fingerprint
@@ -49,7 +51,7 @@ def build(force: bool = False) -> Path:
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [compiler(), *FLAGS, f"-I{SOURCE_DIR}", str(SOURCE_DIR / "mixed_dw_cpu.cpp"), "-o", str(tmp)]
+    cmd = [compiler(), *FLAGS, f"-I{sources}", str(sources / "mixed_dw_cpu.cpp"), "-o", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise HwnasError(f"building the CPU kernel failed: {' '.join(cmd)}\n{proc.stderr.strip()}")

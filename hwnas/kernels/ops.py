@@ -21,7 +21,7 @@ def _run(name: str, tensors: Sequence[torch.Tensor | None], table: Any, impl: st
     if first.is_cuda:
         from hwnas.kernels import cuda
 
-        cuda.launch(name, first.dtype, pointers, table, total, grid)
+        cuda.launch(name, first, pointers, table, total, grid)
         return
     from hwnas.kernels.cpu import CPU_ONLY_FORM, library
 

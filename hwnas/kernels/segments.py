@@ -12,12 +12,9 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 
 MAX_SEGMENTS = 32
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "kernels"
 
 
 class CSegment(ctypes.Structure):
