@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hwnas.cli import arch_cmd, bench_cmd, export_cmd, search_cmd, space_cmd, table_cmd
+    from hwnas.cli import arch_cmd, bench_cmd, env_cmd, export_cmd, search_cmd, space_cmd, table_cmd
 
     parser = _Parser(prog="hwnas", description=(
         "Hardware-aware NAS for GPUs: describe NSE search spaces and networks, count their "
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.register(sub)
     export_cmd.register(sub)
     bench_cmd.register(sub)
+    env_cmd.register(sub)
     return parser
 
 

@@ -1,7 +1,7 @@
 """Where the kernels' C++/CUDA sources are.
 
 The sources live in the project's top-level kernels/ folder. A wheel carries them as package
-data of hwnas.kernels (the build copies them to hwnas/kernels/sources/, see setup.py), found
+data of hwnas.kernels (the build copies them to hwnas/kernels/csrc/, see setup.py), found
 through importlib.resources; an editable install or a checkout on PYTHONPATH reads them from
 kernels/ beside the package.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hwnas.errors import HwnasError
 
-PACKAGED = "sources"  # the folder inside hwnas.kernels that a wheel ships them in
+PACKAGED = "csrc"  # the folder inside hwnas.kernels that a wheel ships them in
 FILES = ("mixed_dw.h", "mixed_dw_planes.h", "mixed_dw.cu", "mixed_dw_cpu.cpp")
 
 
