@@ -1,4 +1,4 @@
-"""`hwnas env`: what hwnas sees on this machine for its GPU paths, in one place.
+"""`hwnas env`: what hwnas sees for its GPU paths on the machine it runs on, in one place.
 
 torch and the CUDA it was built for, the GPUs and the driver, cuda-bindings, NVRTC and where its
 CUDA headers were found, TensorRT, and the C++ compiler of the kernels' CPU twin. With --compile

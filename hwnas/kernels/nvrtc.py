@@ -198,9 +198,9 @@ def cached_cubin(arch: str) -> bytes:
     path = cache_dir() / f"mixed_dw-{arch}-{source_key(arch)}.cubin"
     if path.exists():
         return path.read_bytes()
+    from hwnas.files import write_bytes
+
     cubin, _ = compile_cubin(arch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(cubin)
-    os.replace(tmp, path)  # whole or not at all: another process may read it meanwhile
+    write_bytes(path, cubin)  # whole or not at all: another process may read it meanwhile
     return cubin
