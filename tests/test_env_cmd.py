@@ -91,7 +91,6 @@ def test_compile_reports_every_kernel_of_each_arch(capsys, monkeypatch, tmp_path
     assert code == 0 and "cubin bytes" in out and f"{len(KERNELS)}/{len(KERNELS)}" in out
 
 
-def test_compile_needs_architectures():
-    with pytest.raises(SystemExit) as exit_:
-        main(["env", "--compile", "80,90"])
-    assert exit_.value.code == 2
+def test_compile_needs_architectures(capsys):
+    code, _, err = run(capsys, "env", "--compile", "80,90")
+    assert code == 2 and "expected architectures like sm_80,sm_90, got '80,90'" in err

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
+from hwnas.cli.options import add_json
 from hwnas.cli.output import print_json, table
 from hwnas.errors import HwnasError
 
@@ -41,7 +42,7 @@ def register(sub: Any) -> None:
     env.add_argument("--compile", metavar="ARCHS", type=_archs,
                      help="also compile every kernel with NVRTC for these GPU architectures (comma-separated, "
                           "e.g. sm_80,sm_90) and report each cubin's size")
-    env.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(env)
     env.set_defaults(func=cmd_env)
 
 
