@@ -130,3 +130,24 @@ def test_install_hint_follows_torchs_cuda(monkeypatch):
 def test_an_architecture_that_is_not_one(fresh_loader):
     with pytest.raises(HwnasError, match="sm_80 or sm_90, got '80'"):
         nvrtc.compile_cubin("80")
+
+
+def nvrtc_usable() -> bool:
+    try:
+        nvrtc.version()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not nvrtc_usable(), reason="cuda-bindings with NVRTC is not installed (pip install 'hwnas[cuda13]')")
+def test_compiling_leaves_pythons_bytes_alone(fresh_loader, tmp_path):
+    """NVRTC writes its log and cubin into the buffers it is given. Given bytes (b" " * size), an empty
+    log (size 1) was written into CPython's shared one-byte b" ", which turned into b"\\x00" for the
+    whole process: torch.load of a checkpoint saved afterwards then failed."""
+    import torch
+
+    nvrtc.compile_cubin("sm_80")
+    assert bytes([32]) == b" "[:1] and bytes([32]).decode() == " "
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "w.pt")
+    assert torch.load(tmp_path / "w.pt", weights_only=True)["w"].tolist() == [0.0, 1.0, 2.0]

@@ -179,12 +179,14 @@ def compile_cubin(arch: str) -> tuple[bytes, str]:
         options = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-default-device",
                    f"-I{headers.path}".encode()]
         result = compiler.nvrtcCompileProgram(program, len(options), options)
-        log = b" " * check(compiler.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+        # NVRTC writes into the buffers: bytearrays, never bytes (b" " * 1 is CPython's shared one-byte
+        # object, and writing into it corrupts every b" " of the process, pickling included)
+        log = bytearray(check(compiler.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize"))
         compiler.nvrtcGetProgramLog(program, log)
         log_text = log.decode(errors="replace").strip("\x00 \n")
         check(result, f"NVRTC compilation of mixed_dw.cu for {arch} (CUDA headers from {headers.path}, "
                       f"found via {headers.found_via})", log_text)
-        cubin = b" " * check(compiler.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
+        cubin = bytearray(check(compiler.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize"))
         check(compiler.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
     finally:
         compiler.nvrtcDestroyProgram(program)
