@@ -67,7 +67,8 @@ print(json.dumps({"package": hwnas.__file__, "sources": str(source_dir()), "err"
 def test_installed_wheel_passes_the_kernel_and_fused_layer_tests(installed, tmp_path):
     tests = tmp_path / "tests"
     tests.mkdir()
-    for name in ("conftest.py", "test_kernels.py", "test_fused.py"):
+    helpers = [p.name for p in (REPO / "tests").glob("*.py") if not p.name.startswith("test_")]
+    for name in (*helpers, "test_kernels.py", "test_fused.py"):
         shutil.copy(REPO / "tests" / name, tests / name)
     proc = subprocess.run([str(installed), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests"],
                           cwd=tmp_path, capture_output=True, text=True,
