@@ -123,3 +123,18 @@ def test_the_primary_context_is_retained_once_per_device(fake):
     for index in (0, 1, 0, 1):
         launch(index)
     assert [e for e in fake.events if e[0] == "retain"] == [("retain", 0), ("retain", 1)]
+
+
+def test_a_cubin_the_driver_refuses_names_both_versions(fake, monkeypatch):
+    """NVRTC 13 beside a driver for CUDA 12 (torch and the extra of different majors)."""
+    from hwnas.errors import HwnasError
+    from hwnas.kernels import nvrtc
+
+    monkeypatch.setattr(fake, "cuModuleLoadData", lambda image: (222,), raising=False)  # UNSUPPORTED_PTX_VERSION
+    monkeypatch.setattr(fake, "cuDriverGetVersion", lambda: (0, 12080), raising=False)
+    monkeypatch.setattr(nvrtc, "version", lambda: (13, 0))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with pytest.raises(HwnasError, match=r"cuModuleLoadData\(sm_90\) failed \(222\): the kernels were compiled by "
+                                         r"NVRTC 13\.0, the driver supports CUDA 12\.8; .*hwnas\[cuda12\]"):
+        launch(1)
+    assert fake.current() == NO_CONTEXT  # the context is restored on the way out

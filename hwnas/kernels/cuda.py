@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from hwnas.errors import HwnasError
+from hwnas.kernels import nvrtc
 from hwnas.kernels.nvrtc import bindings, cached_cubin, check
 from hwnas.kernels.segments import CSegmentTable
 
@@ -72,7 +73,16 @@ def functions(device_index: int) -> dict[str, Any]:
     """The kernels loaded into the device's primary context; call it with that context current."""
     drv = driver()
     major, minor = torch.cuda.get_device_capability(device_index)
-    module = check(drv.cuModuleLoadData(cached_cubin(f"sm_{major}{minor}")), "cuModuleLoadData")
+    arch = f"sm_{major}{minor}"
+    image = cached_cubin(arch)
+    try:
+        module = check(drv.cuModuleLoadData(image), f"cuModuleLoadData({arch})")
+    except HwnasError as exc:  # most often: a cubin of a newer NVRTC than the driver supports
+        supports = check(drv.cuDriverGetVersion(), "cuDriverGetVersion")
+        compiled_by = ".".join(map(str, nvrtc.version()))
+        raise HwnasError(f"{exc}: the kernels were compiled by NVRTC {compiled_by}, the driver supports CUDA "
+                         f"{supports // 1000}.{supports % 1000 // 10}; NVRTC must be of the driver's CUDA major "
+                         f"version or older: {nvrtc.install_hint()}") from None
     return {name: check(drv.cuModuleGetFunction(module, name.encode()), f"cuModuleGetFunction({name})")
             for name in KERNELS}
 
