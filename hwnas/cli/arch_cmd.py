@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hwnas.cli.options import add_json
 from hwnas.cli.output import millions, print_json, table
 from hwnas.costs import network_cost, op_cost
 from hwnas.spaces import builtin, resolve_architecture
@@ -17,7 +18,7 @@ def register(sub: Any) -> None:
     asub = arch.add_subparsers(dest="arch_command", metavar="ACTION", parser_class=type(arch))
     asub.required = True
     lst = asub.add_parser("list", help="list the built-in architectures")
-    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(lst)
     lst.set_defaults(func=cmd_list)
     show = asub.add_parser(
         "show", help="show an architecture cell by cell with MACs and params",
@@ -25,7 +26,7 @@ def register(sub: Any) -> None:
                     "(for one 224x224 image), plus stem, head and totals.")
     show.add_argument("arch", metavar="NAME|FILE",
                       help="built-in name (see 'hwnas arch list'), a JSON/YAML file, or FILE:NAME")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(show)
     show.set_defaults(func=cmd_show)
 
 

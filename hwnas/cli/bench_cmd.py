@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hwnas.cli import options as opt
 from hwnas.cli.output import print_json, table
 from hwnas.errors import HwnasError
 
@@ -22,33 +23,57 @@ def register(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("target", metavar="ARCH|MODEL.onnx|ENGINE.plan")
     b.add_argument("--backend", choices=["ort", "torch", "tensorrt"], default="ort")
-    b.add_argument("--batch", type=int, default=16)
-    b.add_argument("--warmup-ms", type=float, default=200.0)
-    b.add_argument("--duration-s", type=float, default=3.0)
-    b.add_argument("--iterations", type=int, default=10, help="minimum number of timed iterations")
-    b.add_argument("--threads", type=int, default=None, help="CPU threads (ort/torch; default 1)")
-    b.add_argument("--fp16", action="store_true",
-                   help="TensorRT/torch-CUDA: FP16 (TensorRT 11 needs an FP16 ONNX; the engine's own precision "
-                        "is reported)")
+    opt.add_batch(b)
+    opt.add_number(b, "--warmup-ms", rng=opt.MILLISECONDS, default=200.0, help="warm-up time")
+    opt.add_number(b, "--duration-s", rng=opt.SECONDS, default=3.0, help="minimum timed duration")
+    opt.add_number(b, "--iterations", rng=opt.ITERATIONS, default=10, help="minimum number of timed iterations")
+    opt.add_threads(b, help="CPU threads (ort/torch; default 1)")
+    opt.add_fp16(b, help="TensorRT/torch-CUDA: FP16 (TensorRT 11 needs an FP16 ONNX; the engine's own precision "
+                         "is reported)")
     b.add_argument("--reparam", action="store_true", help="architectures: benchmark the re-parameterised export")
     b.add_argument("--no-cuda-graph", action="store_true", help="TensorRT: enqueue without CUDA graphs")
-    b.add_argument("--seed", type=int, default=0)
+    opt.add_seed(b, help="seed of an architecture's weights")
     b.add_argument("--table", help="also predict the latency with this table and report the error")
-    b.add_argument("--json", action="store_true")
+    opt.add_json(b)
     b.set_defaults(func=cmd_bench)
 
 
-def _arch_from_onnx(path: Path) -> Any:
+def _read_onnx(path: Path) -> tuple[bytes, Any]:
+    """The model's bytes and its hwnas architecture (None without hwnas metadata); a file that
+    is not an ONNX model is a one-line error."""
     import onnx
 
+    from hwnas.files import read_bytes
     from hwnas.spaces.catalog import builtin, catalog_from_dict
 
-    model = onnx.load(str(path), load_external_data=False)
+    data = read_bytes(path, "ONNX model")
+    try:
+        model = onnx.load_model_from_string(data)
+        if not model.graph.node:
+            raise ValueError("no graph")
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds for bytes that are not a model
+        raise HwnasError(f"{path} is not an ONNX model ({type(exc).__name__}); give a file written by "
+                         f"'hwnas export onnx' or another ONNX exporter") from None
     props = {p.key: p.value for p in model.metadata_props}
     if "hwnas_arch" not in props:
-        return None
+        return data, None
     name = props.get("hwnas_arch_name", path.stem)
-    return catalog_from_dict(json.loads(props["hwnas_arch"]), f"{path} metadata", builtin()).networks[name]
+    try:
+        document = json.loads(props["hwnas_arch"])
+    except json.JSONDecodeError:
+        raise HwnasError(f"{path}: its hwnas_arch metadata is not valid JSON") from None
+    networks = catalog_from_dict(document, f"{path} metadata", builtin()).networks
+    if name not in networks:
+        raise HwnasError(f"{path}: its metadata names architecture {name!r}, which it does not define")
+    return data, networks[name]
+
+
+def _fixed_batch(data: bytes) -> int | None:
+    """The batch an ONNX model's first input is fixed to, or None when symbolic."""
+    import onnx
+
+    dims = onnx.load_model_from_string(data).graph.input[0].type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -66,16 +91,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                                        require_tensorrt)
 
         require_tensorrt()
-        plan = target.read_bytes()
+        from hwnas.files import read_bytes
+
+        plan = read_bytes(target, "engine")
         engine_info = {"engine_precision": engine_precision(inspector_json(plan))["precision"]}
         runner = TensorRTRunner(plan, cuda_graph=not args.no_cuda_graph, batch=args.batch)
     elif target.suffix == ".onnx":
-        if not target.is_file():
-            raise HwnasError(f"no such file: {target}")
-        arch = _arch_from_onnx(target)
+        if args.backend == "torch":
+            raise HwnasError("the torch backend benchmarks architectures, not ONNX files: use --backend ort "
+                             "or tensorrt")
+        data, arch = _read_onnx(target)
+        fixed = _fixed_batch(data)
+        if fixed and fixed != args.batch:
+            raise HwnasError(f"{target} has a fixed batch of {fixed}: pass --batch {fixed}, or export it with "
+                             f"--dynamic-batch")
         res = arch.macro.input if arch else 224
         shape = (args.batch, 3, res, res)
-        runner = _onnx_runner(target.read_bytes(), shape, args, engine_info)
+        try:
+            runner = _onnx_runner(data, shape, args, engine_info)
+        except HwnasError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the runtime refuses a model it cannot run
+            raise HwnasError(f"{args.backend} cannot run {target}: {' '.join(str(exc).split())[:200]}") from None
     else:
         from hwnas.export.onnx_export import seeded_network
         from hwnas.spaces import resolve_architecture

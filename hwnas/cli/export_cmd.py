@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hwnas.cli.options import add_batch
+from hwnas.cli import options as opt
 from hwnas.cli.output import print_json
 
 
@@ -23,16 +23,16 @@ def register(sub: Any) -> None:
     onnx.add_argument("arch", metavar="NAME|FILE", help="architecture: built-in name, file, or FILE:NAME")
     onnx.add_argument("-o", "--output", required=True, help="ONNX file to write")
     batch = onnx.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=16, help="fixed batch size")
+    opt.add_batch(batch, help="fixed batch size")
     batch.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
     onnx.add_argument("--reparam", action="store_true",
                       help="re-parameterise the multi-branch cells for inference (BN folded, branches merged)")
     onnx.add_argument("--merge", choices=["auto", "padded", "grouped"], default="auto",
                       help="how --reparam merges depthwise convs of different kernel sizes")
-    onnx.add_argument("--fp16", action="store_true", help="FP16 weights and I/O (for TensorRT 11's strong typing)")
-    onnx.add_argument("--seed", type=int, default=0, help="seed of the weights when no checkpoint is given")
+    opt.add_fp16(onnx, help="FP16 weights and I/O (for TensorRT 11's strong typing)")
+    opt.add_seed(onnx, help="seed of the weights when no checkpoint is given")
     onnx.add_argument("--weights", metavar="CKPT", help="a PyTorch state_dict checkpoint of the network")
-    onnx.add_argument("--json", action="store_true", help="print the export report as JSON")
+    opt.add_json(onnx, help="print the export report as JSON")
     onnx.set_defaults(func=cmd_onnx)
 
     eng = esub.add_parser(
@@ -45,20 +45,23 @@ def register(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     eng.add_argument("onnx", help="ONNX model")
     eng.add_argument("-o", "--output", required=True, help="plan file to write")
-    eng.add_argument("--fp16", action="store_true", help="FP16 engine (refused if TensorRT builds no FP16 layer)")
-    add_batch(eng, 16, help="dynamic-batch ONNX: the optimization profile's opt and max batch (min 1)")
-    eng.add_argument("--workspace", type=float, default=4.0, metavar="GB", help="builder workspace limit")
+    opt.add_fp16(eng, help="FP16 engine (refused if TensorRT builds no FP16 layer)")
+    opt.add_batch(eng, 16, help="dynamic-batch ONNX: the optimization profile's opt and max batch (min 1)")
+    opt.add_number(eng, "--workspace", rng=opt.WORKSPACE_GB, default=4.0, metavar="GB", help="builder workspace limit")
     eng.add_argument("--timing-cache", metavar="FILE",
                      help="timing cache to read and update (one made by another TensorRT or GPU is refused)")
-    eng.add_argument("--json", action="store_true")
+    opt.add_json(eng)
     eng.set_defaults(func=cmd_engine)
 
 
 def cmd_onnx(args: argparse.Namespace) -> int:
     from hwnas.export.onnx_export import export_onnx
+    from hwnas.files import check_writable
     from hwnas.spaces import resolve_architecture
 
-    report = export_onnx(resolve_architecture(args.arch), args.output, args.batch, args.dynamic_batch, args.reparam,
+    arch = resolve_architecture(args.arch)
+    check_writable(args.output, "ONNX output")  # before the export and its verification
+    report = export_onnx(arch, args.output, args.batch, args.dynamic_batch, args.reparam,
                          args.fp16, args.seed, args.weights, args.merge)
     if args.json:
         print_json(report.to_dict())
@@ -71,7 +74,11 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
 def cmd_engine(args: argparse.Namespace) -> int:
     from hwnas.export.engine import export_engine
+    from hwnas.files import check_writable
 
+    check_writable(args.output, "engine output")  # before a build that can take minutes
+    if args.timing_cache:
+        check_writable(args.timing_cache, "timing cache")
     result = export_engine(args.onnx, args.output, args.fp16, args.workspace, args.timing_cache, args.batch)
     if args.json:
         print_json(result)

@@ -56,7 +56,7 @@ def _one_line(text: str, limit: int = 400) -> str:
 
 
 def _say(message: str) -> None:
-    print(f"hwnas: {_one_line(message)}", file=sys.stderr)
+    print("hwnas: " + " ".join(message.split()), file=sys.stderr)
 
 
 def _interrupted() -> str:

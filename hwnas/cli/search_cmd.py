@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from hwnas.cli import options as opt
 from hwnas.cli.output import millions, print_json, table
 from hwnas.errors import HwnasError
 from hwnas.supernet.search import DEFAULT_K, DEFAULT_LR
@@ -30,21 +31,21 @@ def register(sub: Any) -> None:
     s.add_argument("--space", metavar="NAME|FILE", help="refuse unless the table is of this space")
     s.add_argument("--macro", metavar="NAME|FILE", help="refuse unless the table is of this macro-architecture")
     s.add_argument("--metric", choices=["latency", "macs"])
-    s.add_argument("--target", type=float, help="tau, in the metric's units")
+    opt.add_number(s, "--target", rng=opt.TARGET, help="tau, in the metric's units")
     s.add_argument("--form", choices=["nse", "nss", "linear", "fbnet"], default="nse")
-    s.add_argument("--alpha", type=float, default=None, help="default: NSE's (2e-2 latency, 1e-5 macs)")
-    s.add_argument("--beta", type=float, default=None, help="default: NSE's (2)")
+    opt.add_number(s, "--alpha", rng=opt.ALPHA, default=None, help="default: NSE's (2e-2 latency, 1e-5 macs)")
+    opt.add_number(s, "--beta", rng=opt.BETA, default=None, help="default: NSE's (2)")
     s.add_argument("--outer", choices=["expected", "sampled"], default="expected",
                    help="the penalty's derivative at the exact E[C] (unbiased fixed point) or at the sampled "
                         "cost (NSE's literal form, settles 1-4%% off the target)")
-    s.add_argument("--steps", type=int, default=400)
-    s.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate of theta (cosine-decayed)")
-    s.add_argument("--k", type=int, default=DEFAULT_K,
+    opt.add_number(s, "--steps", rng=opt.STEPS, default=400, help="optimisation steps")
+    opt.add_number(s, "--lr", rng=opt.LEARNING_RATE, default=DEFAULT_LR, help="Adam learning rate of theta (cosine-decayed)")
+    opt.add_number(s, "--k", rng=opt.COUNT0, default=DEFAULT_K,
                    help="candidate ops per layer, drawn from the space (NSE's K: 6 latency, 5 FLOPs); "
                         "0 for the whole space")
-    s.add_argument("--pairs", type=int, default=1, help="configuration pairs averaged per step")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    opt.add_number(s, "--pairs", rng=opt.COUNT, default=1, help="configuration pairs averaged per step")
+    opt.add_seed(s)
+    opt.add_json(s)
     s.set_defaults(func=cmd_search, search_parser=s)
 
 
@@ -63,8 +64,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise HwnasError(f"the table is of space {tbl.meta.get('space')}, not {args.space}")
     if args.macro and resolve_macro(args.macro).to_dict() != tbl.meta.get("macro_def"):
         raise HwnasError(f"the table is of macro-architecture {tbl.meta.get('macro')}, not {args.macro}")
-    if args.steps < 1:
-        raise HwnasError("--steps must be at least 1")
     result = dry_run(tbl, args.metric, args.target, args.form, args.alpha, args.beta, args.steps, args.lr,
                      args.k or None, args.seed, pairs_per_step=args.pairs, outer=args.outer)
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hwnas.cli.options import add_json, add_scale
 from hwnas.cli.output import print_json, table
 from hwnas.spaces import builtin, resolve_macro, resolve_space
 
@@ -18,14 +19,14 @@ def register(sub: Any) -> None:
     ssub = space.add_subparsers(dest="space_command", metavar="ACTION", parser_class=type(space))
     ssub.required = True
     lst = ssub.add_parser("list", help="list the built-in search spaces")
-    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(lst)
     lst.set_defaults(func=cmd_list)
     show = ssub.add_parser("show", help="show a space's ops and the layer positions of its macro-architecture")
     show.add_argument("space", metavar="NAME|FILE", help="built-in space name or a JSON/YAML file")
     show.add_argument("--macro", metavar="NAME|FILE",
                       help="macro-architecture for the positions (default: the one the space was searched with)")
-    show.add_argument("--scale", type=float, default=1.0, help="channel scale for the positions (default 1.0)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
+    add_scale(show, help="channel scale for the positions (default 1.0)")
+    add_json(show)
     show.set_defaults(func=cmd_show)
 
 

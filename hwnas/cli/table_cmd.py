@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from hwnas.cli import options as opt
 from hwnas.cli.options import add_json, add_quiet, add_seed
 from hwnas.cli.output import millions, print_json, table
 from hwnas.profiling.backends import REGISTRY
@@ -27,18 +27,18 @@ def register(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     build.add_argument("--space", required=True, metavar="NAME|FILE", help="search space")
     build.add_argument("--macro", required=True, metavar="NAME|FILE", help="macro-architecture")
-    build.add_argument("--scale", type=float, default=1.0, help="channel scale")
+    opt.add_scale(build)
     build.add_argument("--backend", choices=list(REGISTRY), default="ort",
                        help="ort: onnxruntime CPU; torch: eager PyTorch (CUDA if present); tensorrt: "
                             "TensorRT engines on a GPU; none: MACs and params only")
-    build.add_argument("--batch", type=int, default=16, help="batch size the latencies are measured at")
+    opt.add_batch(build, help="batch size the latencies are measured at")
     build.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
-    build.add_argument("--threads", type=int, default=None, help="CPU threads (ort/torch on the CPU; default 1)")
-    build.add_argument("--rounds", type=int, default=None, help="interleaved rounds per entry (protocol default 15)")
-    build.add_argument("--drift-wait", type=float, default=None, metavar="S",
+    opt.add_threads(build)
+    opt.add_rounds(build)
+    opt.add_number(build, "--drift-wait", rng=opt.SECONDS, default=None, metavar="S",
                        help="seconds to wait before re-measuring a group measured while the machine was "
                             "slowed (doubles per retry; protocol default 5)")
-    build.add_argument("--seed", type=int, default=0, help="seed of weights and measurement order")
+    opt.add_seed(build, help="seed of weights and measurement order")
     build.add_argument("-o", "--output", required=True, help="table file (JSON)")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build of the same table")
     build.add_argument("--shard", type=_shard, metavar="I/N", default=None,
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
                             "of the estimated time, written as a part for 'hwnas table merge'; run the N "
                             "shards on N devices of one type (e.g. CUDA_VISIBLE_DEVICES=I-1), with the same "
                             "options and software. Calibration waits for the merged table")
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    opt.add_quiet(build)
     build.set_defaults(func=cmd_build)
 
     merge = tsub.add_parser(
@@ -81,7 +81,7 @@ def register(sub: Any) -> None:
 
     show = tsub.add_parser("show", help="summarise a table: metadata and entries")
     show.add_argument("table", help="table file")
-    show.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    opt.add_json(show, help="print the metadata as JSON")
     show.set_defaults(func=cmd_show)
 
     pred = sub.add_parser("predict", help="price an architecture with a table",
@@ -89,8 +89,8 @@ def register(sub: Any) -> None:
                                       "and params from a lookup table.")
     pred.add_argument("--table", required=True, help="table file")
     pred.add_argument("arch", metavar="NAME|FILE", help="architecture: built-in name, file, or FILE:NAME")
-    pred.add_argument("--batch", type=int, default=None, help="refuse unless the table was measured at this batch")
-    pred.add_argument("--json", action="store_true", help="machine-readable output")
+    opt.add_batch(pred, default=None, help="refuse unless the table was measured at this batch")
+    opt.add_json(pred)
     pred.set_defaults(func=cmd_predict)
 
     val = sub.add_parser(
@@ -99,9 +99,9 @@ def register(sub: Any) -> None:
                     "R/E cells non-empty), time each whole network with the table's backend and "
                     "protocol, and compare with the table's predictions.")
     val.add_argument("--table", required=True, help="table file")
-    val.add_argument("--samples", type=int, default=20, help="number of random architectures")
-    val.add_argument("--seed", type=int, default=0)
-    val.add_argument("--rounds", type=int, default=None, help="override the table protocol's rounds")
+    opt.add_number(val, "--samples", rng=opt.SAMPLES, default=20, help="number of random architectures")
+    opt.add_seed(val)
+    opt.add_rounds(val, help="override the table protocol's rounds")
     val.add_argument("--recalibrate", action="store_true",
                      help="first re-time the table's calibration architectures on the current device and "
                           "also report predictions with that factor ('recalibrated'): on a shared "
@@ -113,8 +113,8 @@ def register(sub: Any) -> None:
                           "'raw_ms' and the 'raw' metrics); that default takes about 25%% longer")
     val.add_argument("--plot", metavar="PNG", help="write a predicted-vs-measured scatter plot")
     val.add_argument("-o", "--output", metavar="JSON", help="also write the full report to this file")
-    val.add_argument("--json", action="store_true", help="machine-readable output")
-    val.add_argument("--quiet", action="store_true", help="no progress bar")
+    opt.add_json(val)
+    opt.add_quiet(val)
     val.set_defaults(func=cmd_validate)
 
 
@@ -131,12 +131,14 @@ def _shard(text: str) -> Any:
 def cmd_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from hwnas import files
     from hwnas.profiling.backends import get_backend
     from hwnas.profiling.build import build_table
     from hwnas.profiling.protocol import Protocol
     from hwnas.spaces import resolve_macro, resolve_space
 
     space, macro = resolve_space(args.space), resolve_macro(args.macro)
+    files.check_writable(args.output, "table")
     backend = get_backend(args.backend, precision=args.precision, threads=args.threads)
     protocol = Protocol()
     if args.rounds is not None:
@@ -151,8 +153,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"shard {args.shard}: {len(owned(groups, args.shard))} of {sum(map(len, groups))} entries, "
                   f"{estimated_share(groups, args.shard):.1%} of the estimated time", file=sys.stderr)
-    tbl = build_table(space, macro, args.scale, backend, args.batch, args.output, resume=args.resume,
-                      protocol=protocol, seed=args.seed, progress=not args.quiet, shard=args.shard)
+    with files.exclusive(args.output, "table"):  # two builds into one file would undo each other's groups
+        files.on_interrupt(f"{args.output} holds every group measured so far (if any): run the same command "
+                           f"with --resume to continue")
+        tbl = build_table(space, macro, args.scale, backend, args.batch, args.output, resume=args.resume,
+                          protocol=protocol, seed=args.seed, progress=not args.quiet, shard=args.shard)
     flagged = sum(1 for e in tbl.entries.values() if e.get("latency", {}).get("flags"))
     what = f"part {args.shard} of a table" if args.shard else "table"
     print(f"wrote {what} {args.output}: {len(tbl.entries)} entries ({args.backend}, batch {args.batch})"
@@ -260,13 +265,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from hwnas import files
     from hwnas.profiling.table import Table
-    from hwnas.profiling.validate import plot, validate
+    from hwnas.profiling.validate import plot, plot_format, validate
 
+    # Refuse unwritable outputs and a missing plotter before minutes of measuring.
+    for path, what in ((args.output, "report"), (args.plot, "plot")):
+        if path:
+            files.check_writable(path, what)
+    if args.plot:
+        plot_format(args.plot)
     report = validate(Table.load(args.table), args.samples, args.seed, progress=not args.quiet, rounds=args.rounds,
                       recalibrate=args.recalibrate, reference=args.reference)
     if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+        files.write_json(args.output, report)
     if args.plot:
         plot(report, args.plot)
     if args.json:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hwnas.files import write_bytes, write_text
+from hwnas.files import read_bytes, write_bytes, write_text
 from hwnas.profiling.backends.tensorrt import check_precision, engine_from_onnx, inspector_json, require_tensorrt
 
 
@@ -18,17 +18,19 @@ def export_engine(onnx_path: str | Path, out: str | Path, fp16: bool = False, wo
     """Build the plan (and PLAN.json, the inspector's view); batch sizes a dynamic-batch ONNX's profile."""
     require_tensorrt()
     onnx_path, out = Path(onnx_path), Path(out)
-    model = onnx_path.read_bytes()
+    model = read_bytes(onnx_path, "ONNX model")
     cache_path = Path(timing_cache) if timing_cache else None
-    cache = cache_path.read_bytes() if cache_path and cache_path.exists() else None
+    cache = read_bytes(cache_path, "timing cache") if cache_path and cache_path.exists() else None
     build = engine_from_onnx(model, fp16=fp16, batch=batch, workspace_gb=workspace_gb, timing_cache=cache,
                              timing_cache_name=f"timing cache {cache_path}")
     check_precision(fp16, build.precision)
-    write_bytes(out, build.plan)
+    info = out.with_suffix(out.suffix + ".json")
+    inspector = inspector_json(build.plan)  # before writing anything: a failure leaves no output
+    # Each file whole or not at all; the plan last, so that a plan on disk has its inspector JSON.
+    write_text(info, inspector)
     if cache_path:
         write_bytes(cache_path, build.timing_cache)
-    info = out.with_suffix(out.suffix + ".json")
-    write_text(info, inspector_json(build.plan))
+    write_bytes(out, build.plan)
     return {"plan": str(out), "inspector": str(info), "timing_cache": str(cache_path) if cache_path else "",
             "build": build.mode, "precision": build.precision["precision"],
             "layer_outputs": build.precision.get("layer_outputs", {}), "profile": build.profile}

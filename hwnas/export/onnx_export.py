@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from torch import nn
 
 import hwnas
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_path, write_bytes
 from hwnas.model.checkpoints import upgrade_state_dict
 from hwnas.model.network import Network, build_network
 from hwnas.profiling.onnx_io import module_to_onnx
@@ -29,14 +31,19 @@ def seeded_network(arch: Architecture, seed: int = 0, weights: str | None = None
     folding them is exercised), or a checkpoint's state_dict."""
     net = build_network(arch, seed)
     if weights:
+        from hwnas.files import read_bytes
+
+        data = read_bytes(weights, "checkpoint")  # missing, a folder, unreadable: one line
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise HwnasError(f"cannot read checkpoint {weights}: {exc}") from None
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
+            reason = " ".join(str(exc).split())[:160]
+            raise HwnasError(f"{weights} is not a PyTorch checkpoint ({type(exc).__name__}: {reason}); give a "
+                             f"file saved with torch.save(model.state_dict(), PATH)") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise HwnasError(f"checkpoint {weights} holds a {type(state).__name__}, not a state_dict; save "
-                             f"net.state_dict()")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise HwnasError(f"checkpoint {weights} holds a {type(state).__name__} that is not a state_dict (a "
+                             f"mapping of names to tensors); save net.state_dict()")
         # a checkpoint with positional layer names (branches.0.1.0.weight) is renamed, then checked
         try:
             missing, unexpected = net.load_state_dict(upgrade_state_dict(net, state), strict=False)
@@ -125,10 +132,15 @@ def export_onnx(arch: Architecture, out: str | Path, batch: int = 16, dynamic_ba
         raise HwnasError(f"the ONNX export of {arch.name} does not match PyTorch: max abs error {abs_err:.3g}, "
                          f"relative {rel_err:.3g} > {TOLERANCE[precision]}; nothing was written")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if len(model_bytes) < 2 ** 31 - 2 ** 20:
-        out.write_bytes(model_bytes)  # one self-contained file
-    else:  # protobuf's 2 GB limit: weights beside it
-        onnx.save_model(model, str(out), save_as_external_data=True, location=out.name + ".data")
+        write_bytes(out, model_bytes)  # one self-contained file, whole or not at all
+    else:  # protobuf's 2 GB limit: weights beside it, written before the model that names them
+        data = out.with_name(out.name + ".data")
+        try:
+            with atomic_path(out) as tmp:
+                onnx.save_model(model, str(tmp), save_as_external_data=True, location=data.name)
+        except BaseException:
+            data.unlink(missing_ok=True)
+            raise
     return ExportReport(str(out), len(model.graph.node), abs_err, rel_err, "dynamic" if dynamic_batch else batch,
                         reparam, precision)

@@ -9,13 +9,14 @@ a multi-branch cell: `merge_add@POS` (one elementwise add of two cell outputs) a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, SpecError
 from hwnas.files import check_format, read_json, write_json
-from hwnas.profiling.protocol import Stats
+from hwnas.profiling.protocol import Protocol, Stats
+from hwnas.ranges import BATCH, NON_NEGATIVE, POSITIVE, SCALE, TALLY
 from hwnas.spaces.arch import Space, space_from_dict
 from hwnas.spaces.macro import Macro, Position, macro_from_dict
 from hwnas.spaces.ops import OpSpec
@@ -112,9 +113,70 @@ class Table:
     def load(cls, path: str | Path) -> Table:
         raw = check_format(read_json(path, "lookup table"), path, FORMAT, VERSION, "hwnas lookup table",
                            "rebuild it with 'hwnas table build'")
-        if not isinstance(raw.get("meta"), dict) or not isinstance(raw.get("entries"), dict):
-            raise HwnasError(f"{path} is a damaged lookup table: 'meta' and 'entries' must be objects")
+        try:
+            check_table(raw)
+        except SpecError as exc:
+            raise HwnasError(f"{path} is a damaged lookup table: {exc}; rebuild it with 'hwnas table build'") from None
         return cls(raw["meta"], raw["entries"])
+
+
+# The fields of a table that hwnas reads, with their types and ranges: a damaged or hand-edited
+# table is refused when loaded, naming the field, instead of failing somewhere later.
+STAT_FIELDS = ("min", "median", "mean", "std")
+
+
+def _want(ok: bool, where: str, what: str, value: Any) -> None:
+    if not ok:
+        raise SpecError(f"{where} must be {what} (got {json.dumps(value)[:60]})")
+
+
+def _stats(raw: Any, where: str) -> None:
+    _want(isinstance(raw, dict), where, "an object of latency statistics", raw)
+    TALLY.check(raw.get("count"), f"{where}.count")
+    for name in STAT_FIELDS:
+        NON_NEGATIVE.check(raw.get(name), f"{where}.{name}")
+    flags = raw.get("flags", [])
+    _want(isinstance(flags, list) and all(isinstance(f, str) for f in flags), f"{where}.flags", "a list of names",
+          flags)
+
+
+def check_table(raw: dict[str, Any]) -> None:
+    meta, entries = raw.get("meta"), raw.get("entries")
+    _want(isinstance(meta, dict), "meta", "an object", meta)
+    _want(isinstance(entries, dict), "entries", "an object", entries)
+    assert isinstance(meta, dict) and isinstance(entries, dict)
+    for name in ("space", "macro", "precision"):
+        _want(isinstance(meta.get(name), str), f"meta.{name}", "a name", meta.get(name))
+    space_from_dict(meta["space"], meta.get("space_def"), "meta.space_def")
+    macro_from_dict(meta["macro"], meta.get("macro_def"), "meta.macro_def")
+    SCALE.check(meta.get("scale"), "meta.scale")
+    BATCH.check(meta.get("batch"), "meta.batch")
+    backend = meta.get("backend")
+    _want(isinstance(backend, dict) and isinstance(backend.get("name"), str), "meta.backend",
+          "an object with a 'name'", backend)
+    _want(isinstance(meta.get("device", {}), dict), "meta.device", "an object", meta.get("device"))
+    statistic = meta.get("statistic")
+    _want(statistic is None or statistic in STAT_FIELDS, "meta.statistic", f"one of {', '.join(STAT_FIELDS)}",
+          statistic)
+    protocol = meta.get("protocol")
+    if protocol is not None:
+        _want(isinstance(protocol, dict), "meta.protocol", "an object", protocol)
+        numeric = {f.name for f in fields(Protocol) if f.type in ("int", "float", int, float)}
+        for name in numeric & protocol.keys():
+            NON_NEGATIVE.check(protocol[name], f"meta.protocol.{name}")
+    if "calibration" in meta:
+        calibration = meta["calibration"]
+        _want(isinstance(calibration, dict), "meta.calibration", "an object", calibration)
+        POSITIVE.check(calibration.get("factor"), "meta.calibration.factor")
+    if "probe_baseline" in meta:
+        _stats(meta["probe_baseline"], "meta.probe_baseline")
+    for key, entry in entries.items():
+        where = f"entries[{json.dumps(key)}]"
+        _want(isinstance(entry, dict), where, "an object", entry)
+        for name in ("macs", "params"):
+            TALLY.check(entry.get(name), f"{where}.{name}")
+        if "latency" in entry:
+            _stats(entry["latency"], f"{where}.latency")
 
 
 def identity_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ import random
 import statistics
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from hwnas.errors import HwnasError
@@ -240,10 +241,26 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     return report
 
 
-def plot(report: dict[str, Any], path: str) -> None:
+def plot_format(path: str) -> str:
+    """The image format a plot path asks for (its suffix; png without one), or a one-line refusal."""
     from hwnas.errors import require
 
     require("matplotlib", "plot", "--plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fmt = Path(path).suffix[1:].lower() or "png"
+    supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if fmt not in supported:
+        raise HwnasError(f"--plot {path}: cannot write .{fmt} images; use one of "
+                         + ", ".join(f".{k}" for k in sorted(supported)))
+    return fmt
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    from hwnas.files import atomic_path
+
+    fmt = plot_format(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,6 +283,9 @@ def plot(report: dict[str, Any], path: str) -> None:
                  f"Spearman {report['spearman']:.3f}", fontsize=9)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # whole or not at all; the suffix (format) is kept
+            fig.savefig(tmp, dpi=120, format=fmt)
+    finally:
+        plt.close(fig)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from hwnas.errors import SpecError
+from hwnas.ranges import SCALE
 from hwnas.spaces.macro import CELL_TYPES, Macro, Slot
 from hwnas.spaces.ops import OpSpec, op_from_dict
 
@@ -142,10 +142,7 @@ def architecture_from_dict(name: str, raw: Any, where: str, spaces: dict[str, Sp
     if not isinstance(macro_name, str) or macro_name not in macros:
         raise SpecError(f"{where}.macro: unknown macro-architecture {macro_name!r}; "
                         f"known: {', '.join(sorted(macros))}")
-    scale = raw.get("scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
-            or not 0 < scale <= 16:
-        raise SpecError(f"{where}.scale: expected a positive number (at most 16), got {scale!r}")
+    scale = SCALE.check(raw.get("scale", 1.0), f"{where}.scale:")
     cells_raw = raw.get("cells")
     if not isinstance(cells_raw, list) or not cells_raw:
         raise SpecError(f"{where}.cells: expected a non-empty list of cells")

@@ -70,20 +70,25 @@ def builtin() -> Catalog:
 
 def read_document(path: Path) -> Any:
     """JSON, or YAML when the suffix says so."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise HwnasError(f"cannot read {path}: {exc.strerror}") from None
+    from hwnas.files import read_text
+
+    text = read_text(path, "spec file")
     if path.suffix in (".yaml", ".yml"):
         yaml = require("yaml", "yaml", "Reading YAML files")
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        except RecursionError:
+            raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        truncated = " (the file ends early: truncated?)" if exc.pos >= len(text.rstrip()) else ""
+        raise SpecError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                        f"{truncated}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid JSON: nested too deeply") from None
 
 
 def load_file(path: str | Path) -> Catalog:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from hwnas.errors import HwnasError
-from hwnas.files import write_bytes
+from hwnas.files import read_bytes, write_bytes
 from hwnas.profiling.backends.base import Backend, Shape
 from hwnas.profiling.device import gpu_fingerprint, software_versions
 from hwnas.profiling.gpu_timing import TIMING_METHOD, GraphTimer
@@ -342,7 +342,7 @@ class TensorRTBackend(Backend):
         require_tensorrt()
         self.workspace_gb = workspace_gb
         self.timing_cache_path = Path(timing_cache) if timing_cache else None
-        self.timing_cache = self.timing_cache_path.read_bytes() if self.timing_cache_path and \
+        self.timing_cache = read_bytes(self.timing_cache_path, "timing cache") if self.timing_cache_path and \
             self.timing_cache_path.exists() else b""
         self.engine_precisions: Counter[str] = Counter()
 
