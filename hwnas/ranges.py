@@ -90,10 +90,10 @@ ITERATIONS = Range(int, 1, 100_000_000)
 COUNT = Range(int, 1, 1_000_000)  # small positive counts (pairs, candidates)
 COUNT0 = Range(int, 0, 1_000_000)  # the same, where 0 means "all" or "none"
 TALLY = Range(int, 0, None)  # counted things in files (MACs, parameters)
-TARGET = Range(float, 0, None, lo_open=True)  # resource targets: finite, positive
+TARGET = Range(float, 0, 1e9, lo_open=True)  # resource targets (ms per batch, millions of MACs)
 POSITIVE = Range(float, 0, None, lo_open=True)
 NON_NEGATIVE = Range(float, 0, None)
-ALPHA = Range(float, 0, None)  # a penalty weight: 0 turns the penalty off
+ALPHA = Range(float, 0, 1e6)  # a penalty weight: 0 turns the penalty off
 BETA = Range(float, 0, 16, lo_open=True)  # a penalty exponent
 LEARNING_RATE = Range(float, 0, 100, lo_open=True)
 WORKSPACE_GB = Range(float, 0, 4096, lo_open=True, unit="GiB")

@@ -428,3 +428,38 @@ def test_kill_during_write_leaves_whole_or_nothing(capsys, tmp_path, command):
             else:
                 onnx.checker.check_model(onnx.load(str(out)))
         out.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("table, words", [(MACS_TABLE, "prices MACs and params only"), ("missing.json", "no such file")])
+def test_bench_table_refused_before_timing(capsys, table, words):
+    start = time.perf_counter()
+    code, _, err = run(capsys, "bench", "nsenet_gpu", "--table", table, "--duration-s", "600")
+    assert_refused(code, err, codes=(1,))
+    assert words in err and time.perf_counter() - start < 60
+
+
+@given(target=st.sampled_from(["1e-300", "1e-9", "0.5", "300", "1e9"]),
+       alpha=st.sampled_from(["0", "1e-5", "1", "1e6"]), beta=st.sampled_from(["0.01", "1", "2", "16"]),
+       form=st.sampled_from(["nse", "nss", "linear", "fbnet"]), lr=st.sampled_from(["1e-6", "0.2", "100"]),
+       metric=st.sampled_from(["latency", "macs"]))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_search_dry_run_any_allowed_numbers_end_in_an_answer(capsys, target, alpha, beta, form, lr, metric):
+    """Extreme but allowed numbers: a result or a one-line refusal (an overflowed penalty), never a
+    hang or a traceback."""
+    def too_long(*_):
+        raise AssertionError("search --dry-run did not finish")
+
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(120)
+    try:
+        code, out, err = run(capsys, "search", "--dry-run", "--table", LATENCY_TABLE, "--metric", metric,
+                             "--target", target, "--alpha", alpha, "--beta", beta, "--form", form, "--lr", lr,
+                             "--steps", "4", "--json")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    if code == 0:
+        result = json.loads(out)
+        assert all(math.isfinite(t["expected"]) for t in result["trajectory"])
+    else:
+        assert_refused(code, err, codes=(1,))

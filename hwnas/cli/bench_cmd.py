@@ -80,6 +80,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from hwnas.bench.timing import benchmark
 
     target = Path(args.target)
+    lut = _load_table(args.table) if args.table else None  # a bad table is refused before any timing
     shape = None
     arch = None
     runner: Any
@@ -143,17 +144,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             model = module_to_onnx(module, [shape], dtype=torch.float16 if half else torch.float32)
             runner = _onnx_runner(model, shape, args, engine_info)
     try:
+        predicted = None
+        if lut is not None:
+            if arch is None:
+                raise HwnasError("--table needs an architecture: this target names none (no hwnas metadata)")
+            from hwnas.profiling.predict import predict
+
+            predicted = predict(lut, arch, args.batch)["latency_ms"]
         result = benchmark(runner, args.batch, args.warmup_ms, args.duration_s, args.iterations).summary()
     finally:
         runner.close()
     result = {"backend": args.backend, "target": args.target, **engine_info, **result}
-    if args.table:
-        if arch is None:
-            raise HwnasError("--table needs an architecture: this target names none (no hwnas metadata)")
-        from hwnas.profiling.predict import predict
-        from hwnas.profiling.table import Table
-
-        predicted = predict(Table.load(args.table), arch, args.batch)["latency_ms"]
+    if predicted is not None:
         result["predicted_ms"] = predicted
         result["prediction_error"] = (predicted - result["latency_ms"]["median"]) / result["latency_ms"]["median"]
     if result["cov_warning"]:
@@ -171,6 +173,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         line += f"; table predicts {result['predicted_ms']:.2f} ms ({result['prediction_error']:+.1%})"
     print(line)
     return 0
+
+
+def _load_table(path: str) -> Any:
+    from hwnas.profiling.table import Table
+
+    table = Table.load(path)
+    if not table.has_latency:
+        raise HwnasError(f"--table {path} prices MACs and params only (backend none): give a table with "
+                         f"latencies to compare with")
+    return table
 
 
 def _onnx_runner(model: bytes, shape: tuple[int, ...], args: argparse.Namespace, engine_info: dict[str, Any]) -> Any:

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from hwnas.errors import HwnasError
+
 from hwnas.profiling.table import Table
 from hwnas.spaces.macro import Position
 from hwnas.supernet.costs import cost_model
@@ -70,6 +72,13 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
         loss = sum(reg(fitness.sample_pairs(gen), fitness) for _ in range(pairs_per_step)) / pairs_per_step
         opt.zero_grad()
         loss.backward()
+        if not (torch.isfinite(loss) and all(bool(torch.isfinite(t.grad).all()) for t in fitness.thetas
+                                              if t.grad is not None)):
+            # An overflowed penalty would turn theta into NaN (and sampling a non-empty cell from
+            # NaN probabilities never ends): refuse instead.
+            raise HwnasError(f"the penalty overflowed at step {step} (alpha {reg.alpha}, beta {reg.beta}, target "
+                             f"{target}, E[C] {trajectory[-1]['expected']:.4g}): use a smaller --alpha or --beta "
+                             f"or a target nearer the reachable costs")
         opt.step()
         sched.step()
         if step % record_every == 0 or step == steps:
