@@ -67,8 +67,12 @@ def _commands(parser, prefix=()):
 def _base_argv(path, parser, skip):
     """The shortest command line that parses (the values are placeholders; nothing runs)."""
     argv = list(path)
+    # one option of each required mutually exclusive group (unless the fuzzed option is in it)
+    chosen = {group._group_actions[0].dest for group in parser._mutually_exclusive_groups
+              if group.required and skip not in {a.dest for a in group._group_actions}}
     for action in parser._actions:
-        if action.dest == skip or not (action.required or not action.option_strings) or \
+        needed = action.required or not action.option_strings or action.dest in chosen
+        if action.dest == skip or not needed or \
                 isinstance(action, (argparse._SubParsersAction, argparse._HelpAction)):
             continue
         if isinstance(action.type, Range):
@@ -124,7 +128,10 @@ def test_numeric_option_fuzz(capsys, tmp_path, path, parser, action, text):
         assert flag in err and action.type.describe() in err and out == ""
         assert set(os.listdir(tmp_path)) == before
     else:  # in range: parsed as the number it reads as (not run: that is the other tests' job)
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        finally:
+            assert capsys.readouterr().err == ""
         assert getattr(args, action.dest) == expected
         assert math.isfinite(expected)
         lo, hi = action.type.lo, action.type.hi
