@@ -30,6 +30,12 @@ class Piece:
     detail: str = ""
     needed: bool = True  # False: reported, but its absence is no error (TensorRT; the GPU with --compile)
 
+    @property
+    def status(self) -> str:
+        if self.ok:
+            return "ok"
+        return "missing" if self.needed else "optional" if self.name == "TensorRT" else "not needed"
+
 
 def register(sub: Any) -> None:
     env = sub.add_parser(
@@ -217,10 +223,10 @@ def cmd_env(args: argparse.Namespace) -> int:
         problems.append("--compile: nothing compiled, NVRTC is not usable (see above)")
     problems += [f"NVRTC for {c['arch']}: {c['error']}" for c in compiled if not c["ok"]]
     if args.json:
-        print_json({"ok": not problems, "components": [asdict(p) for p in pieces], "compiled": compiled,
+        print_json({"ok": not problems, "components": [{**asdict(p), "status": p.status} for p in pieces], "compiled": compiled,
                     "problems": problems})
     else:
-        print(table([[p.name, "ok" if p.ok else "missing" if p.needed else "optional", p.version, p.detail]
+        print(table([[p.name, p.status, p.version, p.detail]
                      for p in pieces], ["component", "status", "version", "detail"]))
         if compiled:
             from hwnas.kernels.cuda import KERNELS
