@@ -165,3 +165,25 @@ def test_table_command_has_help_with_its_options(row, words, options, capsys):
     help_text = capsys.readouterr().out
     missing = [o for o in options if o not in help_text]
     assert not missing, f"'hwnas {' '.join(words)} --help' does not know {missing}"
+
+
+def leaf_commands(parser=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every runnable command of the `hwnas` parser, as its words ('table', 'build')."""
+    import argparse
+
+    parser = parser or build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [prefix]
+    out = [prefix] if prefix and parser.get_default("func") is not None else []
+    for name, child in subs[0].choices.items():
+        out += leaf_commands(child, (*prefix, name))
+    return out
+
+
+def test_every_command_is_in_the_commands_table():
+    listed = {tuple(words) for _, words, _ in table_commands()}
+    missing = [" ".join(c) for c in leaf_commands() if c not in listed]
+    assert not missing, f"README's commands table lacks: {missing}"
+
+
