@@ -5,7 +5,7 @@ Modules are loaded once per device. Before loading or launching, the device's pr
 (the one torch's runtime calls use) is made current on the calling thread and the previous one
 restored after: autograd runs the backward pass on a thread of its own, where no context may be
 current, and a tensor may live on another device than the current one. Triton's launcher makes the
-primary context current the same way. What has run on which GPU: docs/gpu.md.
+primary context current the same way. Status on GPUs: docs/gpu.md.
 """
 
 from __future__ import annotations
