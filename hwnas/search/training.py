@@ -89,7 +89,9 @@ class RoundTrainer:
         fused = self.cfg.fused or self.device.type == "cuda"
         self.net = Supernet(self.space, self.macro, self.scale, layer_ops, fused=fused).to(self.device)
         needs = [c.needs_branch for c in self.cells]
-        self.fitness = FitnessIndicators([len(o) for o in layer_ops], needs).to(self.device)
+        # theta stays on the CPU (a few numbers; its configurations are drawn there): its 0-dim
+        # probabilities combine with device tensors in the simulated gradient
+        self.fitness = FitnessIndicators([len(o) for o in layer_ops], needs)
         self._pricing()
 
     def _pricing(self) -> None:
