@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -305,10 +308,13 @@ def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         search.run()
     assert (run / "checkpoint.pt").exists() and not (run / "round_01" / "thetas.json").exists()
-    code = main(["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms",
-                 str(cfg.target), "--rounds", "2", "--K", "2", "--epochs", "2", "--config",
-                 str(tiny["folder"] / "search.yaml"), "-o", str(run), "--resume", "--quiet", "--json"])
-    assert code == 0
+    # Resumed in a fresh process, as after a real kill (one thread, as the uninterrupted run).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "hwnas.cli.main", "search", "run", "--table", str(tiny["path"]),
+                           "--data", str(tiny["npz"]), "--target-ms", str(cfg.target), "--rounds", "2", "--K", "2",
+                           "--epochs", "2", "--config", str(tiny["folder"] / "search.yaml"), "-o", str(run),
+                           "--resume", "--quiet", "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
     for r in (1, 2):
         a = json.loads((finished / f"round_{r:02d}" / "thetas.json").read_text())
         b = json.loads((run / f"round_{r:02d}" / "thetas.json").read_text())
