@@ -197,6 +197,20 @@ def targets(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+RUNNING: list[int] = []  # the process group of the stage being run
+
+
+def stop_on_term(signum: int, frame: Any) -> None:
+    """Terminated (a time limit around the whole run): stop the stage's process group too, which
+    runs detached from ours, and leave the report as it is (the stage marked running)."""
+    for pid in RUNNING:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    raise SystemExit(128 + signum)
+
+
 def stage_command(stage: Stage, params: dict[str, Any], out: Path) -> list[str]:
     """A stage runs as this script with --stage NAME, writing OUT/stages/NAME.json."""
     return [sys.executable, str(SCRIPT), "--stage", stage.name, "--params", json.dumps(params), "--out", str(out)]
@@ -212,12 +226,15 @@ def run_stage(stage: Stage, seconds: float, params: dict[str, Any], out: Path) -
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        RUNNING[:] = [proc.pid]
         try:
             rc = proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the stage and its children (pytest, compile workers)
             proc.wait()
             rc = None
+        finally:
+            RUNNING.clear()
     entry: dict[str, Any] = {"seconds": round(time.monotonic() - start, 1), "log": str(log.relative_to(out))}
     if result_file.exists():
         entry["result"] = json.loads(result_file.read_text())
@@ -322,8 +339,15 @@ def stage_environment(params: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def stage_kernel_tests(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    import importlib.util
     import re
 
+    if importlib.util.find_spec("pytest") is None:  # a bare GPU machine: call the gpu tests by hand
+        result = run_gpu_tests(REPO / "tests" / "test_kernels.py")
+        if result["failed"]:
+            write_result(out, "kernel_tests", result)
+            raise SystemExit(f"gpu tests failed: {result['failures']}")
+        return result
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                            "tests/"], capture_output=True, text=True, cwd=REPO)
     print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n")
@@ -334,6 +358,67 @@ def stage_kernel_tests(params: dict[str, Any], out: Path) -> dict[str, Any]:
         write_result(out, "kernel_tests", result)
         raise SystemExit(f"pytest -m gpu exited {proc.returncode}: {result}")
     return result
+
+
+def pytest_stand_in() -> Any:
+    """Enough of pytest to import a test module and find its gpu tests and their parameter grids:
+    marks are recorded on the functions, nothing else is done."""
+    import types
+
+    def mark(name: str) -> Callable[..., Any]:
+        def use(*args: Any, **kwargs: Any) -> Any:
+            if name == "parametrize":
+                def grid(fn: Any) -> Any:
+                    fn.__dict__.setdefault("grid", []).append(([n.strip() for n in args[0].split(",")], list(args[1])))
+                    return fn
+                return grid
+            if name == "skipif":
+                def skipif(fn: Any) -> Any:
+                    if args[0]:
+                        fn.skip = kwargs.get("reason", "skipped")
+                    return fn
+                return skipif
+            fn = args[0]  # a bare mark: @pytest.mark.gpu
+            fn.__dict__.setdefault("marks", set()).add(name)
+            return fn
+        return use
+
+    module: Any = types.ModuleType("pytest")
+    module.mark = types.SimpleNamespace(**{n: mark(n) for n in ("gpu", "parametrize", "skipif")})
+    module.fixture = lambda *a, **k: a[0] if a and callable(a[0]) else (lambda fn: fn)
+    return module
+
+
+def run_gpu_tests(path: Path, call: bool = True) -> dict[str, Any]:
+    """Call every gpu-marked test of `path` over its parameter grid; count passes and failures
+    (call=False: only list the cases)."""
+    import importlib
+    import itertools
+    import traceback
+
+    sys.modules.setdefault("pytest", pytest_stand_in())
+    sys.path.insert(0, str(path.parent))
+    module = importlib.import_module(path.stem)
+    passed, failures, cases = 0, [], []
+    for name, fn in vars(module).items():
+        if not (name.startswith("test_") and "gpu" in getattr(fn, "marks", ())):
+            continue
+        grids = getattr(fn, "grid", [])
+        for combo in itertools.product(*[list(zip([names] * len(values), values)) for names, values in grids]):
+            kwargs: dict[str, Any] = {}
+            for names, value in combo:
+                kwargs.update(zip(names, value if len(names) > 1 else (value,)))
+            cases.append(f"{name}{kwargs}")
+            if not call:
+                continue
+            try:
+                fn(**kwargs)
+                passed += 1
+            except Exception:  # noqa: BLE001 - a failing test is counted and reported
+                failures.append(f"{name}{kwargs}: {traceback.format_exc(limit=1).strip().splitlines()[-1]}")
+                print(failures[-1], flush=True)
+    return {"passed": passed, "failed": len(failures), "skipped": 0, "failures": failures[:10], "cases": len(cases),
+            "runner": "gpu tests called directly (pytest is not installed)"}
 
 
 def stage_fused_bench(params: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -491,9 +576,10 @@ def main() -> int:
     args = ap.parse_args()
     if not args.budget > 0:
         ap.error("--budget must be a positive number of minutes")
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the stages run from the repository root
     if args.stage:
         return run_one(args.stage, json.loads(args.params), out)
+    signal.signal(signal.SIGTERM, stop_on_term)
     return run_stages(STAGES, out, args.budget, capabilities())
 
 

@@ -155,3 +155,56 @@ def test_fused_stage_runs_its_benchmark(acc, tmp_path):
                                    tmp_path)
     assert len(result["rows"]) == 1 and result["speedup_vs_eager"] > 0 and result["speedup_vs_compile"] is None
     assert json.loads((tmp_path / "stages" / "fused_bench.json").read_text())["rows"] == result["rows"]
+
+
+STAND_IN = """
+import json, sys
+import importlib.util
+spec = importlib.util.spec_from_file_location("acc", sys.argv[1])
+acc = importlib.util.module_from_spec(spec)
+sys.modules["acc"] = acc
+spec.loader.exec_module(acc)
+sys.modules["pytest"] = acc.pytest_stand_in()  # as on a machine without pytest
+from pathlib import Path
+print(json.dumps(acc.run_gpu_tests(Path(sys.argv[2]), call=sys.argv[3] == "call")))
+"""
+
+SAMPLE_TESTS = '''
+import pytest
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("a", [1, 2, 3])
+@pytest.mark.parametrize("b,c", [(1, 1), (2, 3)], ids=["same", "differ"])
+def test_sum(a, b, c):
+    assert a + b != 3 + c  # fails for (a, b, c) = (3, 1, 1) and only there
+
+def test_not_gpu():
+    raise AssertionError("only gpu tests are called")
+'''
+
+
+def run_stand_in(tmp_path, test_file, how):
+    driver = tmp_path / "stand_in.py"
+    driver.write_text(STAND_IN)
+    proc = subprocess.run([sys.executable, str(driver), str(SCRIPT), str(test_file), how], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_without_pytest_the_gpu_tests_are_called_over_their_grids(tmp_path):
+    sample = tmp_path / "test_sample.py"
+    sample.write_text(SAMPLE_TESTS)
+    result = run_stand_in(tmp_path, sample, "call")
+    assert result["cases"] == 6 and result["passed"] == 5 and result["failed"] == 1
+    failure = result["failures"][0]
+    assert "'a': 3" in failure and "'b': 1" in failure and "'c': 1" in failure
+
+
+def test_the_stand_in_finds_the_kernel_gpu_tests_pytest_finds(tmp_path):
+    result = run_stand_in(tmp_path, REPO / "tests" / "test_kernels.py", "list")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu",
+                           str(REPO / "tests" / "test_kernels.py")], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert result["cases"] == len(collected) > 0
