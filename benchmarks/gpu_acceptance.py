@@ -56,7 +56,7 @@ class Stage:
 
 
 STAGES = [
-    Stage("environment", "", 0.3, 10, "GPU, driver and software versions"),
+    Stage("environment", "", 0.5, 10, "GPU, driver and software versions; hwnas env"),
     Stage("kernel_tests", "cuda", 2.0, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
     Stage("fused_bench", "cuda", 2.2, 30, "fused cell vs eager and torch.compile, fwd+bwd, batch 16"),
     Stage("kernel_bandwidth", "cuda", 0.5, 10, "mixed-depthwise kernel vs device-to-device copy bandwidth"),
@@ -335,6 +335,13 @@ def stage_environment(params: dict[str, Any], out: Path) -> dict[str, Any]:
         info["tensorrt"] = getattr(tensorrt, "__version__", None) if hasattr(tensorrt, "Builder") else None
     except ImportError:
         pass
+    # hwnas's own view (NVRTC headers found, compiler, what is missing); exit 1 only says something is
+    env = subprocess.run([sys.executable, "-m", "hwnas.cli.main", "env", "--json"], capture_output=True, text=True,
+                         cwd=REPO)
+    try:
+        info["hwnas_env"] = json.loads(env.stdout)
+    except json.JSONDecodeError:
+        info["hwnas_env"] = {"error": (env.stderr or env.stdout).strip()[-300:]}
     return info
 
 

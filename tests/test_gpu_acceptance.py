@@ -40,6 +40,7 @@ def test_without_a_gpu_the_stages_are_skipped_with_reasons(tmp_path):
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["environment"]["status"] == "passed"
     assert stages["environment"]["result"]["cuda_available"] is False
+    assert stages["environment"]["result"]["hwnas_env"]["ok"] is False  # hwnas env's view, kept whole
     for name in ("kernel_tests", "fused_bench", "kernel_bandwidth", "torch_table", "torch_validate", "trt_engines"):
         assert stages[name]["status"] == "skipped" and "no CUDA GPU" in stages[name]["reason"]
     assert "skipped" in (out / "report.md").read_text()
