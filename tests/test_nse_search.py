@@ -313,7 +313,8 @@ def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hwnas.cli.main", "search", "run", "--table", str(tiny["path"]),
                            "--data", str(tiny["npz"]), "--target-ms", str(cfg.target), "--rounds", "2", "--K", "2",
                            "--epochs", "2", "--config", str(tiny["folder"] / "search.yaml"), "-o", str(run),
-                           "--resume", "--quiet", "--json"], env=env, capture_output=True, text=True, timeout=600)
+                           "--resume", "--quiet", "--json", "--threads", "1"], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr
     for r in (1, 2):
         a = json.loads((finished / f"round_{r:02d}" / "thetas.json").read_text())

@@ -81,7 +81,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def register_run(actions: Any) -> None:
-    from hwnas.cli.options import COUNT, ROUNDS, SEED, TARGET, add_number
+    from hwnas.cli.options import COUNT, ROUNDS, SEED, TARGET, add_number, add_threads
 
     r = actions.add_parser(
         "run", help="the NSE search on image data, driven by a lookup table",
@@ -109,6 +109,7 @@ def register_run(actions: Any) -> None:
     r.add_argument("--fused", action="store_true", default=None,
                    help="the fused multi-branch layer on the CPU too (always used on GPUs)")
     r.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    add_threads(r, help="CPU threads of torch (default: torch's; small networks often run fastest on 1)")
     add_number(r, "--seed", rng=SEED, default=None, help="random seed (default 0)")
     r.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder")
     r.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
@@ -132,6 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hwnas.search import SearchConfig, load_data, read_config, search
 
     refuse_data_parallel()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     settings = read_config(args.config) if args.config else {}
     overrides = {"k": args.k, "epochs": args.epochs, "rounds": args.rounds, "seed": args.seed, "fused": args.fused}
     settings.update({k: v for k, v in overrides.items() if v is not None})
