@@ -14,7 +14,6 @@ import torch
 from hwnas.kernels import (KernelInputError, SegmentSpec, mixed_depthwise, mixed_depthwise_bn_relu,
                            reference_mixed_depthwise)
 from hwnas.kernels.cuda import ARCHS, KERNELS
-from hwnas.kernels.ops import MixedDepthwiseBnReluFn, MixedDepthwiseFn
 from hwnas.kernels.segments import segment_table
 from hwnas.kernels.sources import source_dir
 from low_precision import assert_matches, boundary, rounded
@@ -102,11 +101,10 @@ def test_gradcheck_double(impl):
     segments = [SegmentSpec(2, 3, 1, 1), SegmentSpec(1, 5, 2, 2), SegmentSpec(2, 3, 3, 2)]
     x, weights = inputs(segments, n=1, h=7, w=6, dtype=torch.float64)
     flat = torch.cat([w.reshape(-1) for w in weights])
-    assert torch.autograd.gradcheck(lambda a, b: MixedDepthwiseFn.apply(b, tuple(segments), impl, a),
+    assert torch.autograd.gradcheck(lambda a, b: mixed_depthwise(a, b, segments, impl),
                                     (x.requires_grad_(), flat.requires_grad_()))
     parts = [t.contiguous().requires_grad_() for t in x.detach().split([s.channels for s in segments], 1)]
-    assert torch.autograd.gradcheck(lambda b, *p: MixedDepthwiseFn.apply(b, tuple(segments), impl, *p),
-                                    (flat, *parts))
+    assert torch.autograd.gradcheck(lambda b, *p: mixed_depthwise(p, b, segments, impl), (flat, *parts))
 
 
 def test_unused_segment_outputs_get_zero_gradient():
@@ -258,8 +256,8 @@ def test_bn_relu_gradcheck_double(training, impl):
     gamma, beta, mean, var = bn_inputs(5, torch.float64)
 
     def fn(w_, g_, b_, *h_):  # fresh running stats each call: gradcheck calls it many times
-        return MixedDepthwiseBnReluFn.apply(w_, g_, b_, mean.clone(), var.clone(), tuple(segments), training,
-                                            0.1, 1e-5, impl, False, *h_)
+        return mixed_depthwise_bn_relu(h_, w_, segments, g_, b_, mean.clone(), var.clone(), training, 0.1, 1e-5,
+                                       impl)
 
     assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (flat, gamma, beta, h)))
     parts = [t.contiguous().requires_grad_() for t in h.detach().split([s.channels for s in segments], 1)]

@@ -44,14 +44,26 @@ class SupernetCell(nn.Module):
     def needs_branch(self) -> bool:
         return not self.identity
 
-    def check_config(self, config: torch.Tensor) -> None:
-        if config.dtype != torch.bool or config.shape != (len(self.branches),):
-            raise ValueError(f"config must be a bool tensor of shape ({len(self.branches)},), got "
-                             f"{config.dtype} {tuple(config.shape)}")
-        if self.needs_branch and not bool(config.any()):
-            raise ValueError(f"a {self.position.cell_type} cell needs at least one active branch")
+    def active(self, config: torch.Tensor | Sequence[bool]) -> list[int]:
+        """The indices of a configuration's active branches, after checking it.
 
-    def forward(self, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
-        self.check_config(config)
-        active = [b for b, on in zip(self.branches, config.tolist()) if on]
-        return cell_mean(x, [branch(x) for branch in active], self.identity)
+        config: a bool tensor, or a sequence of bools; under torch.compile(fullgraph=True) pass
+        a tuple of bools (a tensor's values are data a graph cannot branch on; each distinct
+        tuple compiles once)."""
+        n = len(self.branches)
+        if isinstance(config, torch.Tensor):
+            if config.dtype != torch.bool or config.shape != (n,):
+                raise ValueError(f"config must be a bool tensor of shape ({n},), got {config.dtype} "
+                                 f"{tuple(config.shape)}")
+            flags = config.tolist()
+        else:
+            flags = list(config)
+            if len(flags) != n or not all(isinstance(f, bool) for f in flags):
+                raise ValueError(f"config must be {n} bools (or a bool tensor), got {config!r}")
+        active = [i for i, on in enumerate(flags) if on]
+        if self.needs_branch and not active:
+            raise ValueError(f"a {self.position.cell_type} cell needs at least one active branch")
+        return active
+
+    def forward(self, x: torch.Tensor, config: torch.Tensor | Sequence[bool]) -> torch.Tensor:
+        return cell_mean(x, [self.branches[i](x) for i in self.active(config)], self.identity)

@@ -5,27 +5,31 @@ For the active depthwise branches (ungrouped 1x1s):
   conv per branch, each writing a tensor of its own that the kernel reads where it is (why: docs/kernel.md;
   a concatenated output above glibc's 32 MB mmap threshold page-faults afresh every step);
 - their first BN + ReLU and their depthwise convs run as ONE mixed-depthwise kernel with the
-  BN's scale/shift and the ReLU applied on load (hwnas.kernels.mixed_depthwise_bn_relu): the
+  BN's scale/shift and the ReLU applied on load (torch.ops.hwnas.mixed_depthwise_bn_relu): the
   activated hidden tensor is never written nor kept for backward, and each branch's output is
   a tensor of its own (no split; in backward, no concatenation of the branch gradients). The
   BN is per channel, so one BN over all the branches' channels is exact in training too; each
-  branch's running statistics are written back to its own BN;
+  branch's running statistics are updated in its own BN;
 - then each branch's BN2 + ReLU: on the CPU all branches' in one more call of the same kernel,
   as 1x1 segments of unit weight (its one-pass statistics and backward; each branch keeps its
   own BN), on GPUs cuDNN's; then each branch's projection and BN3, and the mean with the
   identity.
 Other branches (dense, dual, spatially separable, grouped 1x1s) run as in the reference.
+The kernel calls are torch operators: the layer compiles whole with torch.compile(fullgraph=True)
+given its configuration as a tuple of bools (docs/torch-op.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hwnas.kernels import SegmentSpec, mixed_depthwise_bn_relu
+from hwnas.kernels import SegmentSpec
+from hwnas.kernels.ops import geometry, update_running_stats
 from hwnas.model.blocks import cell_mean, is_fusable_depthwise
 from hwnas.supernet.cell import SupernetCell
 
@@ -38,19 +42,19 @@ def bn_relu_conv(h: torch.Tensor | list[torch.Tensor], bns: list[Any], weight: t
     first = bns[0]
     if any(bn.momentum != first.momentum or bn.eps != first.eps for bn in bns) or first.momentum is None:
         raise ValueError("the fused batch norm needs one fixed momentum and eps for all branches")
-    running_mean = torch.cat([bn.running_mean for bn in bns])
-    running_var = torch.cat([bn.running_var for bn in bns])
-    outs = mixed_depthwise_bn_relu(h, weight, segments, torch.cat([bn.weight for bn in bns]),
-                                   torch.cat([bn.bias for bn in bns]), running_mean, running_var, training,
-                                   first.momentum, first.eps, overwrite_h=inplace)
+    hs = [h] if isinstance(h, torch.Tensor) else h
+    stats = (None, None) if training else (torch.cat([bn.running_mean for bn in bns]),
+                                           torch.cat([bn.running_var for bn in bns]))
+    outs, mean, var = torch.ops.hwnas.mixed_depthwise_bn_relu(
+        hs, weight, torch.cat([bn.weight for bn in bns]), torch.cat([bn.bias for bn in bns]), *stats,
+        *geometry(segments), training, first.eps, "fast", inplace and not torch.compiler.is_compiling())
     if training:
-        with torch.no_grad():  # write the updated statistics back to each branch's BN
-            sizes = [bn.num_features for bn in bns]
-            for bn, mean, var in zip(bns, running_mean.split(sizes), running_var.split(sizes)):
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-                bn.num_batches_tracked.add_(1)
-    return outs
+        n, _, height, width = hs[0].shape
+        sizes = [bn.num_features for bn in bns]
+        for bn, m, v in zip(bns, mean.split(sizes), var.split(sizes)):
+            update_running_stats(bn.running_mean, bn.running_var, m, v, n * height * width, first.momentum)
+            bn.num_batches_tracked.add_(1)
+    return list(outs)
 
 
 def bn_relu_depthwise(h: torch.Tensor | list[torch.Tensor], blocks: list[Any], training: bool,
@@ -71,9 +75,9 @@ def bn_relu(ys: list[torch.Tensor], bns: list[Any], training: bool, inplace: boo
     return bn_relu_conv(ys, bns, ones, segments, training, inplace)
 
 
-def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor, inplace: bool = True) -> torch.Tensor:
-    cell.check_config(config)
-    active = [i for i, on in enumerate(config.tolist()) if on]
+def fused_forward(cell: SupernetCell, x: torch.Tensor, config: torch.Tensor | Sequence[bool],
+                  inplace: bool = True) -> torch.Tensor:
+    active = cell.active(config)
     if not active:
         return x
     branches: Any = cell.branches
@@ -109,5 +113,5 @@ class FusedSupernetCell(nn.Module):
         super().__init__()
         self.cell, self.inplace = cell, inplace
 
-    def forward(self, x: torch.Tensor, config: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, config: torch.Tensor | Sequence[bool]) -> torch.Tensor:
         return fused_forward(self.cell, x, config, self.inplace)
