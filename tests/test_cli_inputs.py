@@ -470,3 +470,22 @@ def test_search_dry_run_any_allowed_numbers_end_in_an_answer(capsys, target, alp
         assert all(math.isfinite(t["expected"]) for t in result["trajectory"])
     else:
         assert_refused(code, err, codes=(1,))
+
+
+@given(seed=st.integers(0, 2**32), value=JSON_VALUES | st.sampled_from(["nan", "inf", "-1", "4e-5", "0"]))
+@settings(max_examples=60, deadline=None)
+def test_search_config_fuzz(seed, value):
+    """A search config file with any setting replaced by anything: a config or a one-line SpecError."""
+    from hwnas.errors import HwnasError
+    from hwnas.search import SearchConfig
+
+    settings_ = SearchConfig(target=8.0).to_dict()
+    name = random.Random(seed).choice(sorted(settings_))
+    settings_[name] = value
+    try:
+        cfg = SearchConfig.from_dict(settings_, "c.yaml").check("c.yaml")
+    except HwnasError as exc:
+        assert "\n" not in str(exc) and "c.yaml" in str(exc)
+    else:
+        for field_name, got in cfg.to_dict().items():
+            assert not isinstance(got, float) or math.isfinite(got), field_name

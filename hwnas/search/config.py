@@ -7,6 +7,7 @@ optimisers); sizes of training (epochs, batch) are the user's to choose for thei
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,12 @@ class SearchConfig:
             need("alpha", ALPHA)
         if self.beta is not None:
             need("beta", BETA)
-        if not 0 < self.held_out < 1:
+        if isinstance(self.held_out, bool) or not isinstance(self.held_out, (int, float)) \
+                or not 0 < self.held_out < 1:
             raise SpecError(f"{where}: held_out must be a fraction in (0, 1), got {self.held_out!r}")
-        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
-            raise SpecError(f"{where}: threshold must be a number, got {self.threshold!r}")
+        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool) \
+                or not math.isfinite(self.threshold):
+            raise SpecError(f"{where}: threshold must be a finite number, got {self.threshold!r}")
         if not isinstance(self.fused, bool):
             raise SpecError(f"{where}: fused must be true or false, got {self.fused!r}")
         return self
