@@ -67,12 +67,18 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
         raise HwnasError(f"{what} {str(path)!r} is not a file name: give a file path")
     if path.is_dir():
         raise HwnasError(f"{what} {path} is a folder: give a file path inside it")
+    for folder in path.parents:
+        if folder.exists() and not folder.is_dir():
+            raise HwnasError(f"cannot write {what} {path}: {folder} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".probe", dir=path.parent)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
+        if exc.errno == errno.ENOENT and path.parent.is_dir():  # /proc, /sys: folders that take no new files
+            raise HwnasError(f"cannot write {what} {path}: {path.parent} does not take new files (a virtual "
+                             f"file system?): write somewhere else") from None
         raise HwnasError(f"cannot write {what} {path}: " + os_error_message(exc, path.parent)) from None
     return path
 
@@ -170,12 +176,17 @@ def parse_json(text: str, path: str | Path, what: str = "JSON file") -> Any:
     except json.JSONDecodeError as exc:
         if not text.strip():
             raise HwnasError(f"{path} is empty, not a {what}") from None
-        if exc.pos >= len(text.rstrip()):
+        if looks_truncated(exc, text):
             raise HwnasError(f"{path} ends early (truncated?): not a whole {what}") from None
         raise HwnasError(f"{path} is not a {what}: invalid JSON ({exc.msg} at line {exc.lineno} "
                          f"column {exc.colno})") from None
     except RecursionError:
         raise HwnasError(f"{path} is not a {what}: JSON nested too deeply") from None
+
+
+def looks_truncated(exc: json.JSONDecodeError, text: str) -> bool:
+    """The JSON ended where more was expected (a cut file), not a wrong character in the middle."""
+    return exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:

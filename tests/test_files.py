@@ -78,9 +78,10 @@ def test_any_bytes_read_as_json_fail_in_one_line(tmp_path_factory, data):
 def test_read_errors_name_the_problem(tmp_path):
     good = json.dumps({"format": "f", "version": 1, "x": [1, 2, 3]})
     (tmp_path / "trunc.json").write_text(good[:-5])
+    (tmp_path / "cut_in_string.json").write_text(good[:13])
     (tmp_path / "bin.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     (tmp_path / "future.json").write_text(json.dumps({"format": "f", "version": 7}))
-    cases = {"trunc.json": "truncated", "bin.json": "binary", "future.json": "upgrade hwnas",
+    cases = {"trunc.json": "truncated", "cut_in_string.json": "truncated", "bin.json": "binary", "future.json": "upgrade hwnas",
              "missing.json": "no such file"}
     for name, words in cases.items():
         with pytest.raises(HwnasError, match=words):

@@ -37,9 +37,8 @@ def seeded_network(arch: Architecture, seed: int = 0, weights: str | None = None
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-            reason = " ".join(str(exc).split())[:160]
-            raise HwnasError(f"{weights} is not a PyTorch checkpoint ({type(exc).__name__}: {reason}); give a "
-                             f"file saved with torch.save(model.state_dict(), PATH)") from None
+            raise HwnasError(f"{weights} is not a PyTorch checkpoint of tensors (torch.load: {type(exc).__name__}); "
+                             f"give a file saved with torch.save(net.state_dict(), PATH)") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise HwnasError(f"checkpoint {weights} holds a {type(state).__name__} that is not a state_dict (a "

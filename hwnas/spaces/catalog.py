@@ -84,7 +84,9 @@ def read_document(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        truncated = " (the file ends early: truncated?)" if exc.pos >= len(text.rstrip()) else ""
+        from hwnas.files import looks_truncated
+
+        truncated = " (the file ends early: truncated?)" if looks_truncated(exc, text) else ""
         raise SpecError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                         f"{truncated}") from None
     except RecursionError:
