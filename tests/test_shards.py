@@ -265,7 +265,7 @@ def test_calibrate_refuses_parts_unfinished_tables_and_other_devices(tmp_path, c
     table.save(tmp_path / "lacking.json")
     assert main(["table", "calibrate", str(tmp_path / "lacking.json")]) == 1
     assert "lacks 1 entry (first: 'stem')" in capsys.readouterr().err
-    elsewhere = Table(dict(table.meta, backend={"name": "ort", "threads": 1}, precision="fp32",
+    elsewhere = Table(dict(table.meta, backend={"name": "ort", "threads": 1}, precision="fp32", statistic="median",
                            device={"type": "gpu", "name": "NVIDIA GeForce GTX TITAN Xp"}),
                       dict(Table.load(tmp_path / "whole.json").entries))
     elsewhere.save(tmp_path / "elsewhere.json")
