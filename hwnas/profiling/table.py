@@ -156,7 +156,7 @@ def check_table(raw: dict[str, Any]) -> None:
           "an object with a 'name'", backend)
     _want(isinstance(meta.get("device", {}), dict), "meta.device", "an object", meta.get("device"))
     statistic = meta.get("statistic")
-    timed = backend["name"] != "none"  # a table of latencies prices them by its statistic
+    timed = isinstance(backend, dict) and backend["name"] != "none"  # latencies are priced by the statistic
     _want(statistic in STAT_FIELDS or (statistic is None and not timed), "meta.statistic",
           f"one of {', '.join(STAT_FIELDS)}", statistic)
     protocol = meta.get("protocol")
