@@ -58,7 +58,7 @@ def main() -> int:
     layer_ops = [list(range(len(space.ops))) for _ in slots]
     net = Supernet(space, macro, 1.0, layer_ops, fused=args.fused)
     fitness = FitnessIndicators([len(o) for o in layer_ops], [s.position.cell_type != "N" for s in slots])
-    model = cost_model(table, [(s.position, o) for s, o in zip(slots, layer_ops)], "latency")
+    model = cost_model(table, [(s.position, o) for s, o in zip(slots, layer_ops)], "latency", stem_and_head=True)
     with torch.no_grad():
         initial = float(model.expected([torch.sigmoid(t) for t in fitness.thetas]))
     target = args.target_fraction * initial

@@ -22,7 +22,7 @@ from hwnas.search import Evolution, Search, SearchConfig, TensorImages, aggregat
 from hwnas.search.data import load_npz
 from hwnas.search.retrieval import Sampler, beyond, configs_of, recalibrate_bn, within
 from hwnas.search.run import architecture
-from hwnas.search.training import RoundTrainer, price_scale
+from hwnas.search.training import RoundTrainer
 from hwnas.spaces import Macro, Space, load_file
 from hwnas.spaces.ops import op_from_dict
 
@@ -164,7 +164,7 @@ def test_samples_within_and_edge_samples_beyond_the_constraint(tiny):
     ds = load_npz(tiny["npz"])
     slots = table.macro().slots(1.0)
     trainer = RoundTrainer(table, [[0, 1, 2, 3, 4] for _ in slots], [[] for _ in slots], tiny_config(tiny), ds, ds, 1)
-    sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops, price_scale(table, "latency"))
+    sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
     gen = torch.Generator().manual_seed(0)
     target = tiny["target"]
     inside = sampler.sample(20, within(target), "sample", gen, 2000)

@@ -114,7 +114,7 @@ def pair_from(theta: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> PairSamp
 @pytest.mark.parametrize("form", ["nse", "nss", "linear", "fbnet"])
 def test_regularizer_gradient_by_finite_differences(form):
     model = tiny_model()
-    reg = ResourceRegularizer(model, target=7.0, form=form, alpha=0.5, beta=2.0)
+    reg = ResourceRegularizer(model, target=7.0, form=form, alpha=0.5, beta=2.0, outer="sampled")
     thetas = [torch.tensor([0.4, -0.3, 1.0]), torch.tensor([-1.0, 0.5, 0.2])]
     configs = [(torch.tensor([True, False, True]), torch.tensor([False, True, True])),
                (torch.tensor([True, True, False]), torch.tensor([False, False, True]))]
@@ -218,7 +218,7 @@ def test_penalty_estimate_follows_the_exact_penalty_gradient():
     """alpha (C - tau)^2 through the pair estimate vs the exact gradient of alpha (E[C] - tau)^2:
     far above the target both must point the same way (cosine > 0.9 over 4000 samples)."""
     model = tiny_model(seed=5, k=3, layers=3)
-    reg = ResourceRegularizer(model, target=4.0, form="nse", alpha=1.0, beta=2.0)
+    reg = ResourceRegularizer(model, target=4.0, form="nse", alpha=1.0, beta=2.0, outer="sampled")
     fitness = FitnessIndicators([3, 3, 3], [layer.needs_branch for layer in model.layers])
     gen = torch.Generator().manual_seed(1)
     total = torch.zeros(9)

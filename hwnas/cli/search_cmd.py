@@ -10,6 +10,7 @@ from typing import Any
 from hwnas.cli import options as opt
 from hwnas.cli.output import millions, print_json, table
 from hwnas.errors import HwnasError
+from hwnas.supernet.regularizer import DEFAULT_OUTER, FORMS, OUTER
 from hwnas.supernet.search import DEFAULT_K, DEFAULT_LR
 
 
@@ -19,8 +20,8 @@ def register(sub: Any) -> None:
         description="'hwnas search run ...' runs the NSE search on image data (see 'hwnas search run "
                     "--help'). 'hwnas search --dry-run ...' optimises the fitness indicators (theta) against "
                     "the resource regularizer alone and reports the trajectory of the expected cost E[C]: the "
-                    "tool for choosing alpha, beta and the target before training a supernet. Units: ms per "
-                    "batch for latency, millions of MACs per image for macs.",
+                    "tool for choosing alpha, beta and the target before training a supernet. Units: calibrated ms per "
+                    "batch (as 'hwnas predict' reports) for latency, millions of MACs per image for macs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     actions = s.add_subparsers(dest="search_action", metavar="ACTION", parser_class=type(s))
     actions.required = False
@@ -32,10 +33,10 @@ def register(sub: Any) -> None:
     s.add_argument("--macro", metavar="NAME|FILE", help="refuse unless the table is of this macro-architecture")
     s.add_argument("--metric", choices=["latency", "macs"])
     opt.add_number(s, "--target", rng=opt.TARGET, help="tau, in the metric's units")
-    s.add_argument("--form", choices=["nse", "nss", "linear", "fbnet"], default="nse")
+    s.add_argument("--form", choices=FORMS, default="nse")
     opt.add_number(s, "--alpha", rng=opt.ALPHA, default=None, help="default: NSE's (2e-2 latency, 1e-5 macs)")
     opt.add_number(s, "--beta", rng=opt.BETA, default=None, help="default: NSE's (2)")
-    s.add_argument("--outer", choices=["expected", "sampled"], default="expected",
+    s.add_argument("--outer", choices=OUTER, default=DEFAULT_OUTER,
                    help="the penalty's derivative at the exact E[C] (unbiased fixed point) or at the sampled "
                         "cost (NSE's literal form, settles 1-4%% off the target)")
     opt.add_number(s, "--steps", rng=opt.STEPS, default=400, help="optimisation steps")

@@ -21,8 +21,9 @@ from hwnas.errors import HwnasError
 from hwnas.profiling.backends import Backend
 from hwnas.profiling.entries import EntrySpec, plan_groups, probe_entry
 from hwnas.profiling.protocol import Protocol, Runner, Stats, measure_group, probe_baseline
+from hwnas.profiling.combination import COMBINATION
 from hwnas.profiling.shards import Shard, part_meta
-from hwnas.profiling.table import COMBINATION, PART_FIELD, Table, identity_differences
+from hwnas.profiling.table import PART_FIELD, Table, identity_differences
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 

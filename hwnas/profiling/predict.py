@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from hwnas.errors import HwnasError
+from hwnas.profiling.combination import merge_cost
 from hwnas.profiling.table import HEAD_KEY, STEM_KEY, Table, merge_add_key, merge_scale_key, op_key
 from hwnas.spaces.arch import Architecture, PlacedCell
+
+LATENCY_UNITS = ("ms per batch, calibrated: each part is its table entries times the calibration factor, "
+                 "so the parts add up to the total")
 
 
 def check_compatible(table: Table, arch: Architecture, batch: int | None = None) -> None:
@@ -26,25 +30,26 @@ def check_compatible(table: Table, arch: Architecture, batch: int | None = None)
                          f"scale linearly with batch; build a table at batch {batch}")
 
 
-def cell_terms(placed: PlacedCell) -> int:
-    return len(placed.ops) + int(placed.slot.position.cell_type == "N")
-
-
 def cell_latency(table: Table, arch: Architecture, placed: PlacedCell) -> tuple[list[float], float]:
-    """Each branch's latency and the merge's, by the table's combination model."""
+    """Each branch's entry and the merge's, summed as measured (before calibration)."""
     pos = placed.slot.position
     branches = [table.latency(op_key(arch.space.ops[i], pos)) for i in placed.ops]
-    terms = cell_terms(placed)
-    merge = 0.0
-    if placed.ops and terms > 1:
-        merge = (terms - 1) * table.latency(merge_add_key(pos)) + table.latency(merge_scale_key(pos))
+    merge = merge_cost(len(placed.ops), pos.cell_type == "N", table.latency(merge_add_key(pos)),
+                       table.latency(merge_scale_key(pos)))
     return branches, merge
 
 
 def predict(table: Table, arch: Architecture, batch: int | None = None) -> dict[str, Any]:
+    """An architecture's MACs and params per image and, from a profiled table, its latency per batch.
+
+    Every latency in the result is calibrated (its entries times the table's calibration factor),
+    so the parts (stem, head, cells; a cell's branches and merge) add up to `latency_ms`;
+    `latency_ms_uncalibrated` is the plain sum of the entries."""
     check_compatible(table, arch, batch)
     timed = table.has_latency
+    factor = table.calibration_factor
     cells = []
+    summed = 0.0  # the cells' entries, before calibration
     for pc in arch.placed:
         if not pc.ops:
             continue
@@ -58,10 +63,11 @@ def predict(table: Table, arch: Architecture, batch: int | None = None) -> dict[
         }
         if timed:
             branches, merge = cell_latency(table, arch, pc)
+            summed += sum(branches) + merge
             for op, ms in zip(cell["ops"], branches):
-                op["latency_ms"] = ms
-            cell["merge_ms"] = merge
-            cell["latency_ms"] = sum(branches) + merge
+                op["latency_ms"] = ms * factor
+            cell["merge_ms"] = merge * factor
+            cell["latency_ms"] = (sum(branches) + merge) * factor
         cells.append(cell)
     stem, head = table.entry(STEM_KEY), table.entry(HEAD_KEY)
     out: dict[str, Any] = {
@@ -73,11 +79,12 @@ def predict(table: Table, arch: Architecture, batch: int | None = None) -> dict[
         "cells": cells,
     }
     if timed:
-        out["stem"]["latency_ms"] = table.latency(STEM_KEY)
-        out["head"]["latency_ms"] = table.latency(HEAD_KEY)
-        raw = out["stem"]["latency_ms"] + out["head"]["latency_ms"] + sum(c["latency_ms"] for c in cells)
-        out["latency_ms_uncalibrated"] = raw
-        out["calibration_factor"] = table.calibration_factor
-        out["latency_ms"] = raw * table.calibration_factor
+        stem_ms, head_ms = table.latency(STEM_KEY), table.latency(HEAD_KEY)
+        out["stem"]["latency_ms"] = stem_ms * factor
+        out["head"]["latency_ms"] = head_ms * factor
+        out["latency_ms"] = out["stem"]["latency_ms"] + out["head"]["latency_ms"] + sum(c["latency_ms"] for c in cells)
+        out["latency_ms_uncalibrated"] = stem_ms + head_ms + summed
+        out["calibration_factor"] = factor
         out["statistic"] = table.statistic
+        out["latency_units"] = LATENCY_UNITS
     return out

@@ -30,12 +30,6 @@ IDENTITY_FIELDS = ("space", "space_def", "macro", "macro_def", "scale", "batch",
 # The metadata field of a part of a sharded build (its shard and the keys it owns); a merged
 # table keeps each part's timestamps and probe baseline under "shards" instead.
 PART_FIELD = "shard"
-# How a multi-branch cell is priced from its entries (stated in every table).
-COMBINATION = ("network = calibration factor * (stem + head + sum of cells); cell = sum of its branches' entries "
-               "+ (terms - 1) * merge_add + merge_scale if terms > 1, where terms = branches + 1 for a normal cell "
-               "(the identity), branches otherwise. The factor (meta.calibration) is the median ratio measured / "
-               "summed over random architectures timed whole: isolated graphs pay boundary costs (layout "
-               "reorders, cold inputs, unfused adds) that a whole network does not")
 
 
 def op_key(op: OpSpec, pos: Position) -> str:
@@ -63,10 +57,19 @@ class Table:
     def statistic(self) -> str:
         return str(self.meta.get("statistic", "median"))
 
+    @property
+    def positions(self) -> list[str]:
+        """The layer positions the table prices (keys such as N-64-64-28-s1)."""
+        return list(self.meta.get("positions", []))
+
     def entry(self, key: str) -> dict[str, Any]:
         try:
             return self.entries[key]
         except KeyError:
+            position = key.partition("@")[2]
+            if position and position not in self.positions:
+                raise HwnasError(f"the table has no position {position} (needed for '{key}'); its positions are "
+                                 f"{', '.join(self.positions)}: build a table for this macro-architecture") from None
             state = "" if self.meta.get("complete") else " (the table is incomplete: finish it with --resume)"
             raise HwnasError(f"the table has no entry '{key}'{state}") from None
 

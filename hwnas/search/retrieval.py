@@ -58,11 +58,10 @@ class Sampler:
     fitness: FitnessIndicators
     costs: CostModel
     layer_ops: list[list[int]]
-    scale: float = 1.0  # the latency calibration factor (1 for MACs)
     seen: set[Any] = field(default_factory=set)
 
     def price(self, configs: Sequence[torch.Tensor]) -> float:
-        return self.costs.cost(configs) * self.scale
+        return self.costs.cost(configs)  # in the metric's units, as `hwnas predict` reports
 
     def draw(self, generator: torch.Generator) -> tuple[list[torch.Tensor], float]:
         configs = [sample_config(len(t), nb, generator, torch.sigmoid(t.detach().cpu()))

@@ -34,7 +34,7 @@ from hwnas.search.data import (as_dataset, check_against_macro, data_shape, fixe
                                step_seed)
 from hwnas.search.evolution import Evolution, aggregate
 from hwnas.search.retrieval import Candidate, Sampler, beyond, configs_of, evaluate, front_of, within
-from hwnas.search.training import RoundTrainer, price_scale
+from hwnas.search.training import RoundTrainer
 from hwnas.spaces.arch import Architecture, Cell, architecture_from_dict
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 1
@@ -305,7 +305,7 @@ class Search:
         from tqdm import tqdm
 
         cfg = self.cfg
-        sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops, price_scale(self.table, cfg.metric))
+        sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, round_index, RETRIEVAL))
         draws = 20 * (cfg.samples + cfg.edge_samples)
         candidates = sampler.sample(cfg.samples, within(cfg.target), "sample", gen, draws)

@@ -35,16 +35,6 @@ from hwnas.supernet.simplify import simplify_layer
 WEIGHTS, THETA = 1, 2  # tags of the per-step generators
 
 
-def price_scale(table: Table, metric: str) -> float:
-    """From the cost model's units to `hwnas predict`'s: a latency target is of the table's
-    calibrated prediction, the cost model sums uncalibrated entries."""
-    return table.calibration_factor if metric == "latency" else 1.0
-
-
-def model_target(table: Table, cfg: SearchConfig) -> float:
-    return cfg.target / price_scale(table, cfg.metric)
-
-
 def penalty_alpha(cfg: SearchConfig, tau: float) -> float | None:
     """NSE's alpha was chosen for NSE's target (7 ms, 300 MFLOPs). For the NSE form and no alpha
     given: the same penalty as a function of C / tau, alpha * (tau_NSE / tau) ** beta, so that
@@ -95,10 +85,11 @@ class RoundTrainer:
         self._pricing()
 
     def _pricing(self) -> None:
-        self.costs = cost_model(self.table, [(c.position, c.ops) for c in self.cells], self.cfg.metric)
-        tau = model_target(self.table, self.cfg)
-        self.regularizer = ResourceRegularizer(self.costs, tau, self.cfg.form, penalty_alpha(self.cfg, tau),
-                                               self.cfg.beta, outer="expected")
+        self.costs = cost_model(self.table, [(c.position, c.ops) for c in self.cells], self.cfg.metric,
+                                stem_and_head=True)  # priced as `hwnas predict` prices (latency calibrated)
+        self.regularizer = ResourceRegularizer(self.costs, self.cfg.target, self.cfg.form,
+                                               penalty_alpha(self.cfg, self.cfg.target), self.cfg.beta,
+                                               outer="expected")
 
     @property
     def cells(self) -> list[Any]:
@@ -167,9 +158,7 @@ class RoundTrainer:
         self.net.train()
         ce, penalty = theta_step(self.net, self.fitness, self.regularizer, self.theta_opt, x, y, gen)
         self.theta_steps += 1
-        with torch.no_grad():
-            expected = float(self.regularizer.expected_cost(self.fitness))
-        expected *= price_scale(self.table, self.cfg.metric)
+        expected = self.regularizer.expected_cost(self.fitness)
         return {"ce": ce, "penalty": penalty, "expected_cost": expected}
 
     # -- simplification (lock and rehearse) ------------------------------------------------------

@@ -1,9 +1,9 @@
 """Pricing supernet configurations from a table: per layer, any branch combination.
 
-C(g) of a layer = sum of its active branches' entries + the merge (latency tables only):
-(terms - 1) * merge_add + merge_scale when terms > 1, terms = active + 1 for a normal cell.
-Units: milliseconds per batch (the table's statistic) for latency, millions of MACs per
-image for MACs. The stem and head are a fixed cost.
+C(g) of a layer = sum of its active branches' entries + the merge (latency tables only), by
+the table's combination model (hwnas.profiling.combination). Units, the same as `predict`'s:
+calibrated milliseconds per batch (the table's statistic, times its calibration factor) for
+latency, millions of MACs per image for MACs. The stem and head, when asked for, are a fixed cost.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from hwnas.errors import HwnasError
+from hwnas.profiling.combination import merge_cost
 from hwnas.profiling.table import HEAD_KEY, STEM_KEY, Table, merge_add_key, merge_scale_key, op_key
 from hwnas.spaces.macro import Position
 
 METRICS = ("latency", "macs")
+UNITS = {"latency": "ms per batch, calibrated", "macs": "M MACs per image"}
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,15 @@ class LayerCosts:
         return not self.identity
 
     def merge(self, active: int) -> float:
-        terms = active + int(self.identity)
-        return (terms - 1) * self.merge_add + self.merge_scale if active and terms > 1 else 0.0
+        return merge_cost(active, self.identity, self.merge_add, self.merge_scale)
 
-    def cost(self, config: torch.Tensor) -> torch.Tensor:
+    def cost(self, config: torch.Tensor | Sequence[bool]) -> torch.Tensor:
+        """C(g) of one configuration: a bool tensor or a sequence of bools, one per branch."""
+        if not isinstance(config, torch.Tensor) and all(isinstance(g, bool) for g in config):
+            config = torch.tensor(list(config), dtype=torch.bool)
+        if not isinstance(config, torch.Tensor) or config.dtype != torch.bool or config.shape != self.branches.shape:
+            raise TypeError(f"a configuration is {len(self.branches)} bools (or a bool tensor), one per branch, "
+                            f"got {_kind(config)}")
         return self.branches[config].sum() + self.merge(int(config.sum()))
 
     def expected(self, p: torch.Tensor) -> torch.Tensor:
@@ -55,37 +62,55 @@ class LayerCosts:
 
 @dataclass(frozen=True)
 class CostModel:
+    """The cost of every configuration of a sequence of layers, plus a fixed cost (stem and head)."""
+
     metric: str
     layers: tuple[LayerCosts, ...]
-    fixed: float  # stem + head
+    fixed: float  # stem + head when the model prices a whole network, else 0
 
     @property
     def unit(self) -> str:
-        return "ms" if self.metric == "latency" else "M MACs"
+        return UNITS[self.metric]
 
     def cost(self, configs: Sequence[torch.Tensor]) -> float:
         return self.fixed + float(sum(layer.cost(c) for layer, c in zip(self.layers, configs)))
 
     def expected(self, probabilities: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Exact E[C] under independent Bernoulli branches, differentiable in the probabilities."""
         return self.fixed + sum((layer.expected(p) for layer, p in zip(self.layers, probabilities)),
                                 torch.zeros((), dtype=torch.float64))
 
 
-def cost_model(table: Table, layers: Sequence[tuple[Position, Sequence[int]]], metric: str) -> CostModel:
-    """The cost model of a supernet whose layer i sits at layers[i][0] with candidate ops layers[i][1]."""
+def cost_model(table: Table, layers: Sequence[tuple[Position, Sequence[int]]], metric: str, *,
+               stem_and_head: bool) -> CostModel:
+    """The cost model of layers where layer i sits at layers[i][0] with candidate ops layers[i][1]
+    (op indices of the table's space).
+
+    stem_and_head: add the table's stem and head as a fixed cost: True when the layers are the
+    cells of a whole network of the table's macro-architecture (a supernet), False for layers
+    of one's own network. Latency is calibrated, as `predict` reports it (`CostModel.unit`).
+    """
     if metric not in METRICS:
         raise HwnasError(f"unknown metric '{metric}'; choose latency or macs")
     if metric == "latency" and not table.has_latency:
         raise HwnasError("the table holds no latency (backend 'none'): use --metric macs or a profiled table")
     space = table.space()
+    factor = table.calibration_factor
 
     def price(key: str) -> float:
-        return table.latency(key) if metric == "latency" else table.entry(key)["macs"] / 1e6
+        return table.latency(key) * factor if metric == "latency" else table.entry(key)["macs"] / 1e6
 
     out = []
     for pos, ops in layers:
-        branches = torch.tensor([price(op_key(space.ops[i], pos)) for i in ops], dtype=torch.float64)
+        if not isinstance(pos, Position):
+            raise TypeError(f"each layer is (Position, op indices), got {_kind(pos)} as the position")
+        branches = torch.tensor([price(op_key(space.op(i), pos)) for i in ops], dtype=torch.float64)
         add = price(merge_add_key(pos)) if metric == "latency" else 0.0
         scale = price(merge_scale_key(pos)) if metric == "latency" else 0.0
         out.append(LayerCosts(branches, add, scale, pos.cell_type == "N"))
-    return CostModel(metric, tuple(out), price(STEM_KEY) + price(HEAD_KEY))
+    fixed = price(STEM_KEY) + price(HEAD_KEY) if stem_and_head else 0.0
+    return CostModel(metric, tuple(out), fixed)
+
+
+def _kind(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]

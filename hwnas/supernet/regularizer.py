@@ -3,7 +3,8 @@ sampled configurations of every layer so that it is differentiable in theta:
 
     C ~ fixed + sum_l (p~_a,l C(g_a,l) + p~_b,l C(g_b,l))
 
-Forms (tau is the target, in the cost model's units):
+Forms (tau is the target, in the cost model's units: calibrated ms per batch for latency, as
+`hwnas predict` reports it; millions of MACs per image):
 - nse:    alpha * |C - tau| ** beta       (NSE, Ci et al., ICCV 2021; beta = 2 squares C - tau,
                                           as its code)
 - nss:    alpha * |C / tau - 1| ** beta   (Network Space Search, Hsu et al.)
@@ -12,11 +13,12 @@ Forms (tau is the target, in the cost model's units):
 - fbnet:  alpha * log(C) ** beta          (FBNet, Wu et al., CVPR 2019)
 
 `outer`: how the penalty's derivative is taken.
-- "sampled" (NSE's literal form): penalty(C), C the two-configuration estimate. Its
-  fixed point is biased: the random factor (C - tau) correlates with dC/dtheta, and E[C]
-  settles a few percent away from tau (docs/measured.md).
-- "expected": value penalty(E[C]), gradient penalty'(E[C]) * dC/dtheta, with E[C] exact from
-  the table. Same differentiable estimate C, no correlated factor: E[C] settles on tau.
+- "expected" (the default, in the API and the CLI): value penalty(E[C]), gradient
+  penalty'(E[C]) * dC/dtheta, with E[C] exact from the table. Same differentiable estimate C,
+  no correlated factor: E[C] settles on tau.
+- "sampled" (NSE's literal form): penalty(C), C the two-configuration estimate. Its fixed
+  point is biased: the random factor (C - tau) correlates with dC/dtheta, and E[C] settles a
+  few percent away from tau (docs/measured.md).
 """
 
 from __future__ import annotations
@@ -32,14 +34,24 @@ from hwnas.supernet.fitness import FitnessIndicators, PairSample
 
 FORMS = ("nse", "nss", "linear", "fbnet")
 OUTER = ("expected", "sampled")
+DEFAULT_OUTER = "expected"
 # NSE's constants per metric: alpha, beta, tau (ms per batch of 16 on its GPU; MFLOPs).
 PAPER_CONSTANTS = {"latency": (2e-2, 2.0, 7.0), "macs": (1e-5, 2.0, 300.0)}
 
 
 class ResourceRegularizer(nn.Module):
-    def __init__(self, model: CostModel, target: float, form: str = "nse", alpha: float | None = None,
-                 beta: float | None = None, outer: str = "sampled"):
+    """penalty(C) for a supernet's sampled configuration pairs; `forward(pairs, fitness)`.
+
+    costs: the cost model of the supernet's layers (`cost_model`); target: tau in its units;
+    alpha, beta: default to the paper's constants for the cost model's metric.
+    """
+
+    def __init__(self, costs: CostModel, target: float, form: str = "nse", alpha: float | None = None,
+                 beta: float | None = None, outer: str = DEFAULT_OUTER):
         super().__init__()
+        if not isinstance(costs, CostModel):
+            raise TypeError(f"costs must be a CostModel (hwnas.cost_model(table, layers, metric, ...)), "
+                            f"got {type(costs).__name__}")
         if outer not in OUTER:
             raise HwnasError(f"unknown outer derivative '{outer}'; choose expected or sampled")
         self.outer = outer
@@ -47,14 +59,17 @@ class ResourceRegularizer(nn.Module):
             raise HwnasError(f"unknown regularizer form '{form}'; choose one of {', '.join(FORMS)}")
         if target <= 0:
             raise HwnasError(f"the target must be positive, got {target}")
-        paper_alpha, paper_beta, _ = PAPER_CONSTANTS[model.metric]
-        self.model, self.target, self.form = model, float(target), form
+        paper_alpha, paper_beta, _ = PAPER_CONSTANTS[costs.metric]
+        self.costs, self.target, self.form = costs, float(target), form
         self.alpha = paper_alpha if alpha is None else float(alpha)
         self.beta = paper_beta if beta is None else float(beta)
 
     def sampled_cost(self, pairs: Sequence[PairSample]) -> torch.Tensor:
-        total = torch.tensor(self.model.fixed, dtype=torch.float64)
-        for layer, pair in zip(self.model.layers, pairs):
+        """The two-configuration estimate of C, differentiable in theta."""
+        if len(pairs) != len(self.costs.layers):
+            raise ValueError(f"{len(pairs)} configuration pairs for {len(self.costs.layers)} priced layers")
+        total = torch.tensor(self.costs.fixed, dtype=torch.float64)
+        for layer, pair in zip(self.costs.layers, pairs):
             total = total + pair.p_a * layer.cost(pair.config_a) + pair.p_b * layer.cost(pair.config_b)
         return total
 
@@ -73,12 +88,20 @@ class ResourceRegularizer(nn.Module):
         if self.outer == "sampled":
             return self.penalty(sampled)
         if fitness is None:
-            raise ValueError("outer='expected' needs the fitness indicators (for the exact E[C])")
-        expected = self.expected_cost(fitness).detach().requires_grad_()
+            raise ValueError("outer='expected' needs the fitness indicators (for the exact E[C]): "
+                             "call regularizer(pairs, fitness), or build it with outer='sampled'")
+        with torch.no_grad():
+            expected = self._expected(fitness)
+        expected.requires_grad_()
         value = self.penalty(expected)
         (slope,) = torch.autograd.grad(value, expected)
         return value.detach() + slope * (sampled - sampled.detach())
 
-    def expected_cost(self, fitness: FitnessIndicators) -> torch.Tensor:
-        """Exact E[C] under the current theta (for logging and calibration)."""
-        return self.model.expected([fitness.probabilities(i).double() for i in range(len(fitness.thetas))])
+    def expected_cost(self, fitness: FitnessIndicators) -> float:
+        """Exact E[C] under the current theta, as a number (for logging). Its differentiable form is
+        `costs.expected(probabilities)`."""
+        with torch.no_grad():
+            return float(self._expected(fitness))
+
+    def _expected(self, fitness: FitnessIndicators) -> torch.Tensor:
+        return self.costs.expected([fitness.probabilities(i).double() for i in range(len(fitness.thetas))])

@@ -18,7 +18,7 @@ from hwnas.profiling.table import Table
 from hwnas.spaces.macro import Position
 from hwnas.supernet.costs import cost_model
 from hwnas.supernet.fitness import FitnessIndicators
-from hwnas.supernet.regularizer import ResourceRegularizer
+from hwnas.supernet.regularizer import DEFAULT_OUTER, ResourceRegularizer
 
 
 # Defaults shared by dry_run and the CLI: NSE's K for latency, a learning rate that
@@ -56,16 +56,16 @@ def supernet_layers(table: Table, k: int | None, seed: int) -> list[tuple[Positi
 
 def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: float | None = None,
             beta: float | None = None, steps: int = 400, lr: float = DEFAULT_LR, k: int | None = DEFAULT_K,
-            seed: int = 0, record_every: int = 10, pairs_per_step: int = 1, outer: str = "expected") -> dict[str, Any]:
+            seed: int = 0, record_every: int = 10, pairs_per_step: int = 1, outer: str = DEFAULT_OUTER
+            ) -> dict[str, Any]:
     layers = supernet_layers(table, k, seed)
-    model = cost_model(table, layers, metric)
+    model = cost_model(table, layers, metric, stem_and_head=True)
     reg = ResourceRegularizer(model, target, form, alpha, beta, outer)
     fitness = FitnessIndicators([len(ops) for _, ops in layers], [pos.cell_type != "N" for pos, _ in layers])
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(fitness.parameters(), lr=lr, betas=THETA_BETAS)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: theta_lr_factor(i, steps))
-    with torch.no_grad():
-        initial = float(reg.expected_cost(fitness))
+    initial = reg.expected_cost(fitness)
     trajectory: list[dict[str, float]] = [{"step": 0, "expected": initial}]
     for step in range(1, steps + 1):
         # NSE's estimator, averaged over independent pairs to lower its variance.
@@ -82,9 +82,7 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
         opt.step()
         sched.step()
         if step % record_every == 0 or step == steps:
-            with torch.no_grad():
-                trajectory.append({"step": step, "expected": float(reg.expected_cost(fitness)),
-                                   "penalty": float(loss)})
+            trajectory.append({"step": step, "expected": reg.expected_cost(fitness), "penalty": float(loss)})
     final = trajectory[-1]["expected"]
     return {
         "metric": metric, "unit": model.unit, "form": form, "alpha": reg.alpha, "beta": reg.beta,
