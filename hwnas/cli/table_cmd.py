@@ -10,7 +10,7 @@ from typing import Any
 from hwnas.cli import options as opt
 from hwnas.cli.options import add_json, add_quiet, add_seed
 from hwnas.cli.output import millions, print_json, table
-from hwnas.profiling.backends import REGISTRY
+from hwnas.profiling.backends import backend_names
 
 
 def register(sub: Any) -> None:
@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     build.add_argument("--space", required=True, metavar="NAME|FILE", help="search space")
     build.add_argument("--macro", required=True, metavar="NAME|FILE", help="macro-architecture")
     opt.add_scale(build)
-    build.add_argument("--backend", choices=list(REGISTRY), default="ort",
+    build.add_argument("--backend", choices=backend_names(), default="ort",
                        help="ort: onnxruntime CPU; torch: eager PyTorch (CUDA if present); tensorrt: "
                             "TensorRT engines on a GPU; none: MACs and params only")
     opt.add_batch(build, help="batch size the latencies are measured at")
@@ -252,14 +252,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print_json(result)
         return 0
     timed = "latency_ms" in result
-    rows = []
+
+    def ms(part: dict[str, Any], key: str = "latency_ms") -> str:
+        return f"{part[key]:.3f}" if timed else "-"
+
+    rows = [["", "stem", "", millions(result["stem"]["macs"]), ms(result["stem"]), ""]]
     for c in result["cells"]:
         rows.append([c["index"], c["position"], " + ".join(o["name"] for o in c["ops"]), millions(c["macs"]),
-                     f"{c['latency_ms']:.3f}" if timed else "-", f"{c['merge_ms']:.3f}" if timed else "-"])
+                     ms(c), ms(c, "merge_ms")])
+    rows.append(["", "head", "", millions(result["head"]["macs"]), ms(result["head"]), ""])
     print(table(rows, ["cell", "position", "ops", "MACs", "latency ms", "of which merge"]))
     line = f"{result['arch']}: {result['macs']:,} MACs, {result['params']:,} params per image"
     if timed:
-        line += f"; predicted {result['latency_ms']:.2f} ms per batch of {result['batch']} ({result['statistic']})"
+        line += (f"; predicted {result['latency_ms']:.2f} ms per batch of {result['batch']} ({result['statistic']}), "
+                 f"the sum of the latency column: entries x calibration factor {result['calibration_factor']:.4f} "
+                 f"(uncalibrated sum {result['latency_ms_uncalibrated']:.2f} ms)")
     print(line)
     return 0
 
