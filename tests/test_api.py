@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
-from typing import Any
-
 import pytest
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import hwnas
 from hwnas.profiling import backends
 
 from conftest import REPO
+from flop_backend import FlopBackend, FlopRunner
 
 TINY = str(REPO / "tests" / "data" / "tiny.json")
 
@@ -44,30 +40,6 @@ def test_help_shows_the_api():
     for name in ("FusedSupernetCell", "ResourceRegularizer", "register_backend", "build_table", "predict",
                  "export_onnx", "benchmark"):
         assert name in out.stdout
-
-
-class FlopRunner(hwnas.Runner):
-    """A deterministic 'device': one run takes 1 ms plus 1 ms per million FLOPs of the graph
-    (counted by torch's FLOP counter)."""
-
-    def __init__(self, module: torch.nn.Module, shapes: Sequence[tuple[int, ...]]):
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            module.eval()(*[torch.randn(s) for s in shapes])
-        self.ms = 1.0 + counter.get_total_flops() / 1e6
-
-    def run(self, iterations: int) -> float:
-        return iterations * self.ms
-
-
-class FlopBackend(hwnas.Backend):
-    name = "flops-model"
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": "1", "precision": self.precision, "threads": None,
-                "device": {"type": "model"}, "software": {}}
-
-    def load(self, module: torch.nn.Module, input_shapes: Sequence[tuple[int, ...]]) -> hwnas.Runner:
-        return FlopRunner(module, input_shapes)
 
 
 @pytest.fixture

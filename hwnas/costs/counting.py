@@ -80,5 +80,6 @@ class NetworkCost:
 
 
 def network_cost(arch: Architecture) -> NetworkCost:
+    """MACs and params per image of an architecture's stem, cells and head (no table needed)."""
     return NetworkCost(stem_cost(arch.macro), tuple(cell_cost(arch.space, pc) for pc in arch.placed),
                        head_cost(arch.macro, arch.scale))

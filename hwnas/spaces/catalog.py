@@ -64,6 +64,7 @@ def catalog_from_dict(raw: Any, where: str, base: Catalog | None = None) -> Cata
 
 @functools.lru_cache(maxsize=1)
 def builtin() -> Catalog:
+    """The built-in spaces, macro-architectures and networks (NSE's)."""
     text = resources.files("hwnas.data").joinpath("nse.json").read_text()
     return catalog_from_dict(json.loads(text), "built-in nse.json")
 
@@ -137,12 +138,15 @@ def _resolve(kind: str, attr: str, ref: str) -> Any:
 
 
 def resolve_architecture(ref: str) -> Architecture:
+    """An architecture by built-in name, file (its only network) or FILE:NAME."""
     return _resolve("architecture", "networks", ref)  # type: ignore[no-any-return]
 
 
 def resolve_space(ref: str) -> Space:
+    """A search space by built-in name, file or FILE:NAME."""
     return _resolve("space", "spaces", ref)  # type: ignore[no-any-return]
 
 
 def resolve_macro(ref: str) -> Macro:
+    """A macro-architecture by built-in name, file or FILE:NAME."""
     return _resolve("macro-architecture", "macros", ref)  # type: ignore[no-any-return]

@@ -38,6 +38,9 @@ class PairSample:
 
 
 class FitnessIndicators(nn.Module):
+    """One learnable theta per branch of every layer (p = sigmoid(theta), theta = 0 at the start);
+    `sample_pairs()` draws the two configurations per layer that the simulated gradient uses."""
+
     def __init__(self, branches_per_layer: Sequence[int], needs_branch: Sequence[bool]):
         super().__init__()
         self.thetas = nn.ParameterList(nn.Parameter(torch.zeros(n)) for n in branches_per_layer)

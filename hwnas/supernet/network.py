@@ -20,6 +20,9 @@ from hwnas.supernet.regularizer import ResourceRegularizer
 
 
 class Supernet(nn.Module):
+    """Stem, one SupernetCell per cell slot of the macro-architecture (candidate ops
+    `layer_ops[i]` in slot i), head; `fused=True` computes the cells with the fused layer."""
+
     def __init__(self, space: Space, macro: Macro, scale: float, layer_ops: Sequence[Sequence[int]],
                  fused: bool = False):
         super().__init__()
@@ -59,6 +62,7 @@ class Supernet(nn.Module):
 
 def weight_step(net: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator | None = None) -> float:
+    """One weight update on a random subnet (every branch Bernoulli(0.5)); the cross-entropy."""
     net.train()
     loss = F.cross_entropy(net(x, net.sample_configs(generator)), y)
     optimizer.zero_grad()

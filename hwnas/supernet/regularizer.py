@@ -43,7 +43,7 @@ class ResourceRegularizer(nn.Module):
     """penalty(C) for a supernet's sampled configuration pairs; `forward(pairs, fitness)`.
 
     costs: the cost model of the supernet's layers (`cost_model`); target: tau in its units;
-    alpha, beta: default to the paper's constants for the cost model's metric.
+    alpha, beta: default to NSE's constants for the cost model's metric.
     """
 
     def __init__(self, costs: CostModel, target: float, form: str = "nse", alpha: float | None = None,

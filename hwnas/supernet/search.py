@@ -58,6 +58,8 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
             beta: float | None = None, steps: int = 400, lr: float = DEFAULT_LR, k: int | None = DEFAULT_K,
             seed: int = 0, record_every: int = 10, pairs_per_step: int = 1, outer: str = DEFAULT_OUTER
             ) -> dict[str, Any]:
+    """Optimise theta against the regularizer alone (no data, no weights) and report the trajectory
+    of E[C] (`hwnas search --dry-run`): the tool for choosing alpha, beta and the target."""
     layers = supernet_layers(table, k, seed)
     model = cost_model(table, layers, metric, stem_and_head=True)
     reg = ResourceRegularizer(model, target, form, alpha, beta, outer)

@@ -24,5 +24,6 @@ def simplify_layer(ops: Sequence[int], theta: torch.Tensor, needs_branch: bool, 
 
 def simplify(layer_ops: Sequence[Sequence[int]], thetas: Sequence[torch.Tensor], needs_branch: Sequence[bool],
              locked: Sequence[Sequence[int]] | None = None, threshold: float = -2.0) -> list[list[int]]:
+    """`simplify_layer` for every layer: the op indices that survive in each."""
     locked = locked or [[] for _ in layer_ops]
     return [simplify_layer(o, t, n, lk, threshold) for o, t, n, lk in zip(layer_ops, thetas, needs_branch, locked)]
