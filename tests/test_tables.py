@@ -18,8 +18,9 @@ from hwnas.profiling.build import build_table
 from hwnas.profiling.predict import predict
 from hwnas.profiling.protocol import Protocol
 from hwnas.profiling.table import Table, op_key
-from hwnas.profiling.validate import CALIBRATION_SEED, calibration_architectures, metrics, validate
+from hwnas.profiling.validate import metrics, validate
 from hwnas.spaces import builtin, resolve_architecture, resolve_macro, resolve_space
+from hwnas.spaces.sampling import slot_architecture
 
 from conftest import REPO
 
@@ -52,12 +53,19 @@ def test_predict_refuses_what_the_table_cannot_price(latency19_macs):
     with pytest.raises(HwnasError, match="measured at batch 16, not 32"):
         predict(latency19_macs, builtin().networks["nsenet_gpu"], batch=32)
     scaled = dict(builtin().networks["nsenet_gpu"].to_dict(), scale=1.5)
-    arch_file = latency19_macs.meta  # noqa: F841  (the table is unchanged by a refusal)
     from hwnas.spaces.catalog import catalog_from_dict
 
     arch = catalog_from_dict({"networks": {"big": scaled}}, "big.json", builtin()).networks["big"]
     with pytest.raises(HwnasError, match="scale 1.5, the table was built at scale 1.0"):
         predict(latency19_macs, arch)
+
+
+def test_a_refusal_leaves_the_table_as_it_was(latency19_macs):
+    before = json.dumps(latency19_macs.to_dict(), sort_keys=True)
+    for arch, batch in [(builtin().networks["nsenet27"], None), (builtin().networks["nsenet_gpu"], 32)]:
+        with pytest.raises(HwnasError):
+            predict(latency19_macs, arch, batch=batch)
+    assert json.dumps(latency19_macs.to_dict(), sort_keys=True) == before
 
 
 def test_existing_output_needs_resume(tmp_path, latency19_macs):
@@ -90,6 +98,7 @@ def _build_cmd(out, *extra):
             "--backend", "ort", "--batch", "2", "--rounds", "3", "--drift-wait", "0", "-o", str(out), "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_loses_no_finished_entry(tmp_path):
     out = tmp_path / "tiny.json"
     proc = subprocess.Popen(_build_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -121,39 +130,70 @@ def test_kill_and_resume_loses_no_finished_entry(tmp_path):
     assert json.loads(out.read_text()) == final
 
 
-def test_validate_on_a_tiny_space(tmp_path):
-    path = tmp_path / "tiny.json"
-    space, macro = resolve_space(TINY), resolve_macro(TINY)
-    table = build_table(space, macro, 1.0, get_backend("ort"), 2, path, protocol=QUICK, progress=False)
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    """A profiled (onnxruntime) table of the tiny space, calibrated; tests must not mutate it."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.json"
+    build_table(resolve_space(TINY), resolve_macro(TINY), 1.0, get_backend("ort"), 2, path, protocol=QUICK,
+                progress=False)
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_build_is_complete_and_calibrated(tiny_table):
+    table = Table.load(tiny_table)
     assert table.meta["complete"] and table.meta["backend"]["threads"] == 1
-    result = predict(table, resolve_architecture(TINY))
-    summed = result["stem"]["latency_ms"] + result["head"]["latency_ms"] + sum(c["latency_ms"] for c in result["cells"])
     calibration = table.meta["calibration"]
     assert calibration["architectures"] == QUICK.calibration_architectures == len(calibration["ratios"])
+    result = predict(table, resolve_architecture(TINY))
+    summed = sum(table.latency(k) for k in ("stem", "head"))
+    for c in result["cells"]:
+        summed += sum(table.latency(f"{o['name']}@{c['position']}") for o in c["ops"])
+        summed += c["merge_ms"] / calibration["factor"]
     assert result["latency_ms_uncalibrated"] == pytest.approx(summed)
     assert result["latency_ms"] == pytest.approx(summed * calibration["factor"]) and result["latency_ms"] > 0
-    report = validate(Table.load(path), samples=3, seed=1, progress=False, reference=False)
+
+
+@pytest.mark.slow
+def test_validate_as_timed(tiny_table):
+    table = Table.load(tiny_table)
+    report = validate(table, samples=3, seed=1, progress=False, reference=False)
     assert report["n"] == 3 and 0 <= report["within_10pct"] <= 1 and -1 <= report["spearman"] <= 1
-    assert report["uncalibrated"]["n"] == 3 and report["calibration_factor"] == calibration["factor"]
+    assert report["uncalibrated"]["n"] == 3 and report["calibration_factor"] == table.calibration_factor
     assert report["machine_vs_table"] > 0 and all(s["probe_drift"] > 0 for s in report["samples"])
     assert report["measured"] == "raw" and "raw" not in report and "reference" not in report
     assert all(s["measured_ms"] == s["raw_ms"] > 0 for s in report["samples"])
-    # --recalibrate: the build's calibration architectures re-timed now, their factor applied
-    again = validate(Table.load(path), samples=3, seed=1, progress=False, recalibrate=True, reference=False)
+    predicted = [s["predicted_ms"] for s in report["samples"]]
+    assert {k: report[k] for k in metrics([1.0, 2.0], [1.0, 2.0])} == pytest.approx(
+        metrics(predicted, [s["measured_ms"] for s in report["samples"]]))
+
+
+@pytest.mark.slow
+def test_recalibrate_retimes_the_builds_architectures(tiny_table):
+    table = Table.load(tiny_table)
+    calibration = table.meta["calibration"]
+    again = validate(table, samples=2, seed=1, progress=False, recalibrate=True, reference=False)
     now = again["calibration_now"]
-    assert now["seed"] == calibration["seed"] and len(now["ratios"]) == QUICK.calibration_architectures
+    assert now["seed"] == calibration["seed"] and now["cells"] == calibration["cells"]
+    assert len(now["ratios"]) == QUICK.calibration_architectures
     measured = [s["measured_ms"] for s in again["samples"]]
     expected = metrics([s["predicted_uncalibrated_ms"] * now["factor"] for s in again["samples"]], measured)
     assert again["recalibrated"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_the_reference_network_refers_each_group_to_one_state(tiny_table):
     # by default the first calibration architecture is timed in every group (GROUP = 4 samples)
     # and each group's latencies are referred to its median over the run
-    five = validate(Table.load(path), samples=5, seed=2, progress=False)
+    table = Table.load(tiny_table)
+    calibration = table.meta["calibration"]
+    five = validate(table, samples=5, seed=2, progress=False)
     assert five["measured"] == "referred"
     ref = five["reference"]
     assert len(ref["measured_ms"]) == 2 and all(m > 0 for m in ref["measured_ms"])
-    first_calibration = calibration_architectures(table, calibration["seed"] - CALIBRATION_SEED, 1)[0]
-    assert ref["cells"] == [list(c.ops) for c in first_calibration.cells]
-    summed_ref = predict(table, first_calibration)["latency_ms_uncalibrated"]
+    assert ref["cells"] == calibration["cells"][0]  # the densest calibration architecture
+    first = slot_architecture(table.space(), table.macro(), 1.0, calibration["cells"][0], "ref")
+    summed_ref = predict(table, first)["latency_ms_uncalibrated"]
     assert ref["summed_ms"] == pytest.approx(summed_ref)
     assert ref["build_ms"] / summed_ref == pytest.approx(calibration["ratios"][0], rel=1e-4)
     level = (ref["measured_ms"][0] + ref["measured_ms"][1]) / 2  # the median of two
@@ -163,16 +203,23 @@ def test_validate_on_a_tiny_space(tmp_path):
     assert [s["measured_ms"] for s in five["samples"]] == pytest.approx(referred)
     assert [s["group_factor"] for s in five["samples"]] == pytest.approx([level / g for g in groups], rel=1e-4)
     predicted = [s["predicted_ms"] for s in five["samples"]]
-    assert {k: five[k] for k in expected} == pytest.approx(metrics(predicted, referred))
+    assert {k: five[k] for k in metrics([1.0, 2.0], [1.0, 2.0])} == pytest.approx(metrics(predicted, referred))
     assert five["raw"] == pytest.approx(metrics(predicted, [s["raw_ms"] for s in five["samples"]]))
-    # a table without calibration has no reference network: validated as timed, or refused if asked
-    bare = Table.load(path)
+
+
+@pytest.mark.slow
+def test_a_table_without_calibration_is_validated_as_timed(tiny_table):
+    bare = Table.load(tiny_table)
     del bare.meta["calibration"]
     with pytest.raises(HwnasError, match="--no-reference"):
         validate(bare, samples=3, reference=True)
     assert validate(bare, samples=2, seed=3, progress=False)["measured"] == "raw"
-    # the command line: a table, its --json report and a plot
-    cli = [sys.executable, "-m", "hwnas.cli.main", "validate", "--table", str(path), "--samples", "2", "--quiet"]
+
+
+@pytest.mark.slow
+def test_validate_command_line(tiny_table, tmp_path):
+    cli = [sys.executable, "-m", "hwnas.cli.main", "validate", "--table", str(tiny_table), "--samples", "2",
+           "--quiet"]
     human = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert human.returncode == 0, human.stderr
     assert "vs latencies as timed" in human.stdout and "referred to one machine state" in human.stdout
@@ -183,9 +230,13 @@ def test_validate_on_a_tiny_space(tmp_path):
     out = json.loads(machine.stdout)
     assert out["n"] == 2 and out["measured"] == "raw" and "reference" not in out
     assert png.read_bytes()[:4] == b"\x89PNG"  # matplotlib is in the dev extra
-    # a table measured elsewhere cannot be validated here
+
+
+@pytest.mark.slow
+def test_a_table_measured_on_another_device_is_refused(tiny_table):
+    table = Table.load(tiny_table)
     table.meta["device"] = dict(table.meta["device"], name="NVIDIA GeForce GTX TITAN Xp")
-    with pytest.raises(HwnasError, match="its measurements cannot validate it"):
+    with pytest.raises(HwnasError, match="cannot validate it"):
         validate(table, samples=3)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwnas.profiling.protocol import Runner
+from hwnas.progress import progress_bar
 
 COV_WARNING = 0.025
 
@@ -49,13 +50,29 @@ class BenchResult:
 
 
 def benchmark(runner: Runner, batch: int, warmup_ms: float = 200.0, duration_s: float = 3.0,
-              iterations: int = 10) -> BenchResult:
-    """Warm up for warmup_ms, then time single runs until both duration_s and iterations are reached."""
-    spent = 0.0
-    while spent < warmup_ms:
-        spent += runner.run(1)
-    latencies: list[float] = []
-    start = time.perf_counter()
-    while len(latencies) < iterations or time.perf_counter() - start < duration_s:
-        latencies.append(runner.run(1))
-    return BenchResult(latencies, time.perf_counter() - start, batch)
+              iterations: int = 10, progress: bool = False) -> BenchResult:
+    """Warm up for warmup_ms, then time single runs until both duration_s and iterations are reached.
+
+    progress: a bar on stderr over the planned time (warm-up + duration), with the time left."""
+    planned_s = warmup_ms / 1e3 + duration_s
+    with progress_bar(planned_s, "bench", "s", progress, by_time=True) as bar:
+        shown = 0.0
+
+        def show(elapsed_s: float) -> None:
+            nonlocal shown
+            step = min(elapsed_s, planned_s) - shown
+            if step > 0:
+                bar.update(step)
+                shown += step
+
+        spent = 0.0
+        while spent < warmup_ms:
+            spent += runner.run(1)
+            show(spent / 1e3)
+        latencies: list[float] = []
+        start = time.perf_counter()
+        while len(latencies) < iterations or time.perf_counter() - start < duration_s:
+            latencies.append(runner.run(1))
+            show(spent / 1e3 + time.perf_counter() - start)
+        wall_s = time.perf_counter() - start
+    return BenchResult(latencies, wall_s, batch)

@@ -35,6 +35,7 @@ def register(sub: Any) -> None:
     opt.add_seed(b, help="seed of an architecture's weights")
     b.add_argument("--table", help="also predict the latency with this table and report the error")
     opt.add_json(b)
+    opt.add_quiet(b)
     b.set_defaults(func=cmd_bench)
 
 
@@ -151,7 +152,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from hwnas.profiling.predict import predict
 
             predicted = predict(lut, arch, args.batch)["latency_ms"]
-        result = benchmark(runner, args.batch, args.warmup_ms, args.duration_s, args.iterations).summary()
+        result = benchmark(runner, args.batch, args.warmup_ms, args.duration_s, args.iterations,
+                           progress=not args.quiet).summary()
     finally:
         runner.close()
     result = {"backend": args.backend, "target": args.target, **engine_info, **result}

@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
     opt.add_seed(onnx, help="seed of the weights when no checkpoint is given")
     onnx.add_argument("--weights", metavar="CKPT", help="a PyTorch state_dict checkpoint of the network")
     opt.add_json(onnx, help="print the export report as JSON")
+    opt.add_quiet(onnx)
     onnx.set_defaults(func=cmd_onnx)
 
     eng = esub.add_parser(
@@ -62,7 +63,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
     arch = resolve_architecture(args.arch)
     check_writable(args.output, "ONNX output")  # before the export and its verification
     report = export_onnx(arch, args.output, args.batch, args.dynamic_batch, args.reparam,
-                         args.fp16, args.seed, args.weights, args.merge)
+                         args.fp16, args.seed, args.weights, args.merge, progress=not args.quiet)
     if args.json:
         print_json(report.to_dict())
     else:

@@ -163,6 +163,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"wrote {what} {args.output}: {len(tbl.entries)} entries ({args.backend}, batch {args.batch})"
           + (f", {flagged} flagged (see 'hwnas table show')" if flagged else "")
           + (f"; merge the parts with 'hwnas table merge'" if args.shard else ""))
+    _warn_calibration(tbl.meta.get("calibration", {}))
     return 0
 
 
@@ -200,7 +201,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     c = tbl.meta["calibration"]
     print(f"calibrated {args.table}: factor {c['factor']} (median measured/summed over {c['architectures']} "
           f"random architectures timed whole)")
+    _warn_calibration(c)
     return 0
+
+
+def _warn_calibration(calibration: dict[str, Any]) -> None:
+    from hwnas.profiling.validate import calibration_warning
+
+    warning = calibration_warning(calibration)
+    if warning:
+        print(f"hwnas: warning: {warning}", file=sys.stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -225,9 +235,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"merged from {len(m['shards'])} shards" + ("" if m.get("complete") or "calibration" in m else
                                                            "; not calibrated yet: 'hwnas table calibrate'"))
     if "calibration" in m:
+        from hwnas.profiling.validate import calibration_warning
+
         c = m["calibration"]
+        at = (f" at {', '.join(map(str, c['branches_per_cell']))} branches per cell; spread {c['spread']:.1%}"
+              if "branches_per_cell" in c else "")
         print(f"calibration: factor {c['factor']} (median measured/summed over {c['architectures']} random "
-              f"architectures timed whole; ratios {c['ratios']})")
+              f"architectures timed whole; ratios {c['ratios']}{at})")
+        warning = calibration_warning(c)
+        if warning:
+            print(f"warning: {warning}")
     if tbl.has_latency:
         flagged = sum(1 for e in tbl.entries.values() if e["latency"].get("flags"))
         print(f"flagged entries: {flagged} (remeasured: coefficient of variation over "

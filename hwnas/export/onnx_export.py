@@ -19,6 +19,7 @@ from hwnas.files import atomic_path, write_bytes
 from hwnas.model.checkpoints import upgrade_state_dict
 from hwnas.model.network import Network, build_network
 from hwnas.profiling.onnx_io import module_to_onnx
+from hwnas.progress import progress_bar
 from hwnas.spaces.arch import Architecture
 
 # Refuse an export whose ONNX output differs from PyTorch's by more than this (relative to the
@@ -104,9 +105,28 @@ def verify(model_bytes: bytes, reference: nn.Module, shape: tuple[int, ...], pre
 
 def export_onnx(arch: Architecture, out: str | Path, batch: int = 16, dynamic_batch: bool = False,
                 reparam: bool = False, fp16: bool = False, seed: int = 0, weights: str | None = None,
-                merge: str = "auto", verify_batch: int = 2) -> ExportReport:
+                merge: str = "auto", verify_batch: int = 2, progress: bool = False) -> ExportReport:
+    """Export an architecture (BN in eval mode) to one ONNX file, verified against PyTorch with
+    onnxruntime; nothing is written when they differ by more than TOLERANCE.
+
+    progress: a bar on stderr over the steps (build, export, verify, write), with the time left."""
+    with progress_bar(len(EXPORT_STEPS), "export", "step", progress) as bar:
+        return _export_onnx(arch, Path(out), batch, dynamic_batch, reparam, fp16, seed, weights, merge, verify_batch,
+                            bar)
+
+
+EXPORT_STEPS = ("build the network", "export to ONNX", "verify with onnxruntime", "write")
+
+
+def _export_onnx(arch: Architecture, out: Path, batch: int, dynamic_batch: bool, reparam: bool, fp16: bool,
+                 seed: int, weights: str | None, merge: str, verify_batch: int, bar: Any) -> ExportReport:
     import onnx
 
+    def step(index: int) -> None:
+        bar.update(index - bar.n)
+        bar.set_postfix_str(EXPORT_STEPS[index])
+
+    step(0)
     net = seeded_network(arch, seed, weights)
     module: nn.Module = net
     if reparam:
@@ -115,6 +135,7 @@ def export_onnx(arch: Architecture, out: str | Path, batch: int = 16, dynamic_ba
         module = reparameterize(net, merge)
     precision = "fp16" if fp16 else "fp32"
     shape = (verify_batch if dynamic_batch else batch, 3, arch.macro.input, arch.macro.input)
+    step(1)
     model_bytes = module_to_onnx(module, [shape], dynamic_batch=dynamic_batch,
                                  dtype=torch.float16 if fp16 else torch.float32)
     module.float()
@@ -126,11 +147,12 @@ def export_onnx(arch: Architecture, out: str | Path, batch: int = 16, dynamic_ba
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model_bytes = model.SerializeToString()
+    step(2)
     abs_err, rel_err = verify(model_bytes, net, shape, precision, seed)
     if not math.isfinite(rel_err) or rel_err > TOLERANCE[precision]:
         raise HwnasError(f"the ONNX export of {arch.name} does not match PyTorch: max abs error {abs_err:.3g}, "
                          f"relative {rel_err:.3g} > {TOLERANCE[precision]}; nothing was written")
-    out = Path(out)
+    step(3)
     if len(model_bytes) < 2 ** 31 - 2 ** 20:
         write_bytes(out, model_bytes)  # one self-contained file, whole or not at all
     else:  # protobuf's 2 GB limit: weights beside it, written before the model that names them
@@ -141,5 +163,6 @@ def export_onnx(arch: Architecture, out: str | Path, batch: int = 16, dynamic_ba
         except BaseException:
             data.unlink(missing_ok=True)
             raise
+    bar.update(len(EXPORT_STEPS) - bar.n)
     return ExportReport(str(out), len(model.graph.node), abs_err, rel_err, "dynamic" if dynamic_batch else batch,
                         reparam, precision)

@@ -54,6 +54,8 @@ def _load(backend: Backend, spec: EntrySpec, seed: int) -> Runner:
 def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batch: int, out: str | Path,
                 resume: bool = False, protocol: Protocol | None = None, seed: int = 0,
                 progress: bool = True, shard: Shard | None = None) -> Table:
+    """Profile every op of `space` at every position of `macro`, then calibrate; written to `out`
+    whole after every group of entries (`resume=True` continues an interrupted build)."""
     protocol = protocol or Protocol()
     meta = table_meta(space, macro, scale, batch, backend, protocol)
     groups = plan_groups(space, macro, scale, batch)
@@ -127,10 +129,7 @@ def calibrate_table(table: Table, backend: Backend, protocol: Protocol, seed: in
     """Time random architectures whole (validate.calibrate), record the factor, complete the table."""
     from hwnas.profiling.validate import calibrate
 
-    if progress:
-        print(f"calibrating on {protocol.calibration_architectures} random architectures timed whole ...",
-              file=sys.stderr)
-    table.meta["calibration"] = calibrate(table, backend, protocol, seed)
+    table.meta["calibration"] = calibrate(table, backend, protocol, seed, progress="calibrate" if progress else None)
     table.meta["updated"] = _now()
     table.meta["complete"] = True
     table.save(out)

@@ -60,7 +60,14 @@ class Protocol:
     drift_tolerance: float = 0.08
     max_group_retries: int = 3
     drift_wait_s: float = 5.0  # wait before a retry, doubled each time: let a burst of load pass
-    calibration_architectures: int = 4  # random networks timed whole to calibrate the combination
+    # Calibration: random networks timed whole, their mean branches per cell evenly spaced from
+    # max to min (sparse networks time in a fraction of a supernet-density one's time; the
+    # ratio measured / summed does not depend on density, and the build checks that it does not:
+    # ratios further apart than calibration_tolerance are flagged).
+    calibration_architectures: int = 4
+    calibration_max_branches: float = 3.0
+    calibration_min_branches: float = 1.0
+    calibration_tolerance: float = 0.03
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

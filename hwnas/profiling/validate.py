@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ from hwnas.profiling.entries import probe_entry
 from hwnas.profiling.predict import predict
 from hwnas.profiling.protocol import Protocol, Stats, measure_group, probe_baseline, refer_groups
 from hwnas.profiling.table import Table
+from hwnas.progress import progress_bar
 from hwnas.spaces.arch import Architecture
-from hwnas.spaces.sampling import sample_architecture
+from hwnas.spaces.sampling import sample_architecture, slot_architecture
 
 GROUP = 4  # architectures timed interleaved at once (each holds a whole network in memory)
 REFERENCE = "__reference__"
@@ -78,18 +78,21 @@ def metrics(predicted: list[float], measured: list[float]) -> dict[str, float]:
 
 
 def measure_architectures(archs: list[Architecture], table: Table, backend: Backend, protocol: Protocol,
-                          seed: int, progress: Any = None, drifts: list[float] | None = None,
+                          seed: int, progress: str | None = None, drifts: list[float] | None = None,
                           reference: tuple[Architecture, int] | None = None,
                           reference_ms: list[float] | None = None) -> list[Stats]:
     """End-to-end latency of each architecture, in interleaved groups with the drift probe.
 
-    When `drifts` is given it receives first this run's probe baseline over the table's, then
-    each architecture's group probe ratio. With `reference`, that network is timed in every
-    group too (an architecture and its weights' seed), interleaved with the group's
+    `progress` names a progress bar (tqdm, on stderr) counted in interleaved rounds, with the
+    time left. When `drifts` is given it receives first this run's probe baseline over the
+    table's, then each architecture's group probe ratio. With `reference`, that network is timed
+    in every group too (an architecture and its weights' seed), interleaved with the group's
     architectures, and `reference_ms` receives its latency once per group."""
     batch = int(table.meta["batch"])
     macro = archs[0].macro
     rng = random.Random(seed)
+    groups = range(0, len(archs), GROUP)
+    bar = progress_bar(len(groups) * protocol.rounds, progress or "", "round", progress is not None)
     probe_spec = probe_entry(macro, batch)
     probe = backend.load(probe_spec.build(), probe_spec.input_shapes)
     # The drift reference is this run's own probe baseline: networks compared with each other
@@ -102,61 +105,111 @@ def measure_architectures(archs: list[Architecture], table: Table, backend: Back
     ref = backend.load(build_network(reference[0], seed=reference[1]), input_shape) if reference else None
     out: list[Stats] = []
     try:
-        for start in range(0, len(archs), GROUP):
+        for group, start in enumerate(groups):
             chunk = archs[start:start + GROUP]
+            bar.set_postfix_str(f"architectures {start + 1}-{start + len(chunk)} of {len(archs)}")
             runners = {}
             for i, arch in enumerate(chunk):
                 net = build_network(arch, seed=seed + start + i)
                 runners[str(i)] = backend.load(net, input_shape)
+
+            def tick(group_end: int = (group + 1) * protocol.rounds) -> None:
+                if bar.n < group_end:  # re-measured rounds and groups add no progress
+                    bar.update(1)
+
             try:
                 result = measure_group({**runners, REFERENCE: ref} if ref else runners, probe, baseline, protocol,
-                                       rng)
+                                       rng, tick)
             finally:
                 for r in runners.values():
                     r.close()
+            bar.update((group + 1) * protocol.rounds - bar.n)
             out.extend(result.stats[str(i)] for i in range(len(chunk)))
             if drifts is not None:
                 drifts.extend([result.drift] * len(chunk))
             if ref is not None and reference_ms is not None:
                 reference_ms.append(result.stats[REFERENCE].value(table.statistic))
-            if progress is not None:
-                progress.update(len(chunk))
     finally:
+        bar.close()
         probe.close()
         if ref is not None:
             ref.close()
     return out
 
 
-def calibration_architectures(table: Table, seed: int, count: int) -> list[Architecture]:
-    """The random architectures `calibrate` times whole (the same ones for the same seed);
-    architecture i's weights are seeded CALIBRATION_SEED + seed + i (measure_architectures)."""
+def branches_per_cell(arch: Architecture) -> float:
+    """The mean number of selected branches per cell slot (empty normal cells count 0)."""
+    return sum(len(c.ops) for c in arch.placed) / len(arch.placed)
+
+
+def calibration_architectures(table: Table, seed: int, protocol: Protocol) -> list[Architecture]:
+    """The random architectures `calibrate` times whole for a new table (the same ones for the same
+    seed), from the densest to the sparsest: architecture i draws every branch with probability
+    b_i / (ops in the space), b_i evenly spaced from protocol.calibration_max_branches down to
+    calibration_min_branches. Architecture i's weights are seeded CALIBRATION_SEED + seed + i."""
+    space, macro, scale = table.space(), table.macro(), float(table.meta["scale"])
     rng = random.Random(CALIBRATION_SEED + seed)
-    return [sample_architecture(table.space(), table.macro(), float(table.meta["scale"]), rng, name=f"calib{i}")
-            for i in range(count)]
+    n, hi, lo = protocol.calibration_architectures, protocol.calibration_max_branches, protocol.calibration_min_branches
+    targets = [hi - (hi - lo) * i / max(n - 1, 1) for i in range(n)]
+    return [sample_architecture(space, macro, scale, rng, p=min(1.0, b / len(space.ops)), name=f"calib{i}")
+            for i, b in enumerate(targets)]
 
 
-def reference_network(table: Table, seed: int) -> tuple[Architecture, int]:
-    """The build's first calibration architecture and its weights' seed, as `calibrate` timed it."""
-    return calibration_architectures(table, seed, 1)[0], CALIBRATION_SEED + seed
+def calibrated_architectures(table: Table) -> list[Architecture]:
+    """The architectures the table was calibrated on, as its calibration lists them (a calibration
+    that lists no cells drew every branch with probability 0.5, from its seed)."""
+    calibration = table.meta["calibration"]
+    space, macro, scale = table.space(), table.macro(), float(table.meta["scale"])
+    if "cells" in calibration:
+        return [slot_architecture(space, macro, scale, ops, f"calib{i}") for i, ops in enumerate(calibration["cells"])]
+    rng = random.Random(int(calibration["seed"]))
+    return [sample_architecture(space, macro, scale, rng, name=f"calib{i}")
+            for i in range(int(calibration["architectures"]))]
 
 
-def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int) -> dict[str, Any]:
+def reference_network(table: Table) -> tuple[Architecture, int]:
+    """The table's first (densest) calibration architecture and its weights' seed, as `calibrate` timed it."""
+    return calibrated_architectures(table)[0], int(table.meta["calibration"]["seed"])
+
+
+def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int,
+              archs: list[Architecture] | None = None, progress: str | None = None) -> dict[str, Any]:
     """Time random architectures whole; the factor that maps summed entries to whole networks.
 
-    Its seed is disjoint from validate's (which samples from seeds near 0), so validation
-    checks the calibrated table on architectures it was not fitted on.
+    The architectures (by default `calibration_architectures`) span densities from sparse to
+    mid; each one's ratio measured / summed is kept with its mean branches per cell, and their
+    spread ((max - min) / median) is checked against protocol.calibration_tolerance
+    (`consistent`): the factor must not depend on density. Its seed is disjoint from
+    validate's (which samples from seeds near 0), so validation checks the calibrated table on
+    architectures it was not fitted on.
     """
-    n = protocol.calibration_architectures
-    archs = calibration_architectures(table, seed, n)
+    archs = archs if archs is not None else calibration_architectures(table, seed, protocol)
     summed = [predict(table, a)["latency_ms_uncalibrated"] for a in archs]
     stats = measure_architectures(archs, table, backend,
                                   replace(protocol, rounds=protocol.network_rounds,
                                           drift_tolerance=protocol.network_drift_tolerance),
-                                  CALIBRATION_SEED + seed)
+                                  CALIBRATION_SEED + seed, progress)
     ratios = [s.value(table.statistic) / p for s, p in zip(stats, summed)]
-    return {"factor": round(statistics.median(ratios), 5), "architectures": n, "seed": CALIBRATION_SEED + seed,
-            "ratios": [round(r, 5) for r in ratios]}
+    factor = statistics.median(ratios)
+    spread = (max(ratios) - min(ratios)) / factor
+    return {"factor": round(factor, 5), "architectures": len(archs), "seed": CALIBRATION_SEED + seed,
+            "ratios": [round(r, 5) for r in ratios],
+            "branches_per_cell": [round(branches_per_cell(a), 3) for a in archs],
+            "spread": round(spread, 5), "tolerance": protocol.calibration_tolerance,
+            "consistent": spread <= protocol.calibration_tolerance,
+            "cells": [[list(c.ops) for c in a.placed] for a in archs]}
+
+
+def calibration_warning(calibration: dict[str, Any]) -> str | None:
+    """A one-line warning when the calibration ratios disagree across densities, else None."""
+    if calibration.get("consistent", True):
+        return None
+    pairs = ", ".join(f"{r} at {b} branches/cell" for r, b in zip(calibration["ratios"],
+                                                                  calibration["branches_per_cell"]))
+    return (f"the calibration ratios (measured / summed) disagree by {calibration['spread']:.1%} (> "
+            f"{calibration['tolerance']:.0%}) across densities: {pairs}; the machine was busy during the "
+            f"calibration, or the combination model misses something on this device: check the table with "
+            f"'hwnas validate'")
 
 
 def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
@@ -166,7 +219,7 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     Samples are timed in groups of GROUP, each group a few minutes long. On a shared machine
     the speed of whole networks moves between groups by several percent (the op probe does not
     see it), which scrambles their ranks. So by default (`reference`, when the table has a
-    calibration) the build's first calibration architecture, a random network of the same
+    calibration) the build's first (densest) calibration architecture, a random network of the same
     space, is timed in every group, interleaved with the samples, and each group's latencies
     are referred to one machine state: multiplied by the reference's median over the run /
     its latency in that group (the rule for noisy machines: ratios to a baseline timed
@@ -197,16 +250,13 @@ def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
     build_seed = int(calibration["seed"]) - CALIBRATION_SEED if calibration else 0
     calibration_now = None
     if recalibrate:
-        if progress:
-            print("re-timing the table's calibration architectures ...", file=sys.stderr)
-        calibration_now = calibrate(table, backend, Protocol.from_dict(table.meta["protocol"]), build_seed)
-    ref = reference_network(table, build_seed) if reference else None
+        calibration_now = calibrate(table, backend, Protocol.from_dict(table.meta["protocol"]), build_seed,
+                                    calibrated_architectures(table), "recalibrate" if progress else None)
+    ref = reference_network(table) if reference else None
     reference_ms: list[float] = []
-    from tqdm import tqdm
-
-    with tqdm(total=samples, unit="arch", desc="validate", disable=not progress) as bar:
-        drifts: list[float] = []
-        stats = measure_architectures(archs, table, backend, protocol, seed, bar, drifts, ref, reference_ms)
+    drifts: list[float] = []
+    stats = measure_architectures(archs, table, backend, protocol, seed, "validate" if progress else None, drifts,
+                                  ref, reference_ms)
     machine_vs_table, drifts = drifts[0], drifts[1:]
     raw = [s.value(table.statistic) for s in stats]
     factors = refer_groups([i // GROUP for i in range(samples)], reference_ms) if ref is not None else [1.0] * samples
