@@ -127,3 +127,12 @@ def test_api_and_cli_share_the_regularizer_defaults():
     assert params["outer"].default == args.outer == "expected"
     assert params["form"].default == args.form
     assert list(params)[:2] == ["costs", "target"]
+
+
+def test_api_and_cli_share_the_validation_default():
+    import inspect
+
+    from hwnas import validate_table
+
+    args = build_parser().parse_args(["validate", "--table", "t.json"])
+    assert inspect.signature(validate_table).parameters["samples"].default == args.samples

@@ -11,6 +11,7 @@ from hwnas.cli import options as opt
 from hwnas.cli.options import add_json, add_quiet, add_seed
 from hwnas.cli.output import millions, print_json, table
 from hwnas.profiling.backends import backend_names
+from hwnas.profiling.validate import DEFAULT_SAMPLES
 
 
 def register(sub: Any) -> None:
@@ -99,7 +100,7 @@ def register(sub: Any) -> None:
                     "R/E cells non-empty), time each whole network with the table's backend and "
                     "protocol, and compare with the table's predictions.")
     val.add_argument("--table", required=True, help="table file")
-    opt.add_number(val, "--samples", rng=opt.SAMPLES, default=20, help="number of random architectures")
+    opt.add_number(val, "--samples", rng=opt.SAMPLES, default=DEFAULT_SAMPLES, help="number of random architectures")
     opt.add_seed(val)
     opt.add_rounds(val, help="override the table protocol's rounds")
     val.add_argument("--recalibrate", action="store_true",

@@ -29,6 +29,7 @@ from hwnas.spaces.sampling import sample_architecture, slot_architecture
 GROUP = 4  # architectures timed interleaved at once (each holds a whole network in memory)
 REFERENCE = "__reference__"
 CALIBRATION_SEED = 1_000_003
+DEFAULT_SAMPLES = 20  # random architectures validated (the API's and the CLI's default)
 
 
 def backend_for(table: Table, purpose: str = "validate") -> Backend:
@@ -212,7 +213,7 @@ def calibration_warning(calibration: dict[str, Any]) -> str | None:
             f"'hwnas validate'")
 
 
-def validate(table: Table, samples: int, seed: int = 0, progress: bool = True,
+def validate(table: Table, samples: int = DEFAULT_SAMPLES, seed: int = 0, progress: bool = True,
              rounds: int | None = None, recalibrate: bool = False, reference: bool | None = None) -> dict[str, Any]:
     """Measured vs predicted latency of `samples` random architectures.
 
