@@ -84,7 +84,7 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
         opt.step()
         sched.step()
         if step % record_every == 0 or step == steps:
-            trajectory.append({"step": step, "expected": reg.expected_cost(fitness), "penalty": float(loss)})
+            trajectory.append({"step": step, "expected": reg.expected_cost(fitness), "penalty": float(loss.detach())})
     final = trajectory[-1]["expected"]
     return {
         "metric": metric, "unit": model.unit, "form": form, "alpha": reg.alpha, "beta": reg.beta,
