@@ -1,10 +1,15 @@
-"""Progress bars for long work: tqdm on stderr with the time left, off when not wanted."""
+"""Progress bars for long work: tqdm on stderr with the time left, drawn only on a terminal (a log
+or a pipe gets no carriage-return frames, and an error after a bar stays one line)."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+# A bar appears once its work has lasted this long: quick work, and an input refused at once,
+# print nothing but their result (an error stays one line).
+DELAY_S = 1.0
+ANYWHERE = False  # draw on any stderr, not only a terminal (tests)
 # Percent and time (elapsed<remaining) only: for work counted in fractions (seconds, stages).
 TIME_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
@@ -13,5 +18,6 @@ def progress_bar(total: float, desc: str, unit: str = "it", enabled: bool = True
     """A tqdm bar on stderr (disabled: the same object, drawing nothing)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True,
-                bar_format=TIME_FORMAT if by_time else None)
+    shown = enabled and (ANYWHERE or sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit=unit, disable=not shown, file=sys.stderr, dynamic_ncols=True,
+                bar_format=TIME_FORMAT if by_time else None, delay=DELAY_S)

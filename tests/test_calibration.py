@@ -12,6 +12,7 @@ import pytest
 
 import hwnas
 from hwnas.cli.main import main
+from hwnas import progress
 from hwnas.profiling import backends
 from hwnas.profiling.validate import calibration_warning
 from hwnas.spaces.sampling import slot_architecture
@@ -30,6 +31,8 @@ def tables(tmp_path_factory):
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(backends, "_REGISTERED", {})
+        patch.setattr(progress, "DELAY_S", 0.0)  # the bar from the start, on the captured stderr
+        patch.setattr(progress, "ANYWHERE", True)
         hwnas.register_backend(FlopBackend)
         hwnas.register_backend(PureFlopBackend)
         for backend in ("flops-model", "pure-flops-model"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 
-from hwnas import Runner, benchmark, export_onnx, resolve_architecture
+import pytest
+
+from hwnas import Runner, benchmark, export_onnx, progress, resolve_architecture
 
 from conftest import REPO
 
@@ -17,6 +19,28 @@ class Sleeper(Runner):
         start = time.perf_counter()
         time.sleep(0.002 * iterations)
         return (time.perf_counter() - start) * 1e3
+
+
+@pytest.fixture(autouse=True)
+def bars_at_once(monkeypatch):
+    """Bars drawn from the start (by default they wait DELAY_S, longer than this quick work), on
+    the captured stderr (by default only on a terminal)."""
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "ANYWHERE", True)
+
+
+def test_quick_work_draws_no_bar(capsys):
+    benchmark(Sleeper(), 2, warmup_ms=5.0, duration_s=0.02, iterations=2, progress=True)  # fixture: no delay
+    assert "bench" in capsys.readouterr().err
+    progress.DELAY_S = 60.0  # restored by the fixture
+    benchmark(Sleeper(), 2, warmup_ms=5.0, duration_s=0.02, iterations=2, progress=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_no_bar_off_a_terminal(capsys):
+    progress.ANYWHERE = False  # restored by the fixture; capsys's stderr is no terminal
+    benchmark(Sleeper(), 2, warmup_ms=5.0, duration_s=0.05, iterations=2, progress=True)
+    assert capsys.readouterr().err == ""
 
 
 def last_line(err: str, desc: str) -> str:

@@ -110,16 +110,17 @@ def export_onnx(arch: Architecture, out: str | Path, batch: int = 16, dynamic_ba
     onnxruntime; nothing is written when they differ by more than TOLERANCE.
 
     progress: a bar on stderr over the steps (build, export, verify, write), with the time left."""
+    net = seeded_network(arch, seed, weights)  # a checkpoint that does not fit is refused before any bar
     with progress_bar(len(EXPORT_STEPS), "export", "step", progress) as bar:
-        return _export_onnx(arch, Path(out), batch, dynamic_batch, reparam, fp16, seed, weights, merge, verify_batch,
-                            bar)
+        return _export_onnx(arch, net, Path(out), batch, dynamic_batch, reparam, fp16, seed, weights, merge,
+                            verify_batch, bar)
 
 
-EXPORT_STEPS = ("build the network", "export to ONNX", "verify with onnxruntime", "write")
+EXPORT_STEPS = ("prepare the network", "export to ONNX", "verify with onnxruntime", "write")
 
 
-def _export_onnx(arch: Architecture, out: Path, batch: int, dynamic_batch: bool, reparam: bool, fp16: bool,
-                 seed: int, weights: str | None, merge: str, verify_batch: int, bar: Any) -> ExportReport:
+def _export_onnx(arch: Architecture, net: Network, out: Path, batch: int, dynamic_batch: bool, reparam: bool,
+                 fp16: bool, seed: int, weights: str | None, merge: str, verify_batch: int, bar: Any) -> ExportReport:
     import onnx
 
     def step(index: int) -> None:
@@ -127,7 +128,6 @@ def _export_onnx(arch: Architecture, out: Path, batch: int, dynamic_batch: bool,
         bar.set_postfix_str(EXPORT_STEPS[index])
 
     step(0)
-    net = seeded_network(arch, seed, weights)
     module: nn.Module = net
     if reparam:
         from hwnas.export.reparam import reparameterize
