@@ -187,3 +187,14 @@ def test_every_command_is_in_the_commands_table():
     assert not missing, f"README's commands table lacks: {missing}"
 
 
+
+
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def test_links_between_the_docs_resolve():
+    docs = [README, *sorted((REPO / "docs").glob("*.md"))]
+    broken = [f"{doc.relative_to(REPO)}: {target}"
+              for doc in docs for target in MARKDOWN_LINK.findall(doc.read_text(encoding="utf-8"))
+              if "://" not in target and not (doc.parent / target).exists()]
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
