@@ -136,11 +136,7 @@ def _fsync_dir(folder: Path) -> None:
     if sys.platform == "win32":
         return
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(folder)
 
 
 def _ordinary_mode(path: Path) -> None:

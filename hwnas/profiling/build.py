@@ -9,7 +9,6 @@ With `shard`, only that shard's slice of the entries is measured, into a part fo
 
 from __future__ import annotations
 
-import datetime as dt
 import random
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from hwnas.profiling.entries import EntrySpec, plan_groups, probe_entry
 from hwnas.profiling.protocol import Protocol, Runner, Stats, measure_group, probe_baseline
 from hwnas.profiling.combination import COMBINATION
 from hwnas.profiling.shards import Shard, part_meta
-from hwnas.profiling.table import PART_FIELD, Table, identity_differences
+from hwnas.profiling.table import PART_FIELD, Table, identity_differences, utc_now
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 
@@ -74,7 +73,7 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
             raise HwnasError(f"cannot resume {out}: it is {_part_name(table.meta)}, not {_part_name(meta)}; "
                              f"resume it with the --shard it was built with")
     else:
-        table = Table({**meta, "created": _now(), "complete": False})
+        table = Table({**meta, "created": utc_now(), "complete": False})
     mine = set(meta[PART_FIELD]["keys"]) if shard else {e.key for g in groups for e in g}
     todo = [[e for e in group if e.key in mine and e.key not in table.entries] for group in groups]
     total = len(mine)
@@ -105,7 +104,7 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
             else:
                 for e in group:
                     table.entries[e.key] = e.record()
-            table.meta["updated"] = _now()
+            table.meta["updated"] = utc_now()
             # a part is complete when its entries are; a whole table once calibrated
             table.meta["complete"] = len(table.entries) == total and (shard is not None
                                                                        or not backend.measures_latency)
@@ -130,7 +129,7 @@ def calibrate_table(table: Table, backend: Backend, protocol: Protocol, seed: in
     from hwnas.profiling.validate import calibrate
 
     table.meta["calibration"] = calibrate(table, backend, protocol, seed, progress="calibrate" if progress else None)
-    table.meta["updated"] = _now()
+    table.meta["updated"] = utc_now()
     table.meta["complete"] = True
     table.save(out)
     return table
@@ -174,9 +173,6 @@ def _part_name(meta: dict[str, Any]) -> str:
     part = meta.get(PART_FIELD)
     return f"shard {part['index']}/{part['count']}" if part else "a whole table (no --shard)"
 
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _progress(total: int, done: int, enabled: bool, desc: str) -> Any:

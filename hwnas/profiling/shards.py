@@ -20,7 +20,6 @@ merge, on one device of the parts' type: `hwnas table calibrate`.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 from hwnas.errors import HwnasError
 from hwnas.profiling.entries import EntrySpec, plan_groups
 from hwnas.profiling.protocol import Protocol, Stats
-from hwnas.profiling.table import PART_FIELD, Table, identity_differences
+from hwnas.profiling.table import PART_FIELD, Table, identity_differences, utc_now
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,7 @@ def merge(parts: Sequence[tuple[str, Table]], allow_speed_spread: bool = False) 
     ordered = [t for _, t in sorted(parts, key=lambda p: p[1].meta[PART_FIELD]["index"])]
     meta = {k: v for k, v in ordered[0].meta.items() if k != PART_FIELD}
     meta["created"] = min(str(t.meta.get("created")) for t in ordered)
-    meta["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    meta["updated"] = utc_now()
     meta["shards"] = [{"shard": str(part_of(t)), "entries": len(t.entries), "created": t.meta.get("created"),
                        "updated": t.meta.get("updated"), "probe_baseline": t.meta.get("probe_baseline")}
                       for t in ordered]

@@ -8,6 +8,7 @@ a multi-branch cell: `merge_add@POS` (one elementwise add of two cell outputs) a
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +31,11 @@ IDENTITY_FIELDS = ("space", "space_def", "macro", "macro_def", "scale", "batch",
 # The metadata field of a part of a sharded build (its shard and the keys it owns); a merged
 # table keeps each part's timestamps and probe baseline under "shards" instead.
 PART_FIELD = "shard"
+
+
+def utc_now() -> str:
+    """A table's `created`/`updated` timestamp: UTC, to the second."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def op_key(op: OpSpec, pos: Position) -> str:
