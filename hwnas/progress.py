@@ -14,10 +14,11 @@ ANYWHERE = False  # draw on any stderr, not only a terminal (tests)
 TIME_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
 
-def progress_bar(total: float, desc: str, unit: str = "it", enabled: bool = True, by_time: bool = False) -> Any:
+def progress_bar(total: float, desc: str, unit: str = "it", enabled: bool = True, by_time: bool = False,
+                 initial: float = 0, leave: bool = True) -> Any:
     """A tqdm bar on stderr (disabled: the same object, drawing nothing)."""
     from tqdm import tqdm
 
     shown = enabled and (ANYWHERE or sys.stderr.isatty())
     return tqdm(total=total, desc=desc, unit=unit, disable=not shown, file=sys.stderr, dynamic_ncols=True,
-                bar_format=TIME_FORMAT if by_time else None, delay=DELAY_S)
+                bar_format=TIME_FORMAT if by_time else None, delay=DELAY_S, initial=initial, leave=leave)

@@ -10,7 +10,6 @@ With `shard`, only that shard's slice of the entries is measured, into a part fo
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from hwnas.profiling.protocol import Protocol, Runner, Stats, measure_group, pro
 from hwnas.profiling.combination import COMBINATION
 from hwnas.profiling.shards import Shard, part_meta
 from hwnas.profiling.table import PART_FIELD, Table, identity_differences, utc_now
+from hwnas.progress import progress_bar
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 
@@ -77,7 +77,8 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
     mine = set(meta[PART_FIELD]["keys"]) if shard else {e.key for g in groups for e in g}
     todo = [[e for e in group if e.key in mine and e.key not in table.entries] for group in groups]
     total = len(mine)
-    bar = _progress(total, total - sum(len(g) for g in todo), progress, f"shard {shard}" if shard else "table")
+    bar = progress_bar(total, f"shard {shard}" if shard else "table", unit="entry", enabled=progress,
+                       initial=total - sum(len(g) for g in todo))
     rng = random.Random(seed)
     probe: Runner | None = None
     try:
@@ -174,9 +175,3 @@ def _part_name(meta: dict[str, Any]) -> str:
     return f"shard {part['index']}/{part['count']}" if part else "a whole table (no --shard)"
 
 
-
-def _progress(total: int, done: int, enabled: bool, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, unit="entry", desc=desc, disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True)

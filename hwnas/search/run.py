@@ -28,6 +28,7 @@ import torch
 from hwnas import files
 from hwnas.errors import HwnasError
 from hwnas.profiling.predict import predict
+from hwnas.progress import progress_bar
 from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
 from hwnas.search.data import (as_dataset, check_against_macro, data_shape, fixed_batches, split_held_out,
@@ -278,15 +279,13 @@ class Search:
 
     def _train(self, trainer: RoundTrainer, evo: Evolution, round_index: int, previous: list[Candidate],
                history: list[Any], log: Log) -> None:
-        from tqdm import tqdm
-
         def save() -> None:
             self._save({"round": round_index, "evolution": evo.to_dict(),
                         "previous_front": [c.to_dict() for c in previous], "history": history,
                         "trainer": trainer.state_dict()})
 
-        with tqdm(total=trainer.total_steps, initial=trainer.step, desc=f"round {round_index}", unit="step",
-                  disable=not (self.progress and self.main), leave=False) as bar:
+        with progress_bar(trainer.total_steps, f"round {round_index}", unit="step", enabled=self.progress and self.main,
+                          initial=trainer.step, leave=False) as bar:
             while trainer.step < trainer.total_steps:
                 record = trainer.train_step()
                 record["round"] = round_index
@@ -302,8 +301,6 @@ class Search:
 
     def _retrieve(self, trainer: RoundTrainer, previous: list[Candidate],
                   round_index: int) -> tuple[list[Candidate], list[Candidate]]:
-        from tqdm import tqdm
-
         cfg = self.cfg
         sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, round_index, RETRIEVAL))
@@ -319,12 +316,15 @@ class Search:
                     candidates.append(cand)
         seed = step_seed(cfg.seed, round_index, RETRIEVAL, 1)
         bn_count = min(cfg.bn_images, len(self.train_set))
-        for cand in tqdm(candidates, desc=f"round {round_index} evaluate", unit="arch",
-                         disable=not (self.progress and self.main), leave=False):
-            configs = configs_of(cand.ops, trainer.layer_ops)
-            assert configs is not None
-            cand.accuracy = evaluate(trainer.net, configs, fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed),
-                                     fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed), self.device)
+        with progress_bar(len(candidates), f"round {round_index} evaluate", unit="arch",
+                          enabled=self.progress and self.main, leave=False) as bar:
+            for cand in candidates:
+                configs = configs_of(cand.ops, trainer.layer_ops)
+                assert configs is not None
+                cand.accuracy = evaluate(trainer.net, configs,
+                                         fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed),
+                                         fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed), self.device)
+                bar.update(1)
         return front_of(candidates), candidates
 
     def _write_round(self, trainer: RoundTrainer, round_index: int, candidates: list[Candidate],
