@@ -372,10 +372,17 @@ def test_plot_format_refused_before_measuring(capsys, tmp_path):
 # Locks and kills: subprocesses (a real second process, real signals).
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a test runner started in the background ignores SIGINT, its
+    children inherit that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _hwnas(*argv, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "hwnas.cli.main", *map(str, argv)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
+                            **kwargs)
 
 
 def _wait_for(predicate, timeout=120.0):
