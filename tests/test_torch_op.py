@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hwnas.kernels import SegmentSpec
-from hwnas.kernels.ops import geometry
+from hwnas.kernels.ops import geometry, reference_mixed_depthwise
 from hwnas.spaces import builtin
 from hwnas.spaces.macro import Position
 from hwnas.supernet import SupernetCell
@@ -82,6 +82,30 @@ def test_in_place_backward_writes_what_the_functional_one_returns():
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(torch.cat(xs, 1), grad_h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["fast", "elementwise"])
+def test_given_statistics_get_their_gradients(impl):
+    """Eval mode with statistics that require grad (a data-parallel run's global ones): every
+    gradient, the statistics' included, as autograd gives them through torch's own ops."""
+    xs, weight, gamma, beta, mean, var = sample(torch.float64, per_segment=True)
+    mean.requires_grad_()
+    var.requires_grad_()
+    ys, _, _ = torch.ops.hwnas.mixed_depthwise_bn_relu(xs, weight, gamma, beta, mean, var, *GEOMETRY, False, 1e-5,
+                                                       impl, False)
+    grads = out_grads(torch.float64)
+    inputs = (*xs, weight, gamma, beta, mean, var)
+    got = torch.autograd.grad(sum((y * g).sum() for y, g in zip(ys, grads)), inputs)
+    a = torch.relu((torch.cat(xs, 1) - mean.view(1, -1, 1, 1)) * torch.rsqrt(var + 1e-5).view(1, -1, 1, 1)
+                   * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1))
+    weights = [w.view(s.channels, s.kernel, s.kernel) for w, s in
+               zip(weight.split([s.channels * s.kernel ** 2 for s in SEGMENTS]), SEGMENTS)]
+    ref = reference_mixed_depthwise(a, weights, SEGMENTS)
+    want = torch.autograd.grad(sum((y * g).sum() for y, g in zip(ref, grads)), inputs)
+    for name, g, w in zip(["h0", "h1", "h2", "weight", "gamma", "beta", "mean", "var"], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+    torch.library.opcheck(torch.ops.hwnas.mixed_depthwise_bn_relu,
+                          (xs, weight, gamma, beta, mean, var, *GEOMETRY, False, 1e-5, impl, False))
 
 
 SPACE = builtin().spaces["latency19"]

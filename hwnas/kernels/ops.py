@@ -194,8 +194,9 @@ def _bn_relu(hs: list[Tensor], weight: Tensor, bn_weight: Tensor, bn_bias: Tenso
     """mixed_depthwise(relu(batch_norm(h))), the batch norm and ReLU applied on load.
 
     Returns the outputs, and the mean and (biased) variance the batch norm used (fp32, or fp64
-    for fp64 inputs): training, the batch's, from one pass over h; eval, the running ones. The
-    activated tensor is neither written nor saved. The running statistics are the caller's to
+    for fp64 inputs): training, the batch's, from one pass over h; eval, the given ones (running
+    statistics; or statistics computed elsewhere, which get their gradient when they require it:
+    a data-parallel run's global batch statistics). The activated tensor is neither written nor saved. The running statistics are the caller's to
     update (mixed_depthwise_bn_relu below does, as F.batch_norm). overwrite_h: the backward may
     write dL/dh over hs (mixed_depthwise_bn_relu_backward_)."""
     segments = _segments(channels, kernels, dilations, strides)
@@ -317,12 +318,16 @@ def _bn_relu_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     # overwrite_h: the backward writes dL/dh over the saved hs. Eager autograd and AOTAutograd
     # (backend "aot_eager") give exact gradients; Inductor's graphs of torch 2.13 do not (the fused
     # cell's dL/dx comes out wrong), so the front doors pass overwrite_h=False while compiling.
-    hs, weight, bn_weight, bn_bias, _, _, *geom, training, eps, impl, overwrite_h = inputs
+    hs, weight, bn_weight, bn_bias, given_mean, given_var, *geom, training, eps, impl, overwrite_h = inputs
     _, mean, var = output
     ctx.mark_non_differentiable(mean, var)
     ctx.save_for_backward(weight, bn_weight, bn_bias, mean, var, *hs)
     ctx.geometry, ctx.training, ctx.eps, ctx.impl = geom, training, eps, impl
     ctx.weight_grad, ctx.overwrite_h = weight.requires_grad, overwrite_h
+    # Given statistics that require grad (a data-parallel run's global batch statistics, computed
+    # outside the op) get their gradients too; running statistics never do.
+    ctx.stats_grad = not training and any(t is not None and t.requires_grad for t in (given_mean, given_var))
+    ctx.stats_dtypes = (given_mean.dtype, given_var.dtype) if ctx.stats_grad else None
 
 
 def _bn_relu_backward_fn(ctx: Any, grad_ys: list[Tensor | None], _mean: Any, _var: Any) -> tuple[Any, ...]:
@@ -336,7 +341,12 @@ def _bn_relu_backward_fn(ctx: Any, grad_ys: list[Tensor | None], _mean: Any, _va
         grad_w, grad_g, grad_b, grad_h = torch.ops.hwnas.mixed_depthwise_bn_relu_backward(
             grad_ys, hs, *args, ctx.impl, ctx.weight_grad)
         grad_hs = _input_grads(grad_h, hs)
-    return (grad_hs, grad_w if ctx.weight_grad else None, grad_g, grad_b, *(None,) * 10)
+    grad_stats: tuple[Any, Any] = (None, None)
+    if ctx.stats_grad:  # y = gamma (h - mean) invstd + beta: dL/dmean, dL/dvar from dL/dbeta, dL/dgamma
+        gamma_invstd = bn_weight.to(var.dtype) * torch.rsqrt(var + ctx.eps)
+        grad_stats = ((-gamma_invstd * grad_b.to(var.dtype)).to(ctx.stats_dtypes[0]),
+                      (-0.5 * gamma_invstd * torch.rsqrt(var + ctx.eps) * grad_g.to(var.dtype)).to(ctx.stats_dtypes[1]))
+    return (grad_hs, grad_w if ctx.weight_grad else None, grad_g, grad_b, *grad_stats, *(None,) * 8)
 
 
 _bn_relu.register_autograd(_bn_relu_backward_fn, setup_context=_bn_relu_setup)
