@@ -3,7 +3,6 @@ recalibration, resume, and an end-to-end run whose architectures export to ONNX.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -17,22 +16,14 @@ import torch
 from hwnas.cli.main import main
 from hwnas.errors import HwnasError
 from hwnas.profiling.predict import predict
-from hwnas.profiling.table import Table
 from hwnas.search import Evolution, Search, SearchConfig, TensorImages, aggregate, pareto_front
 from hwnas.search.data import load_npz
-from hwnas.search.retrieval import Sampler, beyond, configs_of, recalibrate_bn, within
+from hwnas.search.retrieval import Sampler, beyond, recalibrate_bn, within
 from hwnas.search.run import architecture
 from hwnas.search.training import RoundTrainer
-from hwnas.spaces import Macro, Space, load_file
-from hwnas.spaces.ops import op_from_dict
 
 from conftest import REPO
-
-OPS = [{"name": "dw_k3_t1", "kind": "dw", "kernel": 3, "expand": 1},
-       {"name": "dw_k5_t1", "kind": "dw", "kernel": 5, "expand": 1},
-       {"name": "dw_k3_t2", "kind": "dw", "kernel": 3, "expand": 2},
-       {"name": "dw_k5_t2", "kind": "dw", "kernel": 5, "expand": 2},
-       {"name": "ssc_k3_t1", "kind": "ssc", "kernel": 3, "expand": 1}]
+from tiny_search import make_tiny, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -46,41 +37,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A 5-op space on a 16x16, 4-class macro; a table priced by a fake latency (a function of
-    MACs: no device needed) and a learnable .npz dataset."""
-    from hwnas.profiling.backends import get_backend
-    from hwnas.profiling.build import build_table
-
-    folder = tmp_path_factory.mktemp("nse")
-    macro = dataclasses.replace(load_file(REPO / "tests" / "data" / "tiny.json").macros["tiny"], input=16,
-                                classes=4, name="tiny16")
-    space = Space("tiny5", tuple(op_from_dict(o, "op") for o in OPS))
-    path = folder / "table.json"
-    build_table(space, macro, 1.0, get_backend("none"), 16, path, progress=False)
-    table = Table.load(path)
-    for e in table.entries.values():
-        ms = e["macs"] / 1e6 * 0.05 + 0.01
-        e["latency"] = {"count": 1, "min": ms, "median": ms, "mean": ms, "std": 0.0, "cov": 0.0}
-    table.meta["backend"] = {"name": "fake"}
-    table.meta["statistic"] = "median"
-    table.save(path)
-    g = torch.Generator().manual_seed(0)
-    n = 192
-    y = torch.randint(0, 4, (n,), generator=g)
-    x = torch.rand(n, 3, 16, 16, generator=g) * 0.5
-    for c in range(4):  # each class brightens its own band of one channel
-        x[y == c, c % 3, (c // 2) * 8:(c // 2) * 8 + 8, :] += 0.5
-    npz = folder / "data.npz"
-    np.savez(npz, images=(x.clamp(0, 1) * 255).to(torch.uint8).numpy(), labels=y.numpy())
-    full = predict(table, architecture(table, [list(range(5))] * len(macro.slots(1.0)), "full"))["latency_ms"]
-    return {"folder": folder, "table": table, "path": path, "npz": npz, "target": round(0.4 * full, 4)}
-
-
-def tiny_config(tiny, **kw) -> SearchConfig:
-    base = dict(metric="latency", target=tiny["target"], rounds=2, k=2, epochs=2, batch=32, samples=12,
-                edge_samples=4, edge_margin=0.5, bn_images=64, eval_batch=64, checkpoint_every=3, seed=1)
-    base.update(kw)
-    return SearchConfig(**base)
+    return make_tiny(tmp_path_factory.mktemp("nse"))
 
 
 # -- Pareto front ------------------------------------------------------------------------------
