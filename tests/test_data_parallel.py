@@ -1,34 +1,262 @@
-"""Data-parallel search is not supported yet: a search launched by torchrun is refused before it writes."""
+"""Data-parallel search on CPU processes with gloo: batch norms over the global batch (eager and
+fused), a 2-process search against a 1-process one on the same global batch, a killed rank
+and its resume, all launched by torchrun or torch.multiprocessing as users would launch them."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
-from hwnas.cli.main import main
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hwnas.errors import HwnasError
+from hwnas.search.data import ShardedBatches
+from hwnas.spaces import builtin
+from hwnas.spaces.macro import Position
+from hwnas.supernet import SupernetCell
+from hwnas.supernet.fused import FusedSupernetCell
+from hwnas.supernet.global_bn import set_world
+
+from conftest import REPO
+from tiny_search import make_tiny, tiny_config
+
+SPACE = builtin().spaces["latency19"]
+RUNNER = REPO / "tests" / "data_parallel_search.py"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def test_search_run_in_several_processes_is_refused(tmp_path, monkeypatch, capsys):
-    run = tmp_path / "run"
-    argv = ["search", "run", "--table", str(tmp_path / "t.json"), "--data", str(tmp_path / "d.npz"),
-            "--target-ms", "8", "-o", str(run)]
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "does not train data-parallel yet" in err and "WORLD_SIZE=2" in err and err.count("\n") == 1
-    assert not run.exists()
-    # a world of one is the plain run: it gets past the refusal (and fails on the missing table)
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert main(argv) == 1
-    assert "data-parallel" not in capsys.readouterr().err
+# -- the data ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, batch, world", [(100, 12, 1), (100, 12, 3), (97, 8, 4), (64, 16, 2)])
+def test_ranks_batches_together_are_one_processs_batches(n, batch, world):
+    one = ShardedBatches(n, batch, seed=7)
+    ranks = [ShardedBatches(n, batch, 7, rank, world) for rank in range(world)]
+    assert all(len(r) == len(one) == n // batch for r in ranks)
+    for epoch in (0, 3):
+        split = zip(*(r.epoch(epoch, start=1) for r in ranks))
+        for whole, parts in zip(one.epoch(epoch, start=1), split, strict=True):
+            assert all(len(p) == batch // world for p in parts)
+            assert sorted(whole) == sorted(i for p in parts for i in p)
+    assert list(one.epoch(0)) != list(one.epoch(1))  # reshuffled every epoch
 
 
-def test_torchrun_launch_is_refused_on_every_rank(tmp_path):
-    run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "hwnas.cli.main", "search", "run", "--table",
-                           str(tmp_path / "t.json"), "--data", str(tmp_path / "d.npz"), "--target-ms", "8", "-o",
-                           str(run)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert proc.stderr.count("does not train data-parallel yet") == 2, proc.stderr[-2000:]
-    assert not run.exists()
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
+    with pytest.raises(HwnasError, match="batch \\(33\\) does not split evenly over 2 processes"):
+        ShardedBatches(100, 33, 0, rank=1, world=2)
+
+
+# -- batch norm over the global batch ------------------------------------------------------------
+
+def cell_problem(fused: bool, pos: Position) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A cell of fusable depthwise and unfused branches, a batch and per-item loss weights, all in
+    float64 and the same in every process."""
+    torch.manual_seed(0)
+    cell = SupernetCell(SPACE, [0, 1, 4, 8, 13], pos).double()
+    x = torch.randn(8, pos.cin, pos.resolution, pos.resolution, dtype=torch.float64)
+    net = FusedSupernetCell(cell, inplace=False) if fused else cell
+    out = torch.ones(len(cell.branches), dtype=torch.bool)
+    w = torch.randn_like(net(x, out))
+    torch.manual_seed(0)  # the same cell again, untouched by that forward
+    cell = SupernetCell(SPACE, [0, 1, 4, 8, 13], pos).double()
+    return (FusedSupernetCell(cell, inplace=False) if fused else cell), x, w
+
+
+def one_step(net: torch.nn.Module, x: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Forward, the mean over items of a weighted sum, backward: what a training step computes."""
+    x = x.clone().requires_grad_()
+    cell = net.cell if isinstance(net, FusedSupernetCell) else net
+    y = net(x, torch.ones(len(cell.branches), dtype=torch.bool))
+    ((y * w).flatten(1).sum(1).mean()).backward()
+    out = {"y": y.detach(), "x.grad": x.grad}
+    out.update({f"grad {k}": p.grad for k, p in cell.named_parameters() if p.grad is not None})
+    out.update({f"buffer {k}": b for k, b in cell.named_buffers()})
+    return out
+
+
+def _bn_worker(rank: int, world: int, store: str, fused: bool, pos: Position, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        net, x, w = cell_problem(fused, pos)
+        set_world(net, world)
+        got = one_step(net, x.chunk(world)[rank], w.chunk(world)[rank])
+        for k, v in got.items():
+            if k.startswith("grad "):  # DDP's average of the ranks' gradients
+                dist.all_reduce(v)
+                v /= world
+        torch.save(got, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
+@pytest.mark.parametrize("cell_type", ["N", "R"])
+def test_two_ranks_normalise_with_the_global_batch(tmp_path, fused, cell_type):
+    pos = Position(cell_type, 8, 8 if cell_type == "N" else 16, 8, 1 if cell_type == "N" else 2)
+    net, x, w = cell_problem(fused, pos)
+    ref = one_step(net, x, w)
+    mp.spawn(_bn_worker, args=(2, str(tmp_path / "store"), fused, pos, str(tmp_path / "out")), nprocs=2)
+    parts = [torch.load(tmp_path / f"out.{r}") for r in range(2)]
+    assert set(parts[0]) == set(ref)
+    for key, value in ref.items():
+        if key in ("y", "x.grad"):
+            got = torch.cat([p[key] for p in parts])
+            if key == "x.grad":  # each rank's loss reaches the other's inputs through the statistics:
+                got = got / 2    # its gradient is of the sum of the ranks' losses, twice the mean
+        else:
+            got = parts[0][key]
+            torch.testing.assert_close(parts[1][key], got, rtol=0, atol=0, msg=key)  # the ranks agree exactly
+        # float64 throughout: only the order of summation differs
+        torch.testing.assert_close(got, value, rtol=1e-10, atol=1e-12, msg=key)
+
+
+# -- the search ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    tiny = make_tiny(tmp_path_factory.mktemp("dp"))
+    # a held-out split of 48 images: its batches of 32 split evenly over 2 ranks; the fused layer
+    # trains under DDP (its kernel given the global statistics) against the kernel's own in one process
+    cfg = tiny_config(tiny, held_out=0.25, checkpoint_every=2, threshold=0.05, fused=True)
+    config = tiny["folder"] / "search.json"
+    config.write_text(json.dumps(cfg.to_dict()))
+    return {**tiny, "cfg": cfg, "config": config}
+
+
+def torchrun(nproc: int, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                             str(nproc), *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def runner(problem, run: Path, dump: Path) -> list[str]:
+    return [str(RUNNER), str(problem["path"]), str(problem["npz"]), str(problem["config"]), str(run), str(dump)]
+
+
+@pytest.fixture(scope="module")
+def float64_runs(problem, tmp_path_factory):
+    """The same float64 search as one process and, under torchrun, as two."""
+    folder = tmp_path_factory.mktemp("runs")
+    one = subprocess.run([sys.executable, *runner(problem, folder / "one", folder / "dump1")], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    code, err = finish(torchrun(2, *runner(problem, folder / "two", folder / "dump2")))
+    assert code == 0, err[-3000:]
+    return folder
+
+
+def rounds(dump: Path) -> list[dict]:
+    return [torch.load(p, weights_only=False) for p in sorted(dump.glob("round_*.pt"))]
+
+
+def test_two_processes_search_as_one_on_the_same_global_batch(float64_runs):
+    folder = float64_runs
+    single = rounds(folder / "dump1" / "rank0")
+    ranks = [rounds(folder / "dump2" / f"rank{r}") for r in range(2)]
+    assert len(single) == 2 and all(len(r) == 2 for r in ranks)
+    assert any(r["pruned"] for r in single), "the threshold must prune something for this test to mean much"
+    for one, zero, first in zip(single, *ranks):
+        for other in (zero, first):
+            assert other["layer_ops"] == one["layer_ops"] and other["pruned"] == one["pruned"]
+            # float64: the ranks' sums are reassociated, nothing else differs
+            for a, b in zip(other["thetas"], one["thetas"]):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+            for key, value in one["net"].items():
+                torch.testing.assert_close(other["net"][key], value, rtol=1e-9, atol=1e-10, msg=key)
+        for key, value in zero["net"].items():  # the ranks hold the very same supernet
+            assert torch.equal(first["net"][key], value), key
+    for name in ("result.json", "round_01/samples.json", "round_02/samples.json"):
+        a = json.loads((folder / "one" / name).read_text())
+        b = json.loads((folder / "two" / name).read_text())
+        assert _close(a, b), name
+
+
+def _close(a, b) -> bool:
+    """Equal JSON documents, numbers within float64 reassociation (wall-clock times aside)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a if k != "seconds")
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a))
+    return a == b
+
+
+def cli(problem, run: Path, *extra: str) -> list[str]:
+    return ["-m", "hwnas.cli.main", "search", "run", "--table", str(problem["path"]), "--data", str(problem["npz"]),
+            "--target-ms", str(problem["cfg"].target), "--config", str(problem["config"]), "-o", str(run),
+            "--quiet", "--json", *extra]
+
+
+def children(pid: int) -> dict[int, int]:
+    """The processes whose parent is `pid`, by their torchrun RANK."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            for item in environ:
+                if item.startswith(b"RANK="):
+                    out[int(item[5:])] = int(entry.name)
+    return out
+
+
+def test_a_refusal_on_rank_0_stops_every_rank(problem, tmp_path):
+    code, err = finish(torchrun(2, *cli(problem, tmp_path / "none", "--resume")))
+    assert code != 0 and err.count("holds no checkpoint to resume") == 2, err[-3000:]  # both ranks, none waits
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' processes through /proc (Linux)")
+def test_a_killed_rank_fails_the_run_and_resume_completes_it(problem, tmp_path):
+    whole = tmp_path / "whole"
+    proc = torchrun(2, *cli(problem, whole))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out)["rounds"] == 2  # one report (rank 0's), not one per process
+
+    run = tmp_path / "killed"
+    proc = torchrun(2, *cli(problem, run))
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # round 1 under way, past a checkpoint
+        steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines()] if log.exists() else []
+        if steps and max(steps) >= 5:
+            break
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    ranks = children(proc.pid)
+    assert set(ranks) == {0, 1}, ranks
+    os.kill(ranks[1], signal.SIGKILL)
+    code, err = finish(proc)
+    assert code != 0
+    assert "Signal 9 (SIGKILL)" in err or "SIGKILL" in err, err[-3000:]
+    assert not (run / "result.json").exists() and (run / "checkpoint.pt").exists()
+
+    code, err = finish(torchrun(2, *cli(problem, run, "--resume")))
+    assert code == 0, err[-3000:]
+    for r in (1, 2):
+        a = json.loads((whole / f"round_{r:02d}" / "thetas.json").read_text())
+        b = json.loads((run / f"round_{r:02d}" / "thetas.json").read_text())
+        assert a["layers"] == b["layers"] and a["pruned"] == b["pruned"]
+        assert _close(a["thetas"], b["thetas"])
+    assert _close(json.loads((whole / "result.json").read_text())["front"],
+                  json.loads((run / "result.json").read_text())["front"])

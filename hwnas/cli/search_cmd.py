@@ -4,7 +4,6 @@ resource regularizer alone."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from hwnas.cli import options as opt
@@ -93,7 +92,9 @@ def register_run(actions: Any) -> None:
                     "until a layer's pool runs out or the rounds are spent. The run folder keeps a checkpoint "
                     "(--resume), the log, every round's subset, thetas, samples and front, and the final front as "
                     "architecture files for 'hwnas export onnx', 'hwnas bench' and 'hwnas predict'. Every "
-                    "setting can come from --config (YAML or JSON; the options below override it).",
+                    "setting can come from --config (YAML or JSON; the options below override it). Launched by "
+                    "torchrun (torchrun --nproc-per-node N -m hwnas.cli.main search run ...), it trains data-parallel "
+                    "over the N processes, the batch being the global one; only rank 0 writes and prints.",
         formatter_class=argparse.HelpFormatter)
     r.add_argument("--table", required=True, help="lookup table: its space, macro-architecture and prices")
     r.add_argument("--data", required=True, metavar="DIR|FILE.npz",
@@ -109,7 +110,8 @@ def register_run(actions: Any) -> None:
     r.add_argument("--config", metavar="C.yaml", help="settings file (YAML or JSON); copied into the run folder")
     r.add_argument("--fused", action="store_true", default=None,
                    help="the fused multi-branch layer on the CPU too (always used on GPUs)")
-    r.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    r.add_argument("--device", help="torch device (default: cuda when available, else cpu; under torchrun each "
+                                    "process takes cuda:LOCAL_RANK)")
     add_threads(r, help="CPU threads of torch (default: torch's; small networks often run fastest on 1)")
     add_number(r, "--seed", rng=SEED, default=None, help="random seed (default 0)")
     r.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder")
@@ -119,21 +121,10 @@ def register_run(actions: Any) -> None:
     r.set_defaults(func=cmd_run)
 
 
-def refuse_data_parallel() -> None:
-    """One process only: under torchrun (WORLD_SIZE > 1) every process would run the whole search and
-    write the same run folder (docs/scale-out.md)."""
-    world = os.environ.get("WORLD_SIZE", "1").strip()
-    if world not in ("", "1"):
-        raise HwnasError(f"'hwnas search run' does not train data-parallel yet, and this process was launched as "
-                         f"one of WORLD_SIZE={world} (torchrun): every process would run the whole search and "
-                         f"write the same run folder; run it as one process, without torchrun")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from hwnas.profiling.table import Table
     from hwnas.search import SearchConfig, load_data, read_config, search
 
-    refuse_data_parallel()
     if args.threads is not None:
         import torch
 
@@ -149,6 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = search(Table.load(args.table), load_data(args.data), cfg, args.output, resume=args.resume,
                     device=args.device, progress=not args.quiet, config_source=args.config,
                     sources={"paths": {"table": str(args.table), "data": str(args.data)}})
+    if not result.main:  # a data-parallel run reports once, from rank 0
+        return 0
     if args.json:
         print_json(result.to_dict())
         return 0

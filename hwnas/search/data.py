@@ -171,22 +171,34 @@ def step_seed(*parts: int) -> int:
 
 
 class ShardedBatches:
-    """Index batches of one epoch: the order drawn from (seed, epoch), batches of `batch` items
-    (the last partial one dropped), and of each batch the slice of this rank (rank r of W takes
-    items r, r + W, ...). World size 1 is the plain single-process case."""
+    """Index batches of one epoch for one rank: torch's DistributedSampler shuffles the epoch
+    (seeded by (seed, epoch)) and deals rank r of W the items r, r + W, ...; its consecutive runs
+    of batch / W items are the rank's shares of the global batches of `batch` items (the last
+    partial one dropped). So the W ranks' b-th batches together are exactly the b-th batch of one
+    process, and an epoch's order depends on (seed, epoch) alone: a resumed run repeats it. World
+    size 1 is the plain single-process case."""
 
     def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1):
         if batch > n:
             raise HwnasError(f"the batch ({batch}) is larger than the data ({n} images): lower --batch")
-        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+        if batch % world:
+            raise HwnasError(f"the batch ({batch}) does not split evenly over {world} processes: make it a multiple "
+                             f"of {world} (the batch is the global one, over all processes)")
+        from torch.utils.data import DistributedSampler
+
+        self.n, self.batch, self.share = n, batch, batch // world
+        items: Any = range(n)  # the sampler needs only the length
+        self.sampler: DistributedSampler[int] = DistributedSampler(items, num_replicas=world, rank=rank, shuffle=True,
+                                                                   seed=seed, drop_last=True)
 
     def __len__(self) -> int:
         return self.n // self.batch
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch))).tolist()
+        self.sampler.set_epoch(epoch)
+        mine = list(self.sampler)
         for b in range(start, len(self)):
-            yield order[b * self.batch:(b + 1) * self.batch][self.rank::self.world]
+            yield mine[b * self.share:(b + 1) * self.share]
 
 
 def collate(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[type-arg]

@@ -121,8 +121,9 @@ def recalibrate_bn(net: Supernet, configs: Sequence[torch.Tensor], batches: Iter
     was_training = net.training
     net.train()
     try:
+        dtype = next(net.parameters()).dtype
         for x, _ in batches:
-            net(x.to(device), configs)
+            net(x.to(device, dtype), configs)
     finally:
         for h in handles:
             h.remove()
@@ -143,8 +144,9 @@ def accuracy(net: Supernet, configs: Sequence[torch.Tensor], batches: Iterable[t
     fused, net.fused = net.fused, False
     correct = total = 0
     try:
+        dtype = next(net.parameters()).dtype
         for x, y in batches:
-            pred = net(x.to(device), configs).argmax(1).cpu()
+            pred = net(x.to(device, dtype), configs).argmax(1).cpu()
             correct += int((pred == y).sum())
             total += len(y)
     finally:

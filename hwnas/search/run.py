@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,12 @@ from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
 from hwnas.search.data import (as_dataset, check_against_macro, data_shape, fixed_batches, split_held_out,
                                step_seed)
+from hwnas.search.distributed import join, lost_peer
 from hwnas.search.evolution import Evolution, aggregate
 from hwnas.search.retrieval import Candidate, Sampler, beyond, configs_of, evaluate, front_of, within
 from hwnas.search.training import RoundTrainer
 from hwnas.spaces.arch import Architecture, Cell, architecture_from_dict
+from hwnas.supernet.global_bn import set_world
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 1
 RETRIEVAL = 3  # tag of the retrieval's generator
@@ -121,6 +123,7 @@ class SearchResult:
     rounds: int
     front: list[dict[str, Any]]
     stopped: str
+    main: bool = True  # False on the other ranks of a data-parallel run
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "rounds": self.rounds, "front": self.front, "stopped": self.stopped}
@@ -131,7 +134,7 @@ class Search:
     the held-out split is carved from it unless `held_out` is given."""
 
     def __init__(self, table: Table, data: Any, cfg: SearchConfig, run_dir: str | Path, held_out: Any = None,
-                 device: str | torch.device | None = None, progress: bool = True, rank: int = 0, world: int = 1,
+                 device: str | torch.device | None = None, progress: bool = True,
                  config_source: str | Path | None = None, sources: dict[str, Any] | None = None):
         self.table, self.cfg = table, cfg.check()
         self.space, self.macro = table.space(), table.macro()
@@ -148,10 +151,9 @@ class Search:
         else:
             self.train_set, self.held_set = dataset, as_dataset(held_out)
         self.run_dir = Path(run_dir)
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        self.progress, self.rank, self.world = progress, rank, world
-        self.main = rank == 0
+        self.group = join(device)  # under torchrun: this rank's place in the data-parallel run
+        self.device = self.group.device
+        self.progress, self.main = progress, self.group.main
         self.identity = {"table": {"space": table.meta.get("space"), "macro": table.meta.get("macro"),
                                    "digest": table_digest(table)},
                          "data": {"train": len(self.train_set), "held_out": len(self.held_set),
@@ -172,8 +174,9 @@ class Search:
             files.write_json(self.run_dir / rel, data)
 
     def _start_folder(self, resume: bool) -> None:
-        if not self.main:
-            return
+        self.group.from_main(lambda: self._check_folder(resume))  # rank 0's refusal stops every rank
+
+    def _check_folder(self, resume: bool) -> None:
         if resume:
             if not self.checkpoint_path.exists():
                 raise HwnasError(f"{self.run_dir} holds no checkpoint to resume: start a run without --resume")
@@ -206,14 +209,21 @@ class Search:
             torch.save(state, tmp)
 
     def _load(self) -> dict[str, Any]:
+        """The checkpoint, read on rank 0 and handed to every rank (no shared file system needed)."""
+        state = self.group.from_main(self._read_checkpoint)
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        return state
+
+    def _read_checkpoint(self) -> dict[str, Any]:
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         except Exception as exc:  # a truncated or foreign file
             raise HwnasError(f"cannot read the checkpoint {self.checkpoint_path}: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise HwnasError(f"{self.checkpoint_path} is not an hwnas search checkpoint")
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+        if state.get("done"):
+            state["result"] = files.read_json(self.run_dir / "result.json", "search result")
         return state
 
     # -- the loop --------------------------------------------------------------------------------
@@ -224,21 +234,30 @@ class Search:
         files.on_interrupt(f"continue the search with --resume (from {self.checkpoint_path})")
         try:
             return self._loop(resume, log)
+        except RuntimeError as exc:
+            if not (self.group.parallel and lost_peer(exc)):
+                raise
+            # gloo's "[.../pair.cc:537] Read error [addr]: Connection reset by peer. This is ..." -> its first sentence
+            first = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip()).split(". ")[0][:200] or type(exc).__name__
+            raise HwnasError(f"rank {self.group.rank}: another process of this data-parallel run stopped ({first}); "
+                             f"its own message says why. Continue the run with --resume (from "
+                             f"{self.checkpoint_path})") from None
         finally:
             log.close()
+            self.group.close()
 
     def _loop(self, resume: bool, log: Log) -> SearchResult:
         cfg = self.cfg
         if resume:
             state = self._load()
             if state.get("done"):
-                done = files.read_json(self.run_dir / "result.json", "search result")
-                return SearchResult(self.run_dir, done["rounds"], done["front"], done["stopped"])
+                done = state["result"]
+                return SearchResult(self.run_dir, done["rounds"], done["front"], done["stopped"], self.main)
             evo = Evolution.from_dict(state["evolution"])
             round_index, previous = state["round"], [Candidate(**c) for c in state["previous_front"]]
             history = state["history"]
             trainer = (RoundTrainer.from_state(state["trainer"], self.table, cfg, self.train_set, self.held_set,
-                                               self.device, self.rank, self.world) if state["trainer"] else None)
+                                               self.group) if state["trainer"] else None)
             log.write({"event": "resumed", "round": round_index, "step": trainer.step if trainer else 0})
         else:
             evo = Evolution.start(len(self.macro.slots(float(self.table.meta["scale"]))), len(self.space.ops), cfg.k,
@@ -248,7 +267,7 @@ class Search:
         while True:
             if trainer is None:
                 trainer = RoundTrainer(self.table, evo.subsets, evo.locked, cfg, self.train_set, self.held_set,
-                                       round_index, self.device, self.rank, self.world)
+                                       round_index, self.group)
                 self._write_json(f"round_{round_index:02d}/subset.json",
                                  {"round": round_index, "layers": evo.subsets, "locked": evo.locked,
                                   "ops": [[self.space.ops[i].name for i in s] for s in evo.subsets]})
@@ -316,15 +335,24 @@ class Search:
                     candidates.append(cand)
         seed = step_seed(cfg.seed, round_index, RETRIEVAL, 1)
         bn_count = min(cfg.bn_images, len(self.train_set))
-        with progress_bar(len(candidates), f"round {round_index} evaluate", unit="arch",
-                          enabled=self.progress and self.main, leave=False) as bar:
-            for cand in candidates:
-                configs = configs_of(cand.ops, trainer.layer_ops)
-                assert configs is not None
-                cand.accuracy = evaluate(trainer.net, configs,
-                                         fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed),
-                                         fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed), self.device)
-                bar.update(1)
+        mine = self.group.share(candidates)  # each rank evaluates its share; all get every accuracy
+        accuracies = []
+        set_world(trainer.net, 1)  # each evaluation is one rank's: its batch norms' statistics are its own
+        try:
+            with progress_bar(len(mine), f"round {round_index} evaluate", unit="arch",
+                              enabled=self.progress and self.main, leave=False) as bar:
+                for cand in mine:
+                    configs = configs_of(cand.ops, trainer.layer_ops)
+                    assert configs is not None
+                    accuracies.append(evaluate(trainer.net, configs,
+                                               fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed),
+                                               fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed),
+                                               self.device))
+                    bar.update(1)
+        finally:
+            set_world(trainer.net, self.group.world)
+        for cand, acc in zip(candidates, self.group.gather(accuracies), strict=True):
+            cand.accuracy = acc
         return front_of(candidates), candidates
 
     def _write_round(self, trainer: RoundTrainer, round_index: int, candidates: list[Candidate],
@@ -360,7 +388,7 @@ class Search:
                    "front": out, "history": history}
         self._write_json("final/front.json", out)
         self._write_json("result.json", summary)
-        return SearchResult(self.run_dir, rounds, out, stopped)
+        return SearchResult(self.run_dir, rounds, out, stopped, self.main)
 
 
 def search(table: Table, data: Any, cfg: SearchConfig, run_dir: str | Path, **kwargs: Any) -> SearchResult:

@@ -23,10 +23,12 @@ from torch import nn
 from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
 from hwnas.search.data import ShardedBatches, collate, step_seed
+from hwnas.search.distributed import Group
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 from hwnas.supernet.costs import cost_model
 from hwnas.supernet.fitness import FitnessIndicators
+from hwnas.supernet.global_bn import set_world
 from hwnas.supernet.network import Supernet, theta_step, weight_step
 from hwnas.supernet.regularizer import PAPER_CONSTANTS, ResourceRegularizer
 from hwnas.supernet.search import THETA_BETAS, theta_lr_factor
@@ -50,17 +52,19 @@ class RoundTrainer:
     """The supernet, fitness indicators and optimisers of one round, and its training steps."""
 
     def __init__(self, table: Table, layer_ops: Sequence[Sequence[int]], locked: Sequence[Sequence[int]],
-                 cfg: SearchConfig, train_set: Any, held_set: Any, round_index: int,
-                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1):
+                 cfg: SearchConfig, train_set: Any, held_set: Any, round_index: int, group: Group | None = None):
         self.table, self.cfg, self.round = table, cfg, round_index
+        self.group = group or Group()
         self.space: Space = table.space()
         self.macro: Macro = table.macro()
         self.scale = float(table.meta["scale"])
         self.locked = [list(x) for x in locked]
         self.train_set, self.held_set = train_set, held_set
-        self.device = torch.device(device)
+        self.device = self.group.device
+        rank, world = self.group.rank, self.group.world
         self.batches = ShardedBatches(len(train_set), cfg.batch, step_seed(cfg.seed, round_index, WEIGHTS), rank, world)
-        self.held_batches = ShardedBatches(len(held_set), min(cfg.batch, len(held_set)),
+        # theta's batches: as large as the weights', at most the held-out split (a multiple of the world)
+        self.held_batches = ShardedBatches(len(held_set), min(cfg.batch, len(held_set) - len(held_set) % world) or world,
                                            step_seed(cfg.seed, round_index, THETA), rank, world)
         self.total_steps = cfg.epochs * len(self.batches)
         self.step = 0  # weight steps done
@@ -78,6 +82,8 @@ class RoundTrainer:
     def _build(self, layer_ops: list[list[int]]) -> None:
         fused = self.cfg.fused or self.device.type == "cuda"
         self.net = Supernet(self.space, self.macro, self.scale, layer_ops, fused=fused).to(self.device)
+        set_world(self.net, self.group.world)  # batch norms over the global batch
+        self.model = self.group.wrap(self.net)  # trains the weights: DDP in a data-parallel run
         needs = [c.needs_branch for c in self.cells]
         # theta stays on the CPU (a few numbers; its configurations are drawn there): its 0-dim
         # probabilities combine with device tensors in the simulated gradient
@@ -126,7 +132,12 @@ class RoundTrainer:
             self._order_cache = {k: v for k, v in self._order_cache.items() if k[0] != id(batches)}
             self._order_cache[key] = list(batches.epoch(epoch))
         x, y = collate(dataset, self._order_cache[key][b])
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The supernet's (images are cast to it: a float64 supernet takes float64 images)."""
+        return next(self.net.parameters()).dtype
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -137,7 +148,8 @@ class RoundTrainer:
             group["lr"] = self.lr_at(step)
         x, y = self._batch(self.batches, self.train_set, step)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.round, step, WEIGHTS))
-        record: dict[str, Any] = {"step": step + 1, "loss": weight_step(self.net, self.weight_opt, x, y, gen)}
+        loss = weight_step(self.net, self.weight_opt, x, y, gen, self.model)
+        record: dict[str, Any] = {"step": step + 1, "loss": self.group.mean(loss)}  # the global batch's
         self.step += 1
         if self.step % cfg.theta_every == 0:
             record.update(self.fitness_step())
@@ -156,24 +168,19 @@ class RoundTrainer:
         x, y = self._batch(self.held_batches, self.held_set, t)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.round, t, THETA))
         self.net.train()
-        ce, penalty = theta_step(self.net, self.fitness, self.regularizer, self.theta_opt, x, y, gen)
+        ce, penalty = theta_step(self.net, self.fitness, self.regularizer, self.theta_opt, x, y, gen,
+                                 self.group.average_gradients)
         self.theta_steps += 1
         expected = self.regularizer.expected_cost(self.fitness)
-        return {"ce": ce, "penalty": penalty, "expected_cost": expected}
+        return {"ce": self.group.mean(ce), "penalty": penalty, "expected_cost": expected}
 
     # -- simplification (lock and rehearse) ------------------------------------------------------
 
     def simplify(self) -> list[dict[str, Any]]:
         """Drop the branches whose theta fell below the threshold (not inherited ones, not the last
-        of an R/E cell); the optimisers keep the state of what stays."""
-        pruned = []
-        keep_index: list[list[int]] = []
-        for i, (cell, theta) in enumerate(zip(self.cells, self.fitness.thetas)):
-            kept = simplify_layer(cell.ops, theta.detach().cpu(), cell.needs_branch, self.locked[i], self.cfg.threshold)
-            keep_index.append([cell.ops.index(op) for op in kept])
-            gone = [op for op in cell.ops if op not in kept]
-            if gone:
-                pruned.append({"layer": i, "ops": gone})
+        of an R/E cell); the optimisers keep the state of what stays. Decided on rank 0, the
+        same on every rank."""
+        keep_index, pruned = self.group.from_main(self._pruning)
         if not pruned:
             return []
         old_weight_state = {p: self.weight_opt.state[p] for p in self.net.parameters() if p in self.weight_opt.state}
@@ -196,8 +203,21 @@ class RoundTrainer:
                 self.theta_opt.state[t] = {k: (v[keep].clone() if isinstance(v, torch.Tensor) and v.ndim else v)
                                            for k, v in state.items()}
         self._pricing()
+        self.model = self.group.wrap(self.net)  # DDP anew: the set of parameters changed
         self.pruned.extend(pruned)
         return pruned
+
+    def _pruning(self) -> tuple[list[list[int]], list[dict[str, Any]]]:
+        """Per layer the indices of the branches to keep, and the ops dropped."""
+        pruned = []
+        keep_index: list[list[int]] = []
+        for i, (cell, theta) in enumerate(zip(self.cells, self.fitness.thetas)):
+            kept = simplify_layer(cell.ops, theta.detach().cpu(), cell.needs_branch, self.locked[i], self.cfg.threshold)
+            keep_index.append([cell.ops.index(op) for op in kept])
+            gone = [op for op in cell.ops if op not in kept]
+            if gone:
+                pruned.append({"layer": i, "ops": gone})
+        return keep_index, pruned
 
     # -- checkpoint ------------------------------------------------------------------------------
 
@@ -209,9 +229,8 @@ class RoundTrainer:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], table: Table, cfg: SearchConfig, train_set: Any, held_set: Any,
-                   device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> RoundTrainer:
-        trainer = cls(table, state["layer_ops"], state["locked"], cfg, train_set, held_set, state["round"], device,
-                      rank, world)
+                   group: Group | None = None) -> RoundTrainer:
+        trainer = cls(table, state["layer_ops"], state["locked"], cfg, train_set, held_set, state["round"], group)
         trainer.net.load_state_dict(state["net"])
         trainer.fitness.load_state_dict(state["fitness"])
         trainer.weight_opt.load_state_dict(state["weight_opt"])

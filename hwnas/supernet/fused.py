@@ -15,6 +15,8 @@ For the active depthwise branches (ungrouped 1x1s):
   own BN), on GPUs cuDNN's; then each branch's projection and BN3, and the mean with the
   identity.
 Other branches (dense, dual, spatially separable, grouped 1x1s) run as in the reference.
+In a data-parallel run (batch norms made global by hwnas.supernet.global_bn) the kernel is given
+the global batch's statistics instead of taking its own, and autograd carries their gradient.
 The kernel calls are torch operators: the layer compiles whole with torch.compile(fullgraph=True)
 given its configuration as a tuple of bools (docs/torch-op.md).
 """
@@ -29,9 +31,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from hwnas.kernels import SegmentSpec
-from hwnas.kernels.ops import geometry, update_running_stats
+from hwnas.kernels.ops import batch_statistics, geometry, update_running_stats
 from hwnas.model.blocks import cell_mean, is_fusable_depthwise
 from hwnas.supernet.cell import SupernetCell
+from hwnas.supernet.global_bn import global_statistics, record_batch
 
 
 def bn_relu_conv(h: torch.Tensor | list[torch.Tensor], bns: list[Any], weight: torch.Tensor,
@@ -43,14 +46,26 @@ def bn_relu_conv(h: torch.Tensor | list[torch.Tensor], bns: list[Any], weight: t
     if any(bn.momentum != first.momentum or bn.eps != first.eps for bn in bns) or first.momentum is None:
         raise ValueError("the fused batch norm needs one fixed momentum and eps for all branches")
     hs = [h] if isinstance(h, torch.Tensor) else h
+    n, _, height, width = hs[0].shape
+    sizes = [bn.num_features for bn in bns]
+    gamma, beta = torch.cat([bn.weight for bn in bns]), torch.cat([bn.bias for bn in bns])
+    world = getattr(first, "world", 1)
+    if training and world > 1:  # a data-parallel run: the global batch's statistics (global_bn.py)
+        mean, var = global_statistics(*batch_statistics(hs, torch.float64 if weight.dtype == torch.float64
+                                                        else torch.float32), world)
+        # the kernel normalises with the given statistics; autograd carries their gradient back
+        # through the all-reduce (h is read again by var_mean's backward: no overwrite)
+        outs, _, _ = torch.ops.hwnas.mixed_depthwise_bn_relu(hs, weight, gamma, beta, mean, var, *geometry(segments),
+                                                             False, first.eps, "fast", False)
+        for bn, m, v in zip(bns, mean.split(sizes), var.split(sizes)):
+            record_batch(bn, m, v, n * height * width * world)
+        return list(outs)
     stats = (None, None) if training else (torch.cat([bn.running_mean for bn in bns]),
                                            torch.cat([bn.running_var for bn in bns]))
     outs, mean, var = torch.ops.hwnas.mixed_depthwise_bn_relu(
-        hs, weight, torch.cat([bn.weight for bn in bns]), torch.cat([bn.bias for bn in bns]), *stats,
-        *geometry(segments), training, first.eps, "fast", inplace and not torch.compiler.is_compiling())
+        hs, weight, gamma, beta, *stats, *geometry(segments), training, first.eps, "fast",
+        inplace and not torch.compiler.is_compiling())
     if training:
-        n, _, height, width = hs[0].shape
-        sizes = [bn.num_features for bn in bns]
         for bn, m, v in zip(bns, mean.split(sizes), var.split(sizes)):
             update_running_stats(bn.running_mean, bn.running_var, m, v, n * height * width, first.momentum)
             bn.num_batches_tracked.add_(1)

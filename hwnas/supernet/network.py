@@ -3,7 +3,7 @@ kinds of training step (weights on sampled subnets, theta through the simulated 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -61,10 +61,11 @@ class Supernet(nn.Module):
 
 
 def weight_step(net: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator | None = None) -> float:
-    """One weight update on a random subnet (every branch Bernoulli(0.5)); the cross-entropy."""
+                generator: torch.Generator | None = None, model: nn.Module | None = None) -> float:
+    """One weight update on a random subnet (every branch Bernoulli(0.5)); the cross-entropy.
+    model: what computes `net` (DDP around it in a data-parallel run)."""
     net.train()
-    loss = F.cross_entropy(net(x, net.sample_configs(generator)), y)
+    loss = F.cross_entropy((model or net)(x, net.sample_configs(generator)), y)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -73,13 +74,17 @@ def weight_step(net: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor
 
 def theta_step(net: Supernet, fitness: FitnessIndicators, regularizer: ResourceRegularizer,
                optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               generator: torch.Generator | None = None) -> tuple[float, float]:
-    """One update of theta (only theta is in `optimizer`) on validation data: CE + penalty."""
+               generator: torch.Generator | None = None,
+               average: Callable[[Iterable[nn.Parameter]], None] | None = None) -> tuple[float, float]:
+    """One update of theta (only theta is in `optimizer`) on validation data: CE + penalty.
+    Only theta's gradients are computed (the weights' would be discarded); `average` makes them
+    the mean over the ranks of a data-parallel run."""
     pairs = fitness.sample_pairs(generator)
     ce = F.cross_entropy(net.forward_pairs(x, pairs), y)
     penalty = regularizer(pairs, fitness)
     optimizer.zero_grad()
-    net.zero_grad(set_to_none=True)
-    (ce + penalty).backward()
+    (ce + penalty).backward(inputs=list(fitness.parameters()))
+    if average is not None:
+        average(fitness.parameters())
     optimizer.step()
     return float(ce.detach()), float(penalty.detach())
