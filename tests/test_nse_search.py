@@ -301,3 +301,25 @@ def test_search_takes_a_dataloader(tiny, tmp_path):
     with pytest.raises(SystemExit) as exit_:  # neither a dry run nor 'run': a usage error
         main(["search"])
     assert exit_.value.code == 2
+
+
+def test_loader_workers_change_nothing_but_speed(tiny):
+    """Batches read by two DataLoader worker processes: the same round, to the bit; and a trainer
+    asked for a later step first (a resume) starts its loader there."""
+    ds = load_npz(tiny["npz"])
+    slots = tiny["table"].macro().slots(1.0)
+    runs = []
+    for workers in (0, 2):
+        trainer = RoundTrainer(tiny["table"], [[0, 2, 4] for _ in slots], [[] for _ in slots],
+                               tiny_config(tiny, workers=workers), ds, ds, 1)
+        trainer.run()
+        runs.append(trainer)
+    assert runs[0].pruned == runs[1].pruned
+    for a, b in zip(runs[0].net.state_dict().values(), runs[1].net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert runs[0].thetas() == runs[1].thetas()
+    stream = runs[1].train_stream
+    late = len(runs[1].batches) + 1  # epoch 1, its second batch
+    x, y = stream(late)
+    batch = list(runs[1].batches.epoch(1))[1]
+    assert torch.equal(y, ds.labels[batch]) and torch.equal(x, ds.images[batch])

@@ -49,7 +49,7 @@ class SearchConfig:
     fused: bool = False  # the fused multi-branch layer on the CPU (always used on GPUs)
     checkpoint_every: int = 200  # weight steps between checkpoints (and at every round's end)
     seed: int = 0
-    workers: int = 0  # DataLoader workers
+    workers: int = 0  # DataLoader worker processes reading and prefetching batches (0: read in the main process)
 
     def check(self, where: str = "config") -> SearchConfig:
         def need(name: str, rng: Range) -> None:

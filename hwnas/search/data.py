@@ -186,7 +186,7 @@ class ShardedBatches:
                              f"of {world} (the batch is the global one, over all processes)")
         from torch.utils.data import DistributedSampler
 
-        self.n, self.batch, self.share = n, batch, batch // world
+        self.n, self.batch, self.share, self.seed = n, batch, batch // world, seed
         items: Any = range(n)  # the sampler needs only the length
         self.sampler: DistributedSampler[int] = DistributedSampler(items, num_replicas=world, rank=rank, shuffle=True,
                                                                    seed=seed, drop_last=True)
@@ -201,9 +201,8 @@ class ShardedBatches:
             yield mine[b * self.share:(b + 1) * self.share]
 
 
-def collate(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[type-arg]
-    """A batch of the given items; single-channel images repeated to the stem's three."""
-    items = [dataset[i] for i in indices]
+def stack(items: Sequence[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of (image, label) items; single-channel images repeated to the stem's three."""
     x = torch.stack([it[0] for it in items])
     y = torch.as_tensor([int(it[1]) for it in items])
     if x.shape[1] == 1:
@@ -211,13 +210,48 @@ def collate(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, tor
     return x, y
 
 
-def fixed_batches(dataset: Dataset, count: int, batch: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[type-arg]
+def loader(dataset: Dataset, batches: Sequence[Sequence[int]], workers: int, seed: int,  # type: ignore[type-arg]
+           pin: bool = False) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+    """torch's DataLoader over the given index batches: `workers` processes read and prefetch them
+    (0: read in this process). Its own generator seeds the workers (random transforms of the
+    user's Dataset repeat on a resume) and leaves the global random state alone."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers,
+                                       collate_fn=stack, pin_memory=pin,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+class BatchStream:
+    """The batches of a ShardedBatches in step order (step i: batch i % len of epoch i // len),
+    through a DataLoader per epoch; asked for another step than the next (a resumed run), it
+    starts a DataLoader at that step's place in its epoch."""
+
+    def __init__(self, batches: ShardedBatches, dataset: Dataset, workers: int = 0,  # type: ignore[type-arg]
+                 pin: bool = False):
+        self.batches, self.dataset, self.workers, self.pin = batches, dataset, workers, pin
+        self.next_step = -1
+        self.epoch_end = 0
+        self.iterator: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.iterator is None or step != self.next_step:
+            epoch, start = divmod(step, len(self.batches))
+            self.iterator = iter(loader(self.dataset, list(self.batches.epoch(epoch, start)), self.workers,
+                                        step_seed(self.batches.seed, epoch), self.pin))
+            self.epoch_end = (epoch + 1) * len(self.batches)
+        batch = next(self.iterator)
+        self.next_step = step + 1
+        if self.next_step == self.epoch_end:
+            self.iterator = None  # the epoch's loader (and its workers) can go
+        return batch
+
+
+def fixed_batches(dataset: Dataset, count: int, batch: int, seed: int,  # type: ignore[type-arg]
+                  workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`count` items (all when count is 0 or more than there are), drawn with `seed`, in batches."""
     n = len(dataset)  # type: ignore[arg-type]
     count = n if count <= 0 else min(count, n)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    for b in range(0, count, batch):
-        yield collate(dataset, order[b:b + batch])
+    yield from loader(dataset, [order[b:b + batch] for b in range(0, count, batch)], workers, seed)
 
 
 def as_dataset(data: Any) -> Dataset:  # type: ignore[type-arg]

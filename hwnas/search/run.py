@@ -345,8 +345,10 @@ class Search:
                     configs = configs_of(cand.ops, trainer.layer_ops)
                     assert configs is not None
                     accuracies.append(evaluate(trainer.net, configs,
-                                               fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed),
-                                               fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed),
+                                               fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed,
+                                                             cfg.workers),
+                                               fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed,
+                                                             cfg.workers),
                                                self.device))
                     bar.update(1)
         finally:

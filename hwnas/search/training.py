@@ -22,7 +22,7 @@ from torch import nn
 
 from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
-from hwnas.search.data import ShardedBatches, collate, step_seed
+from hwnas.search.data import BatchStream, ShardedBatches, step_seed
 from hwnas.search.distributed import Group
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
@@ -75,7 +75,9 @@ class RoundTrainer:
             self._build([list(o) for o in layer_ops])
         self.weight_opt = self._weight_optimizer()
         self.theta_opt = torch.optim.Adam(self.fitness.parameters(), lr=cfg.theta_lr, betas=THETA_BETAS)
-        self._order_cache: dict[tuple[int, int], list[list[int]]] = {}
+        pin = self.device.type == "cuda"
+        self.train_stream = BatchStream(self.batches, train_set, cfg.workers, pin)
+        self.held_stream = BatchStream(self.held_batches, held_set, cfg.workers, pin)
 
     # -- structure -------------------------------------------------------------------------------
 
@@ -125,13 +127,8 @@ class RoundTrainer:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _batch(self, batches: ShardedBatches, dataset: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, b = divmod(index, len(batches))
-        key = (id(batches), epoch)
-        if key not in self._order_cache:
-            self._order_cache = {k: v for k, v in self._order_cache.items() if k[0] != id(batches)}
-            self._order_cache[key] = list(batches.epoch(epoch))
-        x, y = collate(dataset, self._order_cache[key][b])
+    def _batch(self, stream: BatchStream, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = stream(step)
         return x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, non_blocking=True)
 
     @property
@@ -146,7 +143,7 @@ class RoundTrainer:
         cfg, step = self.cfg, self.step
         for group in self.weight_opt.param_groups:
             group["lr"] = self.lr_at(step)
-        x, y = self._batch(self.batches, self.train_set, step)
+        x, y = self._batch(self.train_stream, step)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.round, step, WEIGHTS))
         loss = weight_step(self.net, self.weight_opt, x, y, gen, self.model)
         record: dict[str, Any] = {"step": step + 1, "loss": self.group.mean(loss)}  # the global batch's
@@ -165,7 +162,7 @@ class RoundTrainer:
         cfg, t = self.cfg, self.theta_steps
         for group in self.theta_opt.param_groups:
             group["lr"] = cfg.theta_lr * theta_lr_factor(t, self.total_theta_steps)
-        x, y = self._batch(self.held_batches, self.held_set, t)
+        x, y = self._batch(self.held_stream, t)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.round, t, THETA))
         self.net.train()
         ce, penalty = theta_step(self.net, self.fitness, self.regularizer, self.theta_opt, x, y, gen,
