@@ -158,6 +158,32 @@ def float64_runs(problem, tmp_path_factory):
     return folder
 
 
+@pytest.mark.gpu
+def test_two_processes_on_one_gpu_train_as_one(problem, tmp_path):
+    """The CUDA path under DDP (the fused layer's CUDA kernels given the global statistics, cuDNN's
+    batch norms made global), in float32: two processes share the GPU through gloo, as NCCL
+    needs a GPU per process. Round 1's training, against one process on the same global batch."""
+    cfg = problem["config"]
+    config = tmp_path / "search.json"
+    config.write_text(json.dumps({**json.loads(cfg.read_text()), "rounds": 1}))
+    args = [str(problem["path"]), str(problem["npz"]), str(config)]
+    one = subprocess.run([sys.executable, str(RUNNER), *args, str(tmp_path / "one"), str(tmp_path / "dump1"),
+                          "--device", "cuda:0", "--float32"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    code, err = finish(torchrun(2, str(RUNNER), *args, str(tmp_path / "two"), str(tmp_path / "dump2"),
+                                "--device", "cuda:0", "--float32", "--gloo"))
+    assert code == 0, err[-3000:]
+    single = rounds(tmp_path / "dump1" / "rank0")[0]
+    for rank in range(2):
+        other = rounds(tmp_path / "dump2" / f"rank{rank}")[0]
+        assert other["layer_ops"] == single["layer_ops"] and other["pruned"] == single["pruned"]
+        # float32 over 8 SGD steps: reassociated sums drift by a few roundings a step
+        for a, b in zip(other["thetas"], single["thetas"]):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        for key, value in single["net"].items():
+            torch.testing.assert_close(other["net"][key], value, rtol=1e-3, atol=1e-4, msg=key)
+
+
 def rounds(dump: Path) -> list[dict]:
     return [torch.load(p, weights_only=False) for p in sorted(dump.glob("round_*.pt"))]
 
