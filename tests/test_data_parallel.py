@@ -249,6 +249,22 @@ def test_a_refusal_on_rank_0_stops_every_rank(problem, tmp_path):
     code, err = finish(torchrun(2, *cli(problem, tmp_path / "none", "--resume")))
     assert code != 0 and err.count("holds no checkpoint to resume") == 2, err[-3000:]  # both ranks, none waits
     assert not (tmp_path / "none").exists()
+    (tmp_path / "file").write_text("")  # rank 0 cannot make the run folder: an OSError, not a refusal
+    code, err = finish(torchrun(2, *cli(problem, tmp_path / "file" / "run")))
+    lines = [line for line in err.splitlines() if line.startswith("hwnas:")]
+    assert code != 0 and len(lines) == 2, err[-3000:]
+    assert any("rank 1: rank 0 failed" in line for line in lines), lines
+    assert not any("internal error" in line for line in lines), lines
+
+
+def test_a_batch_that_does_not_split_is_refused_before_anything_is_written(problem, tmp_path):
+    config = tmp_path / "odd.json"
+    config.write_text(json.dumps({**json.loads(problem["config"].read_text()), "batch": 33}))
+    argv = cli(problem, tmp_path / "run")
+    argv[argv.index("--config") + 1] = str(config)
+    code, err = finish(torchrun(2, *argv))
+    assert code != 0 and err.count("the batch (33) does not split evenly over 2 processes") == 2, err[-3000:]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' processes through /proc (Linux)")

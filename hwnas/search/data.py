@@ -170,6 +170,13 @@ def step_seed(*parts: int) -> int:
     return h
 
 
+def check_split(batch: int, world: int) -> None:
+    """A data-parallel run's batch is global: each of the `world` processes takes an equal share."""
+    if batch % world:
+        raise HwnasError(f"the batch ({batch}) does not split evenly over {world} processes: make it a multiple "
+                         f"of {world} (the batch is the global one, over all processes)")
+
+
 class ShardedBatches:
     """Index batches of one epoch for one rank: torch's DistributedSampler shuffles the epoch
     (seeded by (seed, epoch)) and deals rank r of W the items r, r + W, ...; its consecutive runs
@@ -181,9 +188,7 @@ class ShardedBatches:
     def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1):
         if batch > n:
             raise HwnasError(f"the batch ({batch}) is larger than the data ({n} images): lower --batch")
-        if batch % world:
-            raise HwnasError(f"the batch ({batch}) does not split evenly over {world} processes: make it a multiple "
-                             f"of {world} (the batch is the global one, over all processes)")
+        check_split(batch, world)
         from torch.utils.data import DistributedSampler
 
         self.n, self.batch, self.share, self.seed = n, batch, batch // world, seed

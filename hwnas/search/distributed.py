@@ -49,20 +49,27 @@ class Group:
     # -- collectives (identities in a world of one) ------------------------------------------------
 
     def from_main(self, decide: Callable[[], T]) -> T:
-        """`decide()` on rank 0, its result on every rank. An HwnasError raised there is raised on
-        every rank, so that one rank's refusal stops all of them instead of leaving them waiting."""
+        """`decide()` on rank 0, its result on every rank. When it raises there, every rank raises
+        (an HwnasError with rank 0's message) instead of waiting for a result that never comes."""
         if not self.parallel:
             return decide()
         box: list[Any] = [None]
+        failure: Exception | None = None
         if self.main:
             try:
                 box[0] = ("ok", decide())
-            except HwnasError as exc:
-                box[0] = ("error", str(exc))
+            except HwnasError as exc:  # a refusal: the same one-line message on every rank
+                box[0], failure = ("refused", str(exc)), exc
+            except Exception as exc:  # noqa: BLE001 - handed to every rank, then raised as it was
+                box[0], failure = ("failed", f"{type(exc).__name__}: {exc}"), exc
         torch.distributed.broadcast_object_list(box, src=0, device=self._object_device)
+        if failure is not None:
+            raise failure
         kind, value = box[0]
-        if kind == "error":
+        if kind == "refused":
             raise HwnasError(value)
+        if kind == "failed":
+            raise HwnasError(f"rank {self.rank}: rank 0 failed ({value}); its own message says more")
         return value  # type: ignore[no-any-return]
 
     def gather(self, mine: Sequence[T]) -> list[T]:
@@ -108,12 +115,13 @@ class Group:
             return net
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [self.device.index] if self.device.type == "cuda" else None
         # newer torch renamed broadcast_buffers (syncing at construction is harmless: ranks start equal)
         no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                    else "broadcast_buffers")
         options: dict[str, Any] = {no_sync: False}
-        return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True, **options)
+        # device_ids stays None: DDP would copy every input to the GPU, the configurations' bool
+        # tensors included, and reading them back (which branches are on) would sync every cell
+        return DistributedDataParallel(net, device_ids=None, find_unused_parameters=True, **options)
 
     def barrier(self) -> None:
         if self.parallel:
@@ -140,12 +148,12 @@ class Group:
 
 def lost_peer(exc: BaseException) -> bool:
     """Whether a collective failed because another rank went away (killed, crashed, or stopped by
-    its own error): gloo and NCCL report it as a RuntimeError naming themselves or the connection."""
-    if isinstance(exc, getattr(torch.distributed, "DistError", ())):
+    its own error): the connection to it was lost. Other errors of gloo or NCCL are this rank's own."""
+    if isinstance(exc, getattr(torch.distributed, "DistNetworkError", ())):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and any(m in text for m in ("gloo", "NCCL", "Connection reset",
-                                                                     "Connection closed", "Broken pipe"))
+    return isinstance(exc, RuntimeError) and any(m in text for m in ("Connection reset by peer",
+                                                                     "Connection closed by peer", "Broken pipe"))
 
 
 def launched_world() -> int:
@@ -170,6 +178,11 @@ def join(device: str | torch.device | None) -> Group:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         chosen = torch.device(device) if device is not None else torch.device("cuda")
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if owned and chosen.index is not None and per_node > 1:  # NCCL takes one GPU per process
+            raise HwnasError(f"--device {device} would put all {per_node} processes of this node on one GPU: give "
+                             f"--device cuda (each process takes cuda:LOCAL_RANK), or hide GPUs with "
+                             f"CUDA_VISIBLE_DEVICES")
         if chosen.index is None:
             chosen = torch.device("cuda", local)
         if chosen.index >= torch.cuda.device_count():

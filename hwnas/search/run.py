@@ -31,8 +31,8 @@ from hwnas.profiling.predict import predict
 from hwnas.progress import progress_bar
 from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
-from hwnas.search.data import (as_dataset, check_against_macro, data_shape, fixed_batches, split_held_out,
-                               step_seed)
+from hwnas.search.data import (as_dataset, check_against_macro, check_split, data_shape, fixed_batches,
+                               split_held_out, step_seed)
 from hwnas.search.distributed import join, lost_peer
 from hwnas.search.evolution import Evolution, aggregate
 from hwnas.search.retrieval import Candidate, Sampler, beyond, configs_of, evaluate, front_of, within
@@ -40,7 +40,8 @@ from hwnas.search.training import RoundTrainer
 from hwnas.spaces.arch import Architecture, Cell, architecture_from_dict
 from hwnas.supernet.global_bn import set_world
 
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 1
+# version 2: each epoch's order comes from torch's DistributedSampler (version 1's order differs)
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 2
 RETRIEVAL = 3  # tag of the retrieval's generator
 
 
@@ -152,6 +153,7 @@ class Search:
             self.train_set, self.held_set = dataset, as_dataset(held_out)
         self.run_dir = Path(run_dir)
         self.group = join(device)  # under torchrun: this rank's place in the data-parallel run
+        check_split(cfg.batch, self.group.world)  # before the run folder is made
         self.device = self.group.device
         self.progress, self.main = progress, self.group.main
         self.identity = {"table": {"space": table.meta.get("space"), "macro": table.meta.get("macro"),
@@ -222,6 +224,10 @@ class Search:
             raise HwnasError(f"cannot read the checkpoint {self.checkpoint_path}: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise HwnasError(f"{self.checkpoint_path} is not an hwnas search checkpoint")
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise HwnasError(f"{self.checkpoint_path} is a version {state.get('version')} search checkpoint; this hwnas "
+                             f"continues version {CHECKPOINT_VERSION} (it orders the data differently): finish the "
+                             f"run with the hwnas that started it, or start it anew in another folder")
         if state.get("done"):
             state["result"] = files.read_json(self.run_dir / "result.json", "search result")
         return state
@@ -229,10 +235,11 @@ class Search:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> SearchResult:
-        self._start_folder(resume)
-        log = Log(self.run_dir if self.main else None)
-        files.on_interrupt(f"continue the search with --resume (from {self.checkpoint_path})")
+        log: Log | None = None
         try:
+            self._start_folder(resume)
+            log = Log(self.run_dir if self.main else None)
+            files.on_interrupt(f"continue the search with --resume (from {self.checkpoint_path})")
             return self._loop(resume, log)
         except RuntimeError as exc:
             if not (self.group.parallel and lost_peer(exc)):
@@ -243,7 +250,8 @@ class Search:
                              f"its own message says why. Continue the run with --resume (from "
                              f"{self.checkpoint_path})") from None
         finally:
-            log.close()
+            if log is not None:
+                log.close()
             self.group.close()
 
     def _loop(self, resume: bool, log: Log) -> SearchResult:
@@ -339,7 +347,8 @@ class Search:
         accuracies = []
         set_world(trainer.net, 1)  # each evaluation is one rank's: its batch norms' statistics are its own
         try:
-            with progress_bar(len(mine), f"round {round_index} evaluate", unit="arch",
+            what = f"round {round_index} evaluate" + (f" (share 1 of {self.group.world})" if self.group.parallel else "")
+            with progress_bar(len(mine), what, unit="arch",
                               enabled=self.progress and self.main, leave=False) as bar:
                 for cand in mine:
                     configs = configs_of(cand.ops, trainer.layer_ops)

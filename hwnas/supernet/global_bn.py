@@ -41,7 +41,8 @@ def global_statistics(mean: Tensor, var: Tensor, world: int) -> tuple[Tensor, Te
     """The global batch's per-channel mean and biased variance from each rank's (equal shares),
     differentiable: mean of the ranks' variances plus the variance of their means, combined in
     float64 (a variance of means taken as E[m^2] - E[m]^2 would lose digits in float32)."""
-    parts = torch.stack([mean, mean * mean, var]).to(torch.float64)
+    m = mean.to(torch.float64)
+    parts = torch.stack([m, m * m, var.to(torch.float64)])
     total: Tensor = SumOverRanks.apply(parts) / world
     g_mean = total[0]
     g_var = (total[2] + (total[1] - g_mean * g_mean)).clamp_min(0)
