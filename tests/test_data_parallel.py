@@ -197,9 +197,11 @@ def test_two_processes_search_as_one_on_the_same_global_batch(float64_runs):
     for one, zero, first in zip(single, *ranks):
         for other in (zero, first):
             assert other["layer_ops"] == one["layer_ops"] and other["pruned"] == one["pruned"]
-            # float64: the ranks' sums are reassociated, nothing else differs
+            # float64: the ranks' sums are reassociated, nothing else differs. Theta's Adam divides
+            # each step by the gradient's own running size, so the rounding of a near-zero
+            # gradient reaches the step whole: thetas agree to 1e-8, the weights (SGD) to 1e-9
             for a, b in zip(other["thetas"], one["thetas"]):
-                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+                torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
             for key, value in one["net"].items():
                 torch.testing.assert_close(other["net"][key], value, rtol=1e-9, atol=1e-10, msg=key)
         for key, value in zero["net"].items():  # the ranks hold the very same supernet
@@ -208,6 +210,24 @@ def test_two_processes_search_as_one_on_the_same_global_batch(float64_runs):
         a = json.loads((folder / "one" / name).read_text())
         b = json.loads((folder / "two" / name).read_text())
         assert _close(a, b), name
+
+
+def test_batch_norms_on_each_share_with_sync_bn_off(problem, tmp_path):
+    """sync_bn false (plain DDP's batch norm): each rank normalises with its own share's statistics,
+    the ranks' weights and thetas stay equal, and the search completes."""
+    config = tmp_path / "local.json"
+    config.write_text(json.dumps({**json.loads(problem["config"].read_text()), "sync_bn": False, "rounds": 1}))
+    code, err = finish(torchrun(2, str(RUNNER), str(problem["path"]), str(problem["npz"]), str(config),
+                                str(tmp_path / "run"), str(tmp_path / "dump")))
+    assert code == 0, err[-3000:]
+    zero, first = (rounds(tmp_path / "dump" / f"rank{r}")[0] for r in range(2))
+    assert zero["layer_ops"] == first["layer_ops"] and zero["pruned"] == first["pruned"]
+    assert all(torch.equal(a, b) for a, b in zip(zero["thetas"], first["thetas"]))
+    stats = [k for k in zero["net"] if k.endswith("running_mean")]
+    params = [k for k in zero["net"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.equal(zero["net"][k], first["net"][k]) for k in params)
+    assert any(not torch.equal(zero["net"][k], first["net"][k]) for k in stats)  # each share's own statistics
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["rounds"] == 1
 
 
 def _close(a, b) -> bool:

@@ -47,6 +47,7 @@ class SearchConfig:
     eval_images: int = 0  # held-out images per evaluation; 0: the whole held-out split
     eval_batch: int = 256
     fused: bool = False  # the fused multi-branch layer on the CPU (always used on GPUs)
+    sync_bn: bool = True  # data-parallel: batch norms over the global batch (false: each process's share)
     checkpoint_every: int = 200  # weight steps between checkpoints (and at every round's end)
     seed: int = 0
     workers: int = 0  # DataLoader worker processes reading and prefetching batches (0: read in the main process)
@@ -77,8 +78,9 @@ class SearchConfig:
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool) \
                 or not math.isfinite(self.threshold):
             raise SpecError(f"{where}: threshold must be a finite number, got {self.threshold!r}")
-        if not isinstance(self.fused, bool):
-            raise SpecError(f"{where}: fused must be true or false, got {self.fused!r}")
+        for name in ("fused", "sync_bn"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -107,18 +107,18 @@ class Group:
         for g, part in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(part.view_as(g))
 
-    def wrap(self, net: nn.Module) -> nn.Module:
+    def wrap(self, net: nn.Module, sync_buffers: bool = False) -> nn.Module:
         """The module that trains the weights: DDP around `net` (sampled subnets leave branches
-        unused; batch norm statistics are already global, so buffers are not re-broadcast), or
-        `net` itself in a world of one."""
+        unused; buffers, i.e. batch norm statistics, sent from rank 0 before every forward only
+        with `sync_buffers`: global batch norms keep them equal), or `net` itself in a world of one."""
         if not self.parallel:
             return net
         from torch.nn.parallel import DistributedDataParallel
 
         # newer torch renamed broadcast_buffers (syncing at construction is harmless: ranks start equal)
-        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                   else "broadcast_buffers")
-        options: dict[str, Any] = {no_sync: False}
+        name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else "broadcast_buffers")
+        options: dict[str, Any] = {name: sync_buffers}
         # device_ids stays None: DDP would copy every input to the GPU, the configurations' bool
         # tensors included, and reading them back (which branches are on) would sync every cell
         return DistributedDataParallel(net, device_ids=None, find_unused_parameters=True, **options)

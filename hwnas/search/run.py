@@ -361,7 +361,7 @@ class Search:
                                                self.device))
                     bar.update(1)
         finally:
-            set_world(trainer.net, self.group.world)
+            set_world(trainer.net, trainer.bn_world)
         for cand, acc in zip(candidates, self.group.gather(accuracies), strict=True):
             cand.accuracy = acc
         return front_of(candidates), candidates

@@ -84,8 +84,8 @@ class RoundTrainer:
     def _build(self, layer_ops: list[list[int]]) -> None:
         fused = self.cfg.fused or self.device.type == "cuda"
         self.net = Supernet(self.space, self.macro, self.scale, layer_ops, fused=fused).to(self.device)
-        set_world(self.net, self.group.world)  # batch norms over the global batch
-        self.model = self.group.wrap(self.net)  # trains the weights: DDP in a data-parallel run
+        set_world(self.net, self.bn_world)
+        self.model = self._wrap()
         needs = [c.needs_branch for c in self.cells]
         # theta stays on the CPU (a few numbers; its configurations are drawn there): its 0-dim
         # probabilities combine with device tensors in the simulated gradient
@@ -98,6 +98,17 @@ class RoundTrainer:
         self.regularizer = ResourceRegularizer(self.costs, self.cfg.target, self.cfg.form,
                                                penalty_alpha(self.cfg, self.cfg.target), self.cfg.beta,
                                                outer="expected")
+
+    @property
+    def bn_world(self) -> int:
+        """The ranks whose batch shares a training batch norm's statistics cover: all of them
+        (sync_bn, as one process on the global batch), or its own."""
+        return self.group.world if self.cfg.sync_bn else 1
+
+    def _wrap(self) -> nn.Module:
+        """What trains the weights: DDP in a data-parallel run. With batch norms on each rank's
+        share, DDP sends rank 0's running statistics to the others every step, as by default."""
+        return self.group.wrap(self.net, sync_buffers=not self.cfg.sync_bn)
 
     @property
     def cells(self) -> list[Any]:
@@ -200,7 +211,7 @@ class RoundTrainer:
                 self.theta_opt.state[t] = {k: (v[keep].clone() if isinstance(v, torch.Tensor) and v.ndim else v)
                                            for k, v in state.items()}
         self._pricing()
-        self.model = self.group.wrap(self.net)  # DDP anew: the set of parameters changed
+        self.model = self._wrap()  # DDP anew: the set of parameters changed
         self.pruned.extend(pruned)
         return pruned
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hwnas.kernels import SegmentSpec
-from hwnas.kernels.ops import batch_statistics, geometry, update_running_stats
+from hwnas.kernels.ops import geometry, update_running_stats
 from hwnas.model.blocks import cell_mean, is_fusable_depthwise
 from hwnas.supernet.cell import SupernetCell
 from hwnas.supernet.global_bn import global_statistics, record_batch
@@ -51,10 +51,9 @@ def bn_relu_conv(h: torch.Tensor | list[torch.Tensor], bns: list[Any], weight: t
     gamma, beta = torch.cat([bn.weight for bn in bns]), torch.cat([bn.bias for bn in bns])
     world = getattr(first, "world", 1)
     if training and world > 1:  # a data-parallel run: the global batch's statistics (global_bn.py)
-        mean, var = global_statistics(*batch_statistics(hs, torch.float64 if weight.dtype == torch.float64
-                                                        else torch.float32), world)
-        # the kernel normalises with the given statistics; autograd carries their gradient back
-        # through the all-reduce (h is read again by var_mean's backward: no overwrite)
+        mean, var = global_statistics(hs, world)
+        # the kernel normalises with the given statistics and returns their gradient, which flows
+        # back to every rank's h (read again then: no overwrite)
         outs, _, _ = torch.ops.hwnas.mixed_depthwise_bn_relu(hs, weight, gamma, beta, mean, var, *geometry(segments),
                                                              False, first.eps, "fast", False)
         for bn, m, v in zip(bns, mean.split(sizes), var.split(sizes)):
