@@ -118,7 +118,7 @@ def test_two_ranks_normalise_with_the_global_batch(tmp_path, fused, cell_type):
         torch.testing.assert_close(got, value, rtol=1e-10, atol=1e-12, msg=key)
 
 
-def _plain_bn_worker(rank: int, world: int, store: str, out: str) -> None:
+def _plain_bn_worker(rank: int, world: int, store: str, out: str, constant: bool = False) -> None:
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -126,10 +126,13 @@ def _plain_bn_worker(rank: int, world: int, store: str, out: str) -> None:
     bn = torch.nn.BatchNorm2d(3, affine=False, momentum=None).double()  # no weight; cumulative average
     set_world(bn, world)
     x = torch.randn(8, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    if constant:  # a dead ReLU's channel: zero in rank 0's share only (channel 0), in every share (channel 1)
+        x[:4, 0] = 0.0
+        x[:, 1] = 0.0
     w = torch.randn_like(x, generator=torch.Generator().manual_seed(2))
     grads = []
     for step in range(3):  # the running statistics over three batches
-        share = (x + step).chunk(world)[rank].clone().requires_grad_()
+        share = (x + (0 if constant else step)).chunk(world)[rank].clone().requires_grad_()
         (bn(share) * w.chunk(world)[rank]).flatten(1).sum(1).mean().backward()
         grads.append(share.grad)
     torch.save({"x.grad": torch.stack(grads), "mean": bn.running_mean, "var": bn.running_var}, f"{out}.{rank}")
@@ -137,9 +140,10 @@ def _plain_bn_worker(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_a_batch_norm_without_affine_and_with_a_cumulative_average(tmp_path):
-    _plain_bn_worker(0, 1, "", str(tmp_path / "one"))
-    mp.spawn(_plain_bn_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "two")), nprocs=2)
+@pytest.mark.parametrize("constant", [False, True], ids=["random", "constant_channels"])
+def test_a_batch_norm_without_affine_and_with_a_cumulative_average(tmp_path, constant):
+    _plain_bn_worker(0, 1, "", str(tmp_path / "one"), constant)
+    mp.spawn(_plain_bn_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "two"), constant), nprocs=2)
     one = torch.load(tmp_path / "one.0")
     parts = [torch.load(tmp_path / f"two.{r}") for r in range(2)]
     # each rank's gradient is of the sum of the ranks' losses, twice the mean

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def _acc(x: Tensor) -> torch.dtype:
@@ -47,7 +48,9 @@ def local_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     pass (eps 0: the variance comes back exactly as 1 / invstd^2; on CPUs torch's var_mean over
     (N, H, W) takes about 20 times as long)."""
     _, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, 0.0)
-    return mean.to(_acc(x)), invstd.to(_acc(x)).pow(-2)
+    invstd = invstd.to(_acc(x))
+    # torch gives invstd 0 (not inf) for a constant channel when eps is 0: its variance is 0
+    return mean.to(_acc(x)), torch.where(invstd == 0, 0.0, invstd.pow(-2))
 
 
 def _channel_view(t: Tensor, like: Tensor) -> Tensor:
@@ -64,18 +67,24 @@ class _GlobalBatchNorm(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                 world: int) -> tuple[Tensor, Tensor, Tensor]:
         mean, var = combine(*local_statistics(x), world)
-        y = torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
-        ctx.save_for_backward(x, weight, mean, var)
+        acc = mean.dtype  # affine parameters at least as precise as the statistics (bf16 weights too)
+        w, b = (None if t is None else t.to(acc) for t in (weight, bias))
+        y = torch.batch_norm(x, w, b, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled)
+        ctx.save_for_backward(x, w, mean, var)
+        ctx.param_dtype = weight.dtype if weight is not None else None
         ctx.eps, ctx.world = eps, world
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
+    @once_differentiable  # its all-reduces are not differentiable
     def backward(ctx: Any, dy: Tensor, _mean: Any, _var: Any) -> tuple[Any, ...]:
         x, weight, mean, var = ctx.saved_tensors
-        gamma = weight if weight is not None else x.new_ones(x.shape[1])
+        gamma = weight if weight is not None else torch.ones_like(mean)
+        none = mean.new_empty(0)  # the saved statistics of training mode: unused in eval mode, but
+        # CUDA's channels-last and 64-bit-index paths assert that they are defined
         dx, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
-            dy.contiguous(), x, gamma, mean, var, None, None, False, ctx.eps, [True, True, True])
+            dy.contiguous(), x, gamma, mean, var, none, none, False, ctx.eps, [True, True, True])
         total = _sum_over_ranks(torch.stack([sum_dy, sum_dy_xhat]))
         n = x.numel() // x.shape[1] * ctx.world
         gamma_invstd = gamma.to(torch.float64) * torch.rsqrt(var.to(torch.float64) + ctx.eps)
@@ -83,7 +92,8 @@ class _GlobalBatchNorm(torch.autograd.Function):
         slope = gamma_invstd * torch.rsqrt(var.to(torch.float64) + ctx.eps) * total[1] / n  # the variance's
         dx.sub_(_channel_view(shift, dx))
         dx.addcmul_(x - _channel_view(mean, x), _channel_view(slope, dx), value=-1)
-        grads = (sum_dy_xhat if ctx.needs_input_grad[1] else None, sum_dy if ctx.needs_input_grad[2] else None)
+        grads = (sum_dy_xhat.to(ctx.param_dtype) if ctx.needs_input_grad[1] else None,
+                 sum_dy.to(ctx.param_dtype) if ctx.needs_input_grad[2] else None)
         return dx, *grads, None, None
 
 
@@ -101,6 +111,7 @@ class _GlobalStatistics(torch.autograd.Function):
         return mean, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, d_mean: Tensor | None, d_var: Tensor | None) -> tuple[Any, ...]:
         mean, *hs = ctx.saved_tensors
         zeros = torch.zeros_like(mean)
