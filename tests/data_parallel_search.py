@@ -2,6 +2,7 @@
 saves its supernet, thetas and pruned ops at the end of each round's training.
 
     python tests/data_parallel_search.py TABLE DATA.npz CONFIG.json RUN DUMP [--device D] [--float32] [--gloo]
+                                         [--stop-after STEPS] [--resume]
     torchrun --nproc-per-node 2 tests/data_parallel_search.py TABLE DATA.npz CONFIG.json RUN DUMP ...
 
 float64 by default (comparisons to 1e-9). --gloo initialises the process group with gloo before
@@ -28,6 +29,8 @@ def main() -> None:
     p.add_argument("--device")
     p.add_argument("--float32", action="store_true")
     p.add_argument("--gloo", action="store_true")
+    p.add_argument("--stop-after", type=int, help="stop (KeyboardInterrupt on every rank) after this many steps")
+    p.add_argument("--resume", action="store_true")
     args = p.parse_args()
     torch.set_default_dtype(torch.float32 if args.float32 else torch.float64)
     torch.set_num_threads(1)
@@ -47,7 +50,8 @@ def main() -> None:
         return retrieve(self, trainer, previous, round_index)
 
     Search._retrieve = dumping_retrieve  # type: ignore[method-assign]
-    search.run()
+    search.stop_after = args.stop_after
+    search.run(resume=args.resume)
     if args.gloo:
         torch.distributed.destroy_process_group()
 

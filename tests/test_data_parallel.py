@@ -247,6 +247,24 @@ def test_two_processes_search_as_one_on_the_same_global_batch(float64_runs):
         assert _close(a, b), name
 
 
+def test_a_run_stopped_on_two_processes_resumes_on_one(problem, float64_runs, tmp_path):
+    """One machine lost: the run continues on fewer processes, with the same global batches. Stopped
+    on both ranks one step after a mid-round checkpoint, then resumed alone, it ends as the
+    uninterrupted one-process run does (float64; the tolerances of the test above)."""
+    run, dump = tmp_path / "run", tmp_path / "dump"
+    code, err = finish(torchrun(2, *runner(problem, run, dump), "--stop-after", "5"))
+    assert code != 0 and (run / "checkpoint.pt").exists() and not (run / "round_01" / "thetas.json").exists()
+    one = subprocess.run([sys.executable, *runner(problem, run, dump), "--resume"], env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for want, got in zip(rounds(float64_runs / "dump1" / "rank0"), rounds(dump / "rank0"), strict=True):
+        assert got["layer_ops"] == want["layer_ops"] and got["pruned"] == want["pruned"]
+        for a, b in zip(got["thetas"], want["thetas"]):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-8)
+        for key, value in want["net"].items():
+            torch.testing.assert_close(got["net"][key], value, rtol=1e-9, atol=1e-10, msg=key)
+
+
 def test_batch_norms_on_each_share_with_sync_bn_off(problem, tmp_path):
     """sync_bn false (plain DDP's batch norm): each rank normalises with its own share's statistics,
     the ranks' weights and thetas stay equal, and the search completes."""
@@ -357,3 +375,4 @@ def test_a_killed_rank_fails_the_run_and_resume_completes_it(problem, tmp_path):
         assert _close(a["thetas"], b["thetas"])
     assert _close(json.loads((whole / "result.json").read_text())["front"],
                   json.loads((run / "result.json").read_text())["front"])
+
