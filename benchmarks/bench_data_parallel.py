@@ -1,16 +1,17 @@
 """Data-parallel search steps on CPUs: N processes (gloo, launched by torchrun) against one, on the
 same global batch.
 
-    python benchmarks/bench_data_parallel.py [--processes 2] [--batch 64] [--steps 24] [--repeats 3] [--json]
+    python benchmarks/bench_data_parallel.py [--processes 2] [--batch 64] [--steps 24] [--warmup 3]
+                                             [--repeats 3] [--json]
 
 Times the supernet training steps of one search round (a weight step every step, a theta step
 every second; latency19 ops, K = 4 per layer, a 32x32 macro-architecture, one thread per
 process): one process, then N processes under torchrun with batch norms over the global batch
 (sync_bn, the default) and on each process's share (sync_bn false), alternating, `--repeats`
-times each. Reports the median steps per second of each and the speedups. With N free cores the ideal is N;
-the gap is what the collectives cost (DDP's gradient buckets and theta's gradients; with
-sync_bn one all-reduce per batch norm in forward and one in backward, whose latency adds up). This measures the CPU path only: on GPUs NCCL and
-the compute per step change the balance.
+times each. Reports the median steps per second of each and the speedups. With N free cores the
+ideal is N; the gap is what the collectives cost (DDP's gradient buckets and theta's gradients;
+with sync_bn one all-reduce per batch norm in forward and one in backward, whose latency adds
+up). This measures the CPU path only: on GPUs NCCL and the compute per step change the balance.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def kind(name: str, shapes: list[Any]) -> str:
     return "other (mean, ReLU, copies, autograd)" + backward
 
 
-def profile(threads: int) -> dict[str, float]:
+def profile() -> dict[str, float]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -151,7 +151,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"threads": args.threads, "profile_ms": profile(args.threads), "bn2": bn2(), "expand": expand(),
+    result = {"threads": args.threads, "profile_ms": profile(), "bn2": bn2(), "expand": expand(),
               "pages": pages()}
     if args.json:
         print(json.dumps(result, indent=1))

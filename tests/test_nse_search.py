@@ -303,10 +303,25 @@ def test_search_takes_a_dataloader(tiny, tmp_path):
     assert exit_.value.code == 2
 
 
+class Noisy(torch.utils.data.Dataset):
+    """Random transforms drawing from torch's and Python's random state (as torchvision's do)."""
+
+    def __init__(self, base):
+        self.base, self.labels = base, base.labels
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return x + 0.1 * torch.randn_like(x) + 0.01 * random.random(), y
+
+
 def test_loader_workers_change_nothing_but_speed(tiny):
-    """Batches read by two DataLoader worker processes: the same round, to the bit; and a trainer
-    asked for a later step first (a resume) starts its loader there."""
-    ds = load_npz(tiny["npz"])
+    """Batches read by two DataLoader worker processes, through a Dataset with random transforms:
+    the same round, to the bit; and a trainer asked for a later step first (a resume) reads the
+    very batch the uninterrupted one read there."""
+    ds = Noisy(load_npz(tiny["npz"]))
     slots = tiny["table"].macro().slots(1.0)
     runs = []
     for workers in (0, 2):
@@ -318,8 +333,10 @@ def test_loader_workers_change_nothing_but_speed(tiny):
     for a, b in zip(runs[0].net.state_dict().values(), runs[1].net.state_dict().values()):
         assert torch.equal(a, b)
     assert runs[0].thetas() == runs[1].thetas()
-    stream = runs[1].train_stream
     late = len(runs[1].batches) + 1  # epoch 1, its second batch
-    x, y = stream(late)
+    in_order = [runs[0].train_stream(step) for step in range(late + 1)][-1]  # a fresh pass, from step 0
+    resumed = runs[1].train_stream(late)  # asked for that step first: a loader started mid-epoch
+    assert torch.equal(in_order[0], resumed[0]) and torch.equal(in_order[1], resumed[1])
     batch = list(runs[1].batches.epoch(1))[1]
-    assert torch.equal(y, ds.labels[batch]) and torch.equal(x, ds.images[batch])
+    assert torch.equal(resumed[1], ds.labels[batch])
+    assert not torch.equal(resumed[0], ds.base.images[batch])  # the transforms did run

@@ -110,9 +110,10 @@ def register_run(actions: Any) -> None:
     r.add_argument("--config", metavar="C.yaml", help="settings file (YAML or JSON); copied into the run folder")
     r.add_argument("--fused", action="store_true", default=None,
                    help="the fused multi-branch layer on the CPU too (always used on GPUs)")
-    r.add_argument("--device", help="torch device (default: cuda when available, else cpu; under torchrun each "
-                                    "process takes cuda:LOCAL_RANK)")
-    add_threads(r, help="CPU threads of torch (default: torch's; small networks often run fastest on 1)")
+    r.add_argument("--device", help="torch device (default: cuda when available, else cpu; under torchrun on GPUs "
+                                    "each process takes cuda:LOCAL_RANK)")
+    add_threads(r, help="CPU threads of torch (default: torch's, which is 1 under torchrun; small networks often "
+                        "run fastest on 1)")
     add_number(r, "--seed", rng=SEED, default=None, help="random seed (default 0)")
     r.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder")
     r.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")

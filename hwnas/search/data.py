@@ -9,6 +9,7 @@ process covers.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,8 @@ class ShardedBatches:
 
     def __init__(self, n: int, batch: int, seed: int, rank: int = 0, world: int = 1):
         if batch > n:
-            raise HwnasError(f"the batch ({batch}) is larger than the data ({n} images): lower --batch")
+            raise HwnasError(f"the batch ({batch}) is larger than the data ({n} images): lower batch in the settings "
+                             f"(--config)")
         check_split(batch, world)
         from torch.utils.data import DistributedSampler
 
@@ -215,13 +217,46 @@ def stack(items: Sequence[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]
     return x, y
 
 
+class SeededItems(Dataset):  # type: ignore[type-arg]
+    """A dataset whose item i is read with torch's and Python's random state (what torchvision's
+    transforms draw from) seeded from (seed, i), then restored: random transforms give the same
+    image whatever the number of DataLoader workers or processes, and after a resume mid-epoch.
+    NumPy's global random state is not seeded (saving and restoring it costs 50 us an item)."""
+
+    def __init__(self, dataset: Dataset, seed: int):  # type: ignore[type-arg]
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        item_seed = step_seed(self.seed, i)
+        cpu = torch.default_generator  # torch.manual_seed would also seed every GPU's: 60 us
+        saved, python = cpu.get_state(), random.getstate()
+        cpu.manual_seed(item_seed)
+        random.seed(item_seed)
+        try:
+            return self.dataset[i]
+        finally:
+            cpu.set_state(saved)
+            random.setstate(python)
+
+
+def _random_free(dataset: Any) -> bool:
+    """In-memory images (TensorImages, or subsets of them) draw nothing at random."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, TensorImages)
+
+
 def loader(dataset: Dataset, batches: Sequence[Sequence[int]], workers: int, seed: int,  # type: ignore[type-arg]
            pin: bool = False) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
     """torch's DataLoader over the given index batches: `workers` processes read and prefetch them
-    (0: read in this process). Its own generator seeds the workers (random transforms of the
-    user's Dataset repeat on a resume) and leaves the global random state alone."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers,
-                                       collate_fn=stack, pin_memory=pin,
+    (0: read in this process). Each item's random draws are seeded by (seed, item) (SeededItems),
+    and the loader's own generator leaves the global random state alone."""
+    items = dataset if _random_free(dataset) else SeededItems(dataset, seed)
+    return torch.utils.data.DataLoader(items, batch_sampler=[list(b) for b in batches],
+                                       num_workers=workers, collate_fn=stack, pin_memory=pin,
                                        generator=torch.Generator().manual_seed(seed))
 
 

@@ -181,8 +181,8 @@ def join(device: str | torch.device | None) -> Group:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if owned and chosen.index is not None and per_node > 1:  # NCCL takes one GPU per process
             raise HwnasError(f"--device {device} would put all {per_node} processes of this node on one GPU: give "
-                             f"--device cuda (each process takes cuda:LOCAL_RANK), or hide GPUs with "
-                             f"CUDA_VISIBLE_DEVICES")
+                             f"--device cuda (each process takes cuda:LOCAL_RANK; choose the GPUs with "
+                             f"CUDA_VISIBLE_DEVICES)")
         if chosen.index is None:
             chosen = torch.device("cuda", local)
         if chosen.index >= torch.cuda.device_count():
@@ -196,5 +196,6 @@ def join(device: str | torch.device | None) -> Group:
             dist.init_process_group("nccl" if cuda else "gloo", device_id=chosen if cuda else None)
         except (ValueError, RuntimeError) as exc:
             raise HwnasError(f"cannot join the data-parallel run described by torchrun's environment "
-                             f"(MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE): {exc}") from None
+                             f"(MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE): {exc}; launch with torchrun, or unset "
+                             f"WORLD_SIZE to run as one process") from None
     return Group(dist.get_rank(), dist.get_world_size(), chosen, owned)
