@@ -5,6 +5,7 @@
 Stages (each in its own process, killed at its share of the budget):
   environment       GPU, driver, torch and its CUDA, cuda-bindings, NVRTC, TensorRT
   kernel_tests      pytest -m gpu (the kernels' CUDA path, NVRTC compile included)      [CUDA]
+  search_ddp        the data-parallel search's GPU test: DDP, global batch norms, fused  [CUDA]
   fused_bench       fused multi-branch cell vs eager and torch.compile, fwd+bwd, batch 16 [CUDA]
   kernel_bandwidth  mixed-depthwise kernel's bandwidth vs a device-to-device copy         [CUDA]
   torch_table       latency19 table at batch 16, torch backend on the GPU (CUDA events)  [CUDA]
@@ -58,6 +59,7 @@ class Stage:
 STAGES = [
     Stage("environment", "", 0.5, 10, "GPU, driver and software versions; hwnas env"),
     Stage("kernel_tests", "cuda", 2.0, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
+    Stage("search_ddp", "cuda", 1.0, 40, "two processes on one GPU (gloo) train a search round as one process does"),
     Stage("fused_bench", "cuda", 2.2, 30, "fused cell vs eager and torch.compile, fwd+bwd, batch 16"),
     Stage("kernel_bandwidth", "cuda", 0.5, 10, "mixed-depthwise kernel vs device-to-device copy bandwidth"),
     Stage("torch_table", "cuda", 2.6, 60, "latency19 table, torch backend on the GPU, batch 16"),
@@ -347,7 +349,6 @@ def stage_environment(params: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def stage_kernel_tests(params: dict[str, Any], out: Path) -> dict[str, Any]:
     import importlib.util
-    import re
 
     if importlib.util.find_spec("pytest") is None:  # a bare GPU machine: call the gpu tests by hand
         result = run_gpu_tests(REPO / "tests" / "test_kernels.py")
@@ -355,16 +356,34 @@ def stage_kernel_tests(params: dict[str, Any], out: Path) -> dict[str, Any]:
             write_result(out, "kernel_tests", result)
             raise SystemExit(f"gpu tests failed: {result['failures']}")
         return result
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           "tests/"], capture_output=True, text=True, cwd=REPO)
+    return gpu_pytest(out, "kernel_tests", ["tests/", f"--ignore={DDP_TESTS}"])
+
+
+DDP_TESTS = "tests/test_data_parallel.py"  # its own stage: three processes, its own share of the budget
+
+
+def gpu_pytest(out: Path, stage: str, paths: list[str]) -> dict[str, Any]:
+    """pytest -m gpu on the paths; the counts, or SystemExit when a test failed."""
+    import re
+
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *paths],
+                          capture_output=True, text=True, cwd=REPO)
     print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n")
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", proc.stdout)}
     result = {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)
               + counts.get("errors", 0), "skipped": counts.get("skipped", 0), "returncode": proc.returncode}
     if proc.returncode != 0:
-        write_result(out, "kernel_tests", result)
+        write_result(out, stage, result)
         raise SystemExit(f"pytest -m gpu exited {proc.returncode}: {result}")
     return result
+
+
+def stage_search_ddp(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        raise SystemExit("this stage runs a pytest test (two torchrun processes): install pytest")
+    return gpu_pytest(out, "search_ddp", [DDP_TESTS])
 
 
 def pytest_stand_in() -> Any:

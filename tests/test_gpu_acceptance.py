@@ -41,7 +41,8 @@ def test_without_a_gpu_the_stages_are_skipped_with_reasons(tmp_path):
     assert stages["environment"]["status"] == "passed"
     assert stages["environment"]["result"]["cuda_available"] is False
     assert stages["environment"]["result"]["hwnas_env"]["ok"] is False  # hwnas env's view, kept whole
-    for name in ("kernel_tests", "fused_bench", "kernel_bandwidth", "torch_table", "torch_validate", "trt_engines"):
+    for name in ("kernel_tests", "search_ddp", "fused_bench", "kernel_bandwidth", "torch_table", "torch_validate",
+                 "trt_engines"):
         assert stages[name]["status"] == "skipped" and "no CUDA GPU" in stages[name]["reason"]
     assert "skipped" in (out / "report.md").read_text()
 
@@ -83,8 +84,8 @@ def test_an_eight_minute_run_fits_every_cuda_stage(acc):
     groups = plan_groups(space.spaces["latency19"], space.macros["latency"], 1.0, 16)
     assert acc.TABLE_ENTRIES == sum(len(g) for g in groups)  # the one figure the sizing assumes
     got, left = simulate(acc, 8, {"": None, "cuda": None, "tensorrt": "absent"})
-    assert set(got) == {"environment", "kernel_tests", "fused_bench", "kernel_bandwidth", "torch_table",
-                        "torch_validate"}
+    assert set(got) == {"environment", "kernel_tests", "search_ddp", "fused_bench", "kernel_bandwidth",
+                        "torch_table", "torch_validate"}
     assert sum(got.values()) <= 8 * 60 + 1e-6 and left >= -1e-6
     assert got["fused_bench"] >= 60  # enough for torch.compile
 
