@@ -50,7 +50,7 @@ NO_GPU_EXIT = 4
 @dataclass(frozen=True)
 class Stage:
     name: str
-    needs: str  # "" (always), "cuda" or "tensorrt"
+    needs: str  # "" (always), "cuda", "cuda+pytest" or "tensorrt"
     weight: float  # share of the time left, relative to the other stages still to run
     min_s: float  # with less time than this the stage is skipped
     what: str
@@ -59,7 +59,7 @@ class Stage:
 STAGES = [
     Stage("environment", "", 0.5, 10, "GPU, driver and software versions; hwnas env"),
     Stage("kernel_tests", "cuda", 2.0, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
-    Stage("search_ddp", "cuda", 1.0, 40, "two processes on one GPU (gloo) train a search round as one process does"),
+    Stage("search_ddp", "cuda+pytest", 1.0, 40, "two processes on one GPU (gloo) train a search round as one process does"),
     Stage("fused_bench", "cuda", 2.2, 30, "fused cell vs eager and torch.compile, fwd+bwd, batch 16"),
     Stage("kernel_bandwidth", "cuda", 0.5, 10, "mixed-depthwise kernel vs device-to-device copy bandwidth"),
     Stage("torch_table", "cuda", 2.6, 60, "latency19 table, torch backend on the GPU, batch 16"),
@@ -125,6 +125,10 @@ def capabilities() -> dict[str, str | None]:
     except ImportError:
         ok = False
     reasons["tensorrt"] = reasons["cuda"] or (None if ok else "TensorRT is not installed (pip install tensorrt)")
+    import importlib.util
+
+    reasons["cuda+pytest"] = reasons["cuda"] or (None if importlib.util.find_spec("pytest") else
+                                                 "pytest is not installed (the stage runs a pytest test)")
     return reasons
 
 
@@ -379,10 +383,6 @@ def gpu_pytest(out: Path, stage: str, paths: list[str]) -> dict[str, Any]:
 
 
 def stage_search_ddp(params: dict[str, Any], out: Path) -> dict[str, Any]:
-    import importlib.util
-
-    if importlib.util.find_spec("pytest") is None:
-        raise SystemExit("this stage runs a pytest test (two torchrun processes): install pytest")
     return gpu_pytest(out, "search_ddp", [DDP_TESTS])
 
 

@@ -83,7 +83,7 @@ def test_an_eight_minute_run_fits_every_cuda_stage(acc):
     space = builtin()
     groups = plan_groups(space.spaces["latency19"], space.macros["latency"], 1.0, 16)
     assert acc.TABLE_ENTRIES == sum(len(g) for g in groups)  # the one figure the sizing assumes
-    got, left = simulate(acc, 8, {"": None, "cuda": None, "tensorrt": "absent"})
+    got, left = simulate(acc, 8, {"": None, "cuda": None, "cuda+pytest": None, "tensorrt": "absent"})
     assert set(got) == {"environment", "kernel_tests", "search_ddp", "fused_bench", "kernel_bandwidth",
                         "torch_table", "torch_validate"}
     assert sum(got.values()) <= 8 * 60 + 1e-6 and left >= -1e-6
