@@ -12,27 +12,14 @@ import argparse
 import json
 import random
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 
 from hwnas.kernels import SegmentSpec, mixed_depthwise, reference_mixed_depthwise
-from hwnas.profiling.protocol import Protocol, Runner, measure_interleaved
+from hwnas.profiling.protocol import CallRunner, Protocol, measure_interleaved
 
 BRANCHES = [(3, 3), (5, 3), (7, 3), (3, 6), (5, 1)]  # (kernel, expansion)
 SHAPES = [(64, 28, 1), (64, 28, 2), (128, 14, 1)]  # (cin, resolution, stride)
-
-
-class Timed(Runner):
-    def __init__(self, fn: Callable[[], None]):
-        self.fn = fn
-
-    def run(self, iterations: int) -> float:
-        start = time.perf_counter()
-        for _ in range(iterations):
-            self.fn()
-        return (time.perf_counter() - start) * 1e3
 
 
 def main() -> int:
@@ -58,7 +45,7 @@ def main() -> int:
             torch.stack([o.sum() for part, w, s in zip(parts, weights, segs)
                          for o in reference_mixed_depthwise(part, [w], [s])]).sum().backward()
 
-        stats = measure_interleaved({"kernel": Timed(ours), "torch": Timed(torch_convs)},
+        stats = measure_interleaved({"kernel": CallRunner(ours), "torch": CallRunner(torch_convs)},
                                     Protocol(warmup_ms=200, min_sample_ms=0, rounds=args.rounds, drift_wait_s=0),
                                     random.Random(0))
         rows.append({"shape": f"cin{cin}-{res}x{res}-s{stride}", "kernel_ms": round(stats["kernel"].median, 2),

@@ -17,13 +17,12 @@ import json
 import math
 import random
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 
-from hwnas.profiling.protocol import Protocol, Runner, measure_interleaved
+from hwnas.profiling.protocol import CallRunner, Protocol, measure_interleaved
 from hwnas.spaces import builtin
 from hwnas.spaces.macro import Position
 from hwnas.supernet import SupernetCell
@@ -33,23 +32,6 @@ from hwnas.supernet.fused import FusedSupernetCell
 OPS = [1, 4, 7, 2, 3, 11]
 SHAPES = [Position("N", 32, 32, 56, 1), Position("N", 64, 64, 28, 1), Position("R", 64, 128, 28, 2),
           Position("N", 128, 128, 14, 1)]
-
-
-class StepRunner(Runner):
-    """Forward + backward of one cell variant; synchronises the GPU when it runs there."""
-
-    def __init__(self, step: Callable[[], None], cuda: bool):
-        self.step, self.cuda = step, cuda
-
-    def run(self, iterations: int) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(iterations):
-            self.step()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1e3
 
 
 def make_step(module: torch.nn.Module, x: torch.Tensor, config: torch.Tensor) -> Callable[[], None]:
@@ -73,7 +55,8 @@ def bench_position(space: Any, pos: Position, device: str, batch: int, protocol:
         # dynamic shapes fail in Inductor on out / terms; compile wraps the module in a Module
         compiled = cast(torch.nn.Module, torch.compile(ref, dynamic=False))
         variants["compile"] = make_step(compiled, x, config)
-    runners = {k: StepRunner(v, device == "cuda") for k, v in variants.items()}
+    sync = torch.cuda.synchronize if device == "cuda" else None  # the GPU work of the timed steps
+    runners = {k: CallRunner(v, sync) for k, v in variants.items()}
     stats = measure_interleaved(runners, protocol, random.Random(0))
     row = {"device": device, "position": pos.key, "ops": [space.ops[i].name for i in OPS],
            **{f"{k}_ms": round(s.median, 3) for k, s in stats.items()},

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from hwnas.model.blocks import is_fusable_depthwise
-from hwnas.profiling.protocol import Protocol, Runner, measure_interleaved
+from hwnas.profiling.protocol import CallRunner, Protocol, measure_interleaved
 from hwnas.spaces import builtin
 from hwnas.spaces.macro import Position
 from hwnas.supernet import SupernetCell
@@ -38,19 +37,8 @@ POSITION = Position("N", 64, 64, 28, 1)
 BATCH = 16
 
 
-class Timed(Runner):
-    def __init__(self, fn: Callable[[], Any]):
-        self.fn = fn
-
-    def run(self, iterations: int) -> float:
-        start = time.perf_counter()
-        for _ in range(iterations):
-            self.fn()
-        return (time.perf_counter() - start) * 1e3
-
-
 def interleaved(variants: dict[str, Callable[[], Any]]) -> dict[str, float]:
-    stats = measure_interleaved({k: Timed(v) for k, v in variants.items()}, Protocol(rounds=15), random.Random(0))
+    stats = measure_interleaved({k: CallRunner(v) for k, v in variants.items()}, Protocol(rounds=15), random.Random(0))
     return {k: round(s.median, 2) for k, s in stats.items()}
 
 

@@ -44,6 +44,24 @@ class Runner(ABC):
         """Free the graph's resources."""
 
 
+class CallRunner(Runner):
+    """A Python callable as a Runner (the benchmarks' variants). `synchronize` (for instance
+    torch.cuda.synchronize) runs before and after the timed calls, for work queued on a device."""
+
+    def __init__(self, fn: Callable[[], Any], synchronize: Callable[[], Any] | None = None):
+        self.fn, self.synchronize = fn, synchronize
+
+    def run(self, iterations: int) -> float:
+        if self.synchronize is not None:
+            self.synchronize()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            self.fn()
+        if self.synchronize is not None:
+            self.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+
 @dataclass(frozen=True)
 class Protocol:
     warmup_ms: float = 150.0
