@@ -250,13 +250,14 @@ def _random_free(dataset: Any) -> bool:
 
 
 def loader(dataset: Dataset, batches: Sequence[Sequence[int]], workers: int, seed: int,  # type: ignore[type-arg]
-           pin: bool = False) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+           pin: bool = False, persistent: bool = False) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
     """torch's DataLoader over the given index batches: `workers` processes read and prefetch them
     (0: read in this process). Each item's random draws are seeded by (seed, item) (SeededItems),
     and the loader's own generator leaves the global random state alone."""
     items = dataset if _random_free(dataset) else SeededItems(dataset, seed)
     return torch.utils.data.DataLoader(items, batch_sampler=[list(b) for b in batches],
                                        num_workers=workers, collate_fn=stack, pin_memory=pin,
+                                       persistent_workers=persistent and workers > 0,
                                        generator=torch.Generator().manual_seed(seed))
 
 
@@ -286,12 +287,13 @@ class BatchStream:
 
 
 def fixed_batches(dataset: Dataset, count: int, batch: int, seed: int,  # type: ignore[type-arg]
-                  workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """`count` items (all when count is 0 or more than there are), drawn with `seed`, in batches."""
+                  workers: int = 0) -> torch.utils.data.DataLoader:  # type: ignore[type-arg]
+    """`count` items (all when count is 0 or more than there are), drawn with `seed`, in batches:
+    the same batches every time it is iterated (its workers kept between passes)."""
     n = len(dataset)  # type: ignore[arg-type]
     count = n if count <= 0 else min(count, n)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    yield from loader(dataset, [order[b:b + batch] for b in range(0, count, batch)], workers, seed)
+    return loader(dataset, [order[b:b + batch] for b in range(0, count, batch)], workers, seed, persistent=True)
 
 
 def as_dataset(data: Any) -> Dataset:  # type: ignore[type-arg]

@@ -343,6 +343,9 @@ class Search:
                     candidates.append(cand)
         seed = step_seed(cfg.seed, round_index, RETRIEVAL, 1)
         bn_count = min(cfg.bn_images, len(self.train_set))
+        # every candidate is recalibrated and evaluated on the same images: their loaders, once
+        calibration = fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed, cfg.workers)
+        held_out = fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed, cfg.workers)
         mine = self.group.share(candidates)  # each rank evaluates its share; all get every accuracy
         accuracies = []
         set_world(trainer.net, 1)  # each evaluation is one rank's: its batch norms' statistics are its own
@@ -353,12 +356,7 @@ class Search:
                 for cand in mine:
                     configs = configs_of(cand.ops, trainer.layer_ops)
                     assert configs is not None
-                    accuracies.append(evaluate(trainer.net, configs,
-                                               fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed,
-                                                             cfg.workers),
-                                               fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed,
-                                                             cfg.workers),
-                                               self.device))
+                    accuracies.append(evaluate(trainer.net, configs, calibration, held_out, self.device))
                     bar.update(1)
         finally:
             set_world(trainer.net, trainer.bn_world)

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from hwnas.kernels.ops import update_running_stats
+
 
 def _acc(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -87,9 +89,10 @@ class _GlobalBatchNorm(torch.autograd.Function):
             dy.contiguous(), x, gamma, mean, var, none, none, False, ctx.eps, [True, True, True])
         total = _sum_over_ranks(torch.stack([sum_dy, sum_dy_xhat]))
         n = x.numel() // x.shape[1] * ctx.world
-        gamma_invstd = gamma.to(torch.float64) * torch.rsqrt(var.to(torch.float64) + ctx.eps)
+        invstd = torch.rsqrt(var.to(torch.float64) + ctx.eps)
+        gamma_invstd = gamma.to(torch.float64) * invstd
         shift = gamma_invstd * total[0] / n  # the mean's share
-        slope = gamma_invstd * torch.rsqrt(var.to(torch.float64) + ctx.eps) * total[1] / n  # the variance's
+        slope = gamma_invstd * invstd * total[1] / n  # the variance's
         dx.sub_(_channel_view(shift, dx))
         dx.addcmul_(x - _channel_view(mean, x), _channel_view(slope, dx), value=-1)
         grads = (sum_dy_xhat.to(ctx.param_dtype) if ctx.needs_input_grad[1] else None,
@@ -112,11 +115,10 @@ class _GlobalStatistics(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, d_mean: Tensor | None, d_var: Tensor | None) -> tuple[Any, ...]:
+    def backward(ctx: Any, d_mean: Tensor, d_var: Tensor) -> tuple[Any, ...]:
+        # (autograd materialises an unused output's gradient as zeros: both are tensors)
         mean, *hs = ctx.saved_tensors
-        zeros = torch.zeros_like(mean)
-        total = _sum_over_ranks(torch.stack([d_mean if d_mean is not None else zeros,
-                                             d_var if d_var is not None else zeros]))
+        total = _sum_over_ranks(torch.stack([d_mean, d_var]))
         n = hs[0].numel() // hs[0].shape[1] * ctx.world
         grads, start = [], 0
         for h in hs:  # dL/dh = (dL/dmean + 2 (h - mean) dL/dvar) / N, per channel
@@ -151,8 +153,6 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 def record_batch(bn: Any, mean: Tensor, var: Tensor, count: int) -> None:
     """Fold a training batch's statistics (biased var over `count` values per channel) into the
     running ones, with F.batch_norm's rule (momentum None: the cumulative average)."""
-    from hwnas.kernels.ops import update_running_stats
-
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
     update_running_stats(bn.running_mean, bn.running_var, mean.detach(), var.detach(), count, momentum)
