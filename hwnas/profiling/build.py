@@ -4,12 +4,15 @@ The file is rewritten atomically whenever entries finish, so a build killed at a
 loses only the group under measurement; `resume=True` continues it, refusing a file whose
 metadata (space, macro, scale, batch, backend, device, software, protocol, shard) differ.
 With `shard`, only that shard's slice of the entries is measured, into a part for
-`hwnas table merge` (hwnas.profiling.shards); calibration waits for the merged table.
+`hwnas table merge` (hwnas.profiling.shards); calibration waits for the merged table. With
+`keys`, only those entries are measured, with the same protocol, and the table is left
+incomplete and uncalibrated for the caller to finish (hwnas.profiling.transfer).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +55,13 @@ def _load(backend: Backend, spec: EntrySpec, seed: int) -> Runner:
 
 def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batch: int, out: str | Path,
                 resume: bool = False, protocol: Protocol | None = None, seed: int = 0,
-                progress: bool = True, shard: Shard | None = None) -> Table:
+                progress: bool = True, shard: Shard | None = None, keys: Collection[str] | None = None) -> Table:
     """Profile every op of `space` at every position of `macro`, then calibrate; written to `out`
-    whole after every group of entries (`resume=True` continues an interrupted build)."""
+    whole after every group of entries (`resume=True` continues an interrupted build).
+
+    `keys` restricts the build to those entries of the plan (in plan order and groups, so they
+    are measured as a whole build measures them); such a build neither calibrates nor completes
+    the table."""
     protocol = protocol or Protocol()
     meta = table_meta(space, macro, scale, batch, backend, protocol)
     groups = plan_groups(space, macro, scale, batch)
@@ -74,7 +81,14 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
                              f"resume it with the --shard it was built with")
     else:
         table = Table({**meta, "created": utc_now(), "complete": False})
-    mine = set(meta[PART_FIELD]["keys"]) if shard else {e.key for g in groups for e in g}
+    planned = {e.key for g in groups for e in g}
+    if keys is not None:
+        if shard:
+            raise ValueError("a build takes a shard or a key subset, not both")
+        unknown = sorted(set(keys) - planned)
+        if unknown:
+            raise HwnasError(f"'{unknown[0]}' is not an entry of the table's plan ({space.name} on {macro.name})")
+    mine = set(keys) if keys is not None else set(meta[PART_FIELD]["keys"]) if shard else planned
     todo = [[e for e in group if e.key in mine and e.key not in table.entries] for group in groups]
     total = len(mine)
     bar = progress_bar(total, f"shard {shard}" if shard else "table", unit="entry", enabled=progress,
@@ -107,14 +121,16 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
                     table.entries[e.key] = e.record()
             table.meta["updated"] = utc_now()
             # a part is complete when its entries are; a whole table once calibrated
-            table.meta["complete"] = len(table.entries) == total and (shard is not None
-                                                                       or not backend.measures_latency)
+            table.meta["complete"] = keys is None and len(table.entries) == total and (
+                shard is not None or not backend.measures_latency)
             table.save(out)
             bar.update(len(group))
     finally:
         bar.close()
         if probe is not None:
             probe.close()
+    if keys is not None:  # the caller completes (and calibrates) the table
+        return table
     if shard is None and backend.measures_latency and "calibration" not in table.meta \
             and protocol.calibration_architectures:
         calibrate_table(table, backend, protocol, seed, out, progress)

@@ -1,0 +1,490 @@
+"""`hwnas table transfer`: a table for this device from a table measured on another device, by
+measuring a small, chosen part of it (docs/transfer.md).
+
+1. Selection (`select`). The entries to measure are chosen before measuring, from the source
+   table alone: first greedily for coverage (every kind of entry, kernel size, expansion,
+   dilation, groups, stride, cell type and resolution of the plan, the entry that covers most
+   values not yet covered first), then, with the budget left, the entry whose price the model
+   would know least (the largest predicted variance given the entries chosen so far, plus the
+   noise of the source's own measurement): a sequential optimal design.
+2. Measurement: those entries are measured by the table build itself (`build_table(keys=...)`),
+   with this device's backend and protocol, into the new table.
+3. Model (`TransferModel`): per entry, log(new / source) = intercept + offset of its family
+   (op kind, merge add, merge scale, stem, head) + slopes on three properties of the entry on
+   the source device: its size (log source latency), its achieved traffic (log elements moved
+   per source ms: how close to memory-bound) and its achieved compute (log MACs per source ms).
+   Ridge penalties pull the offsets and slopes toward one ratio for all entries; their strength
+   is chosen by leave-one-out error; the fit is robust (Huber weights). Every transferred entry
+   gets a predicted uncertainty (the standard deviation of its log latency).
+4. Calibration: whole random networks timed on this device, as a build calibrates.
+
+The table records each entry's origin ('measured' or 'transferred', with the source latency
+and the uncertainty of a transferred one) and, in `meta.transfer`, the source table's device,
+backend, software and protocol, the selection and why each entry was chosen, the model and its
+leave-one-out error on the measured entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.costs import head_traffic, op_traffic, stem_traffic
+from hwnas.errors import HwnasError
+from hwnas.profiling.backends import Backend
+from hwnas.profiling.protocol import Protocol, Stats
+from hwnas.profiling.table import (HEAD_KEY, MEASURED, ORIGIN_FIELD, STEM_KEY, TRANSFER_FIELD, TRANSFERRED, Table,
+                                   merge_add_key, merge_scale_key, op_key, utc_now)
+from hwnas.spaces.arch import Space
+from hwnas.spaces.macro import Macro
+
+DEFAULT_BUDGET = 0.1
+MIN_MEASURED = 4  # a fit and a leave-one-out check need a few points
+FEATURES = ("size", "traffic_rate", "compute_rate")
+# Ridge strengths (in units of the residual variance) tried by leave-one-out, for the family
+# offsets and for the slopes; and the one the selection assumes before anything is measured.
+LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+SELECTION_LAMBDA = 0.1
+SELECTION_RESIDUAL = 0.05  # the residual (log) the selection assumes: 5%
+HUBER_K = 1.345
+INTERACTION = 3.0
+MIN_SCALE = 0.01  # log units: residuals below 1% count as equal
+
+
+# --- what is known of each entry before measuring ------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidate:
+    """An entry of the plan as the source table shows it."""
+
+    key: str
+    family: str  # op kind, merge_add, merge_scale, stem or head
+    attributes: tuple[tuple[str, str], ...]  # what the selection covers: (name, value)
+    source_ms: float
+    source_sd: float  # standard deviation of the source's log latency (its own noise)
+    macs: int  # per batch
+    traffic: int  # elements moved per batch
+
+
+def _source_sd(entry: dict[str, Any]) -> float:
+    """The noise of a source entry's log latency: the standard error of a median, plus the
+    probe's drift for an entry measured while the machine's speed changed."""
+    lat = entry["latency"]
+    count = max(int(lat.get("count", 1)), 1)
+    cov = float(lat.get("cov", 0.0))
+    var = (1.2533 * cov) ** 2 / count
+    if "drift" in lat.get("flags", ()):
+        var += math.log(float(entry.get("probe_drift", 1.0))) ** 2
+    return math.sqrt(var)
+
+
+def candidates(source: Table) -> list[Candidate]:
+    """Every entry of the source's plan, in plan order."""
+    space, macro = source.space(), source.macro()
+    scale, batch = float(source.meta["scale"]), int(source.meta["batch"])
+    out = []
+
+    def add(key: str, family: str, attributes: dict[str, Any], traffic: int) -> None:
+        entry = source.entries[key]
+        out.append(Candidate(key, family, tuple((k, str(v)) for k, v in attributes.items()),
+                             source.latency(key), _source_sd(entry), int(entry["macs"]) * batch, traffic))
+
+    for pos in macro.positions(scale):
+        where = {"resolution": pos.resolution, "stride": pos.stride, "cell": pos.cell_type}
+        for op in space.ops:
+            attrs = {"family": op.kind, "kernel": op.kernel, "expand": op.expand, "dilation": op.dilation,
+                     "groups": "x".join(map(str, op.groups)), **where}
+            add(op_key(op, pos), op.kind, attrs, op_traffic(op, pos) * batch)
+        out_elems = pos.cout * pos.out_resolution ** 2 * batch
+        add(merge_add_key(pos), "merge_add", {"family": "merge_add", "resolution": pos.resolution}, 3 * out_elems)
+        add(merge_scale_key(pos), "merge_scale", {"family": "merge_scale", "resolution": pos.resolution},
+            2 * out_elems)
+    add(STEM_KEY, "stem", {"family": "stem"}, stem_traffic(macro) * batch)
+    add(HEAD_KEY, "head", {"family": "head"}, head_traffic(macro, scale) * batch)
+    return out
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Design:
+    """The model's columns for a set of candidates: intercept, one offset per family, the three
+    standardised properties (their centres and scales taken over the whole plan)."""
+
+    families: tuple[str, ...]
+    centre: tuple[float, float, float]
+    spread: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, cands: Sequence[Candidate]) -> Design:
+        raw = np.array([_raw_features(c) for c in cands])
+        has_macs = np.array([c.macs > 0 for c in cands])
+        centre, spread = [], []
+        for j in range(3):
+            col = raw[has_macs, j] if j == 2 else raw[:, j]
+            mu = float(col.mean()) if len(col) else 0.0
+            sd = float(col.std()) if len(col) > 1 else 0.0
+            centre.append(mu)
+            spread.append(sd if sd > 1e-9 else 1.0)
+        return cls(tuple(dict.fromkeys(c.family for c in cands)), tuple(centre), tuple(spread))  # type: ignore[arg-type]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["intercept", *(f"family:{f}" for f in self.families), *FEATURES,
+                *(f"size:{f}" for f in self.families)]
+
+    def row(self, c: Candidate) -> np.ndarray:
+        raw = _raw_features(c)
+        z = [(raw[j] - self.centre[j]) / self.spread[j] for j in range(3)]
+        if c.macs <= 0:
+            z[2] = 0.0  # no MACs (a merge): the compute rate says nothing, its family's offset holds its level
+        onehot = [1.0 if c.family == f else 0.0 for f in self.families]
+        return np.array([1.0, *onehot, *z, *(z[0] * h for h in onehot)])
+
+    def matrix(self, cands: Sequence[Candidate]) -> np.ndarray:
+        return np.array([self.row(c) for c in cands])
+
+    def penalty(self, family_lambda: float, slope_lambda: float) -> np.ndarray:
+        """Ridge penalty: none on the intercept (a tiny one keeps an empty design invertible)."""
+        return np.diag([1e-8, *([family_lambda] * len(self.families)), *([slope_lambda] * len(FEATURES)),
+                        *([slope_lambda * INTERACTION] * len(self.families))])
+
+
+def _raw_features(c: Candidate) -> tuple[float, float, float]:
+    log_s = math.log(c.source_ms)
+    return (log_s, math.log(c.traffic) - log_s, math.log(max(c.macs, 1)) - log_s)
+
+
+def robust_fit(x: np.ndarray, y: np.ndarray, penalty: np.ndarray,
+               iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression with Huber weights (iteratively reweighted least squares): the
+    coefficients and the final weights."""
+    w = np.ones(len(y))
+    beta = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        xw = x * w[:, None]
+        new = np.linalg.solve(x.T @ xw + penalty, xw.T @ y)
+        r = y - x @ new
+        scale = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), MIN_SCALE)
+        u = np.abs(r) / (HUBER_K * scale)
+        w = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
+        done = np.allclose(new, beta, rtol=0, atol=1e-9)
+        beta = new
+        if done:
+            break
+    return beta, w
+
+
+def approximate_loo(x: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> float:
+    """Mean absolute leave-one-out residual of the weighted ridge fit, from its hat matrix
+    (r_i / (1 - h_ii), the weights held fixed): for choosing the penalty without n refits."""
+    beta, w = robust_fit(x, y, penalty)
+    xw = x * w[:, None]
+    hat = np.einsum("ij,jk,ik->i", x, np.linalg.inv(x.T @ xw + penalty), xw)
+    r = (y - x @ beta) / np.maximum(1 - hat, 1e-6)
+    return float(np.mean(np.abs(r)))
+
+
+def design_variance(x_fit: np.ndarray, penalty: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x_e' (X'X + P)^-1 x_e for every row of x: the variance of the fitted log ratio, in units of
+    the residual variance."""
+    inv = np.linalg.inv(x_fit.T @ x_fit + penalty)
+    return np.einsum("ij,jk,ik->i", x, inv, x)
+
+
+@dataclass
+class TransferModel:
+    """log(new / source) = design row . coefficients; fitted on the measured entries."""
+
+    design: Design
+    coefficients: np.ndarray
+    family_lambda: float
+    slope_lambda: float
+    residual_sd: float  # of log latency, from the leave-one-out residuals
+    x_fit: np.ndarray
+    held_out: list[dict[str, Any]]  # leave-one-out: per measured entry
+
+    @classmethod
+    def fit(cls, cands: Sequence[Candidate], measured: dict[str, float]) -> TransferModel:
+        design = Design.of(cands)
+        fitted = [c for c in cands if c.key in measured]
+        if len(fitted) < MIN_MEASURED:
+            raise HwnasError(f"{len(fitted)} measured entries: the transfer model needs at least {MIN_MEASURED}")
+        x = design.matrix(fitted)
+        y = np.array([math.log(measured[c.key] / c.source_ms) for c in fitted])
+        errors = {(fl, sl): approximate_loo(x, y, design.penalty(fl, sl)) for fl in LAMBDAS for sl in LAMBDAS}
+        fl, sl = min(errors, key=lambda k: (round(errors[k], 12), -k[0], -k[1]))  # ties: the stronger pull
+        penalty = design.penalty(fl, sl)
+        residuals, variances = _leave_one_out(x, y, penalty)
+        coefficients, _ = robust_fit(x, y, penalty)
+        # residual variance: the leave-one-out residuals over their own predictive variance factor
+        # (their mean, not a robust one: a few entries the model misses must widen every uncertainty)
+        residual_sd = max(math.sqrt(statistics.fmean(r * r / (1 + v) for r, v in zip(residuals, variances))),
+                          MIN_SCALE)
+        held_out = [{"key": c.key, "family": c.family, "measured_ms": measured[c.key],
+                     "predicted_ms": measured[c.key] * math.exp(-r), "error": math.exp(-r) - 1}
+                    for c, r in zip(fitted, residuals)]
+        return cls(design, coefficients, fl, sl, residual_sd, x, held_out)
+
+    def predict(self, cands: Sequence[Candidate]) -> list[tuple[float, float]]:
+        """(latency ms, uncertainty: the standard deviation of its log) per candidate."""
+        x = self.design.matrix(cands)
+        penalty = self.design.penalty(self.family_lambda, self.slope_lambda)
+        var = design_variance(self.x_fit, penalty, x)
+        log_ratio = x @ self.coefficients
+        out = []
+        for c, lr, v in zip(cands, log_ratio, var):
+            sd = math.sqrt(self.residual_sd ** 2 * (1 + float(v)) + c.source_sd ** 2)
+            out.append((c.source_ms * math.exp(float(lr)), sd))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What the table records of the model and of its error on held-back measured entries."""
+        errors = [abs(h["error"]) for h in self.held_out]
+        by_family: dict[str, list[float]] = {}
+        for h in self.held_out:
+            by_family.setdefault(h["family"], []).append(abs(h["error"]))
+        return {
+            "form": "log(new ms / source ms) = intercept + family offset + slopes . standardised (log source ms, "
+                    "log elements moved per source ms, log MACs per source ms); ridge, Huber weights",
+            "coefficients": {name: round(float(b), 5) for name, b in zip(self.design.columns, self.coefficients)},
+            "feature_centre": [round(v, 5) for v in self.design.centre],
+            "feature_scale": [round(v, 5) for v in self.design.spread],
+            "ridge": {"family": self.family_lambda, "slopes": self.slope_lambda},
+            "residual_sd": round(self.residual_sd, 5),
+            "held_out": {
+                "method": "leave-one-out over the measured entries",
+                "n": len(errors), "mape": round(statistics.fmean(errors), 5),
+                "within_10pct": round(sum(e <= 0.1 for e in errors) / len(errors), 4),
+                "max_error": round(max(errors), 5),
+                "by_family": {f: {"n": len(v), "mape": round(statistics.fmean(v), 5)} for f, v in by_family.items()},
+                "entries": [{**h, "predicted_ms": round(h["predicted_ms"], 6), "error": round(h["error"], 5)}
+                            for h in self.held_out],
+            },
+        }
+
+
+def _leave_one_out(x: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> tuple[list[float], list[float]]:
+    """Each measured entry predicted by the model fitted without it: residuals (log) and the
+    design variance of that prediction."""
+    residuals, variances = [], []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        beta, _ = robust_fit(x[keep], y[keep], penalty)
+        residuals.append(float(y[i] - x[i] @ beta))
+        variances.append(float(design_variance(x[keep], penalty, x[i:i + 1])[0]))
+    return residuals, variances
+
+
+# --- the selection -----------------------------------------------------------------------------
+
+def select(cands: Sequence[Candidate], count: int) -> list[tuple[str, str]]:
+    """`count` entries to measure, with why each was chosen, in the order chosen."""
+    design = Design.of(cands)
+    x = design.matrix(cands)
+    penalty = design.penalty(SELECTION_LAMBDA, SELECTION_LAMBDA)
+    src_var = np.array([c.source_sd ** 2 for c in cands]) / SELECTION_RESIDUAL ** 2
+    chosen: list[int] = []
+    reasons: list[str] = []
+
+    def uncertainty() -> np.ndarray:
+        # the predicted variance of each entry's log latency given the chosen ones (units of the residual)
+        return design_variance(x[chosen], penalty, x) + src_var
+
+    uncovered = {a for c in cands for a in c.attributes}
+    while len(chosen) < count and uncovered:
+        var = uncertainty()
+        gains = [len(uncovered.intersection(c.attributes)) if i not in chosen else -1 for i, c in enumerate(cands)]
+        best = max(range(len(cands)), key=lambda i: (gains[i], var[i], -cands[i].source_ms, -i))
+        if gains[best] <= 0:
+            break
+        new = [f"{k} {v}" for k, v in cands[best].attributes if (k, v) in uncovered]
+        chosen.append(best)
+        reasons.append("covers " + ", ".join(new))
+        uncovered -= set(cands[best].attributes)
+    while len(chosen) < count:
+        var = uncertainty()
+        best = max((i for i in range(len(cands)) if i not in chosen), key=lambda i: (var[i], -cands[i].source_ms, -i))
+        sd = SELECTION_RESIDUAL * math.sqrt(1 + var[best])
+        chosen.append(best)
+        reasons.append(f"least known: predicted uncertainty ±{sd:.1%} before it was chosen")
+    return [(cands[i].key, why) for i, why in zip(chosen, reasons)]
+
+
+def measured_count(total: int, budget: float) -> int:
+    """The number of entries a budget (a fraction of the table) measures: at most that fraction."""
+    return math.floor(total * budget + 1e-9)
+
+
+# --- the source and its refusals ------------------------------------------------------------------
+
+def source_fingerprint(source: Table) -> str:
+    """A digest of the source's entries and metadata: a resumed transfer must use the same source."""
+    text = json.dumps(source.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_source(source: Table, name: str, space: Space | None = None, macro: Macro | None = None,
+                 scale: float | None = None, batch: int | None = None) -> None:
+    """Refuse a source that cannot be transferred, or that differs from what was asked, naming the field."""
+    from hwnas.profiling.shards import missing_keys
+
+    meta = source.meta
+    if not source.has_latency:
+        raise HwnasError(f"{name} holds no latency (meta.backend is '{meta['backend']['name']}': MACs and params "
+                         f"only): transfer from a table measured with a latency backend")
+    if TRANSFER_FIELD in meta:
+        raise HwnasError(f"{name} is itself a transferred table (meta.{TRANSFER_FIELD}): transfer from a table whose "
+                         f"entries were all measured")
+    source.require_whole()
+    missing = missing_keys(source)
+    if missing:
+        raise HwnasError(f"{name} lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} (first: "
+                         f"'{missing[0]}'): finish its build with --resume before transferring it")
+    if space is not None and space.to_dict() != meta["space_def"]:
+        raise HwnasError(f"{name} is a table of space {meta['space']} (meta.space), not {space.name}: transfer from "
+                         f"a table of {space.name}, or build one")
+    if macro is not None and macro.to_dict() != meta["macro_def"]:
+        other = source.macro()
+        if replace(other, input=macro.input, name=macro.name) == macro:
+            raise HwnasError(f"{name} was measured at resolution {other.input} (meta.resolution), not {macro.input}: "
+                             f"latency does not scale with resolution; transfer from a table at {macro.input}")
+        raise HwnasError(f"{name} is a table of macro-architecture {meta['macro']} (meta.macro), not {macro.name} "
+                         f"(another definition): transfer from a table of {macro.name}, or build one")
+    if scale is not None and scale != meta["scale"]:
+        raise HwnasError(f"{name} was measured at scale {meta['scale']} (meta.scale), not {scale}: transfer from a "
+                         f"table at scale {scale}, or build one")
+    if batch is not None and batch != meta["batch"]:
+        raise HwnasError(f"{name} was measured at batch {meta['batch']} (meta.batch), not {batch}: latency does not "
+                         f"scale linearly with batch; transfer from a table at batch {batch}")
+
+
+def source_record(source: Table, name: str) -> dict[str, Any]:
+    """What the new table keeps of its source: where it was measured, how, and when."""
+    m = source.meta
+    return {"file": Path(name).name, "fingerprint": source_fingerprint(source), "device": m.get("device"),
+            "backend": m.get("backend"), "software": m.get("software"), "protocol": m.get("protocol"),
+            "statistic": source.statistic, "precision": m.get("precision"), "created": m.get("created"),
+            "calibration_factor": source.calibration_factor, "entries": len(source.entries)}
+
+
+# --- the transfer ------------------------------------------------------------------------------
+
+def transfer_table(source: Table, source_name: str, backend: Backend, out: str | Path, budget: float = DEFAULT_BUDGET,
+                   protocol: Protocol | None = None, seed: int = 0, progress: bool = True,
+                   resume: bool = False) -> Table:
+    """Measure the selected entries of `source`'s plan on this device, predict the others, calibrate.
+
+    The file `out` is written whole after every measured group (as a build writes it), then with
+    every entry, then calibrated and complete; `resume=True` continues an interrupted transfer of
+    the same source with the same budget."""
+    from hwnas.profiling.build import build_table, calibrate_table, table_meta
+
+    if not backend.measures_latency:
+        raise HwnasError(f"backend '{backend.name}' measures no latency: nothing to transfer (a MACs table needs "
+                         f"no measurement: 'hwnas table build --backend none')")
+    check_source(source, source_name)
+    if not 0 < budget <= 1:
+        raise HwnasError(f"--budget {budget}: must be a fraction of the table's entries in (0, 1]")
+    protocol = protocol or Protocol()
+    space, macro = source.space(), source.macro()
+    scale, batch = float(source.meta["scale"]), int(source.meta["batch"])
+    cands = candidates(source)
+    count = measured_count(len(cands), budget)
+    if count < MIN_MEASURED:
+        raise HwnasError(f"--budget {budget} measures {count} of {len(cands)} entries; the transfer model needs at "
+                         f"least {MIN_MEASURED}: raise --budget to {math.ceil(MIN_MEASURED / len(cands) * 1000) / 1000}")
+    started = time.monotonic()
+    out = Path(out)
+    origin = source_record(source, source_name)
+    record: dict[str, Any] = {"source": origin, "budget": budget, "measured": count, "entries": len(cands)}
+    if out.exists():
+        if not resume:
+            raise HwnasError(f"{out} exists; pass --resume to continue it, or choose another -o")
+        table = Table.load(out)
+        done = table.meta.get(TRANSFER_FIELD)
+        if not done or done.get("source", {}).get("fingerprint") != origin["fingerprint"] \
+                or done.get("budget") != budget:
+            raise HwnasError(f"cannot resume {out}: it is not a transfer of {source_name} with --budget {budget}; "
+                             f"transfer into another -o")
+        if table.meta.get("complete"):
+            return table
+        selection = [(s["key"], s["why"]) for s in done["selection"]]
+    else:
+        selection = select(cands, count)
+        record["selection"] = [{"key": k, "why": why} for k, why in selection]
+        record["seconds"] = 0.0
+        meta = table_meta(space, macro, scale, batch, backend, protocol)
+        Table({**meta, "created": utc_now(), "complete": False, TRANSFER_FIELD: record}).save(out)
+    keys = [k for k, _ in selection]
+    table = build_table(space, macro, scale, backend, batch, out, resume=True, protocol=protocol, seed=seed,
+                        progress=progress, keys=keys)
+    if TRANSFER_FIELD not in table.meta or "model" not in table.meta[TRANSFER_FIELD]:
+        table = _fill(table, cands, keys)
+    transfer = table.meta[TRANSFER_FIELD]
+    transfer["seconds"] = round(float(transfer.get("seconds", 0.0)) + time.monotonic() - started, 1)
+    table.save(out)
+    if protocol.calibration_architectures and "calibration" not in table.meta:
+        started = time.monotonic()
+        calibrate_table(table, backend, protocol, seed, out, progress)
+        transfer["seconds"] = round(transfer["seconds"] + time.monotonic() - started, 1)
+    table.meta["complete"] = True
+    table.save(out)
+    return table
+
+
+def _fill(table: Table, cands: Sequence[Candidate], keys: Sequence[str]) -> Table:
+    """Fit the model on the measured entries and write every other entry with its prediction."""
+    measured = {k: table.latency(k) for k in keys}
+    model = TransferModel.fit(cands, measured)
+    missing = [c for c in cands if c.key not in table.entries]
+    predicted = dict(zip((c.key for c in missing), model.predict(missing)))
+    plan_records = _plan_records(table)
+    entries: dict[str, dict[str, Any]] = {}
+    for c in cands:
+        if c.key in table.entries:
+            entries[c.key] = {**table.entries[c.key], ORIGIN_FIELD: MEASURED}
+            continue
+        ms, sd = predicted[c.key]
+        value = round(ms, 6)
+        entries[c.key] = {**plan_records[c.key],
+                          "latency": Stats(0, value, value, value, 0.0).to_dict(),
+                          ORIGIN_FIELD: TRANSFERRED,
+                          "transfer": {"source_ms": round(c.source_ms, 6), "uncertainty": round(sd, 5),
+                                       "family": c.family}}
+    table.entries = entries
+    table.meta[TRANSFER_FIELD]["model"] = model.summary()
+    table.meta["updated"] = utc_now()
+    return table
+
+
+def _plan_records(table: Table) -> dict[str, dict[str, Any]]:
+    """The plan's own record (kind, MACs, params, op, position) of every entry."""
+    from hwnas.profiling.shards import plan_of
+
+    return {e.key: dict(e.record()) for g in plan_of(table) for e in g}
+
+
+def transfer_summary(table: Table) -> dict[str, Any]:
+    """What a transferred table rests on, for `hwnas table transfer` and `hwnas table show`."""
+    t = table.meta[TRANSFER_FIELD]
+    transferred = table.transferred
+    uncertainties = [float(table.entries[k]["transfer"]["uncertainty"]) for k in transferred]
+    device = t["source"].get("device") or {}
+    return {"entries": len(table.entries), "measured": len(table.entries) - len(transferred),
+            "transferred": len(transferred), "source": t["source"]["file"],
+            "source_device": device.get("name", device.get("type")),
+            "source_backend": (t["source"].get("backend") or {}).get("name"), "budget": t["budget"],
+            "held_out": {k: v for k, v in t["model"]["held_out"].items() if k not in ("entries", "method")},
+            "median_uncertainty": statistics.median(uncertainties) if uncertainties else 0.0,
+            "calibration_factor": table.meta.get("calibration", {}).get("factor"),
+            "seconds": t.get("seconds"), "selection": t["selection"]}

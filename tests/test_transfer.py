@@ -1,0 +1,477 @@
+"""Transferring a table to another device from a few measurements (hwnas.profiling.transfer):
+the selection, the model against synthetic devices whose scaling is known, the refusals, the
+provenance fields, and a transferred table used by predict and the regularizer's dry run.
+
+The end-to-end transfers run between deterministic devices: the source times a graph as
+1 ms + 1 ms per million MACs (tests/flop_backend.py), the target as A * (source time)^B, so
+every entry of the new table has a known right answer."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import hwnas
+from hwnas.cli.main import main
+from hwnas.costs import head_traffic, op_traffic, stem_traffic
+from hwnas.errors import HwnasError
+from hwnas.profiling import backends
+from hwnas.profiling.build import build_table
+from hwnas.profiling.predict import predict
+from hwnas.profiling.protocol import Protocol
+from hwnas.profiling.table import Table
+from hwnas.profiling.transfer import (MIN_MEASURED, Candidate, TransferModel, candidates, check_source,
+                                      measured_count, select, transfer_table)
+from hwnas.spaces import builtin, resolve_architecture, resolve_macro, resolve_space
+from hwnas.spaces.sampling import sample_architecture
+
+from conftest import REPO
+from flop_backend import FlopBackend, FlopRunner, mmacs
+
+TINY = str(REPO / "tests" / "data" / "tiny.json")
+SHIPPED = REPO / "latency_tables" / "latency19_ort-cpu_b16.json"
+QUICK = Protocol(warmup_ms=1.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3, drift_wait_s=0.0,
+                 calibration_architectures=3)
+A, B = 0.6, 0.8  # the target device: A * (source time) ** B
+
+
+class PowerBackend(FlopBackend):
+    """A device whose every graph takes A * (the flops-model device's time) ** B."""
+
+    name = "power-model"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "name": self.name, "device": {"type": "model", "law": f"{A} * t ** {B}"}}
+
+    def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
+        runner = FlopRunner(module, input_shapes, self.overhead_ms)
+        runner.ms = A * runner.ms ** B
+        return runner
+
+
+@pytest.fixture(scope="module")
+def devices(tmp_path_factory):
+    """The tiny space's table on the source device, a full build on the target, and a transfer."""
+    folder = tmp_path_factory.mktemp("transfer")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "_REGISTERED", {})
+        hwnas.register_backend(FlopBackend)
+        hwnas.register_backend(PowerBackend)
+        space, macro = resolve_space(TINY), resolve_macro(TINY)
+        source = build_table(space, macro, 1.0, FlopBackend(), 2, folder / "source.json", protocol=QUICK,
+                             progress=False)
+        full = build_table(space, macro, 1.0, PowerBackend(), 2, folder / "full.json", protocol=QUICK, progress=False)
+        new = transfer_table(source, str(folder / "source.json"), PowerBackend(), folder / "new.json", 0.3, QUICK,
+                             progress=False)
+        yield {"source": source, "full": full, "new": new, "folder": folder}
+
+
+# --- traffic: the model's "elements moved", against the graphs themselves --------------------------
+
+def hooked_traffic(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Elements each conv and linear layer reads (input, weight) and writes, counted on the module."""
+    total = 0
+
+    def count(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += inputs[0].numel() + m.weight.numel() + out.numel() + (m.bias.numel() if m.bias is not None else 0)
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():  # shapes only: on the meta device nothing is computed
+        module.eval()(torch.empty(shape, device="meta"))
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def test_traffic_counts_what_the_graphs_move():
+    """Every op kind (grouped and dilated depthwise too) at a normal and a reduction position, and
+    the stem and head, against the elements the modules' convs and linear layers read and write."""
+    from hwnas.model.blocks import Operation
+    from hwnas.model.stem_head import Head, Stem
+
+    cat = builtin()
+    ops = {op.kind + str(op.groups) + str(op.dilation): op for name in ("latency19", "flops27+second45")
+           for op in cat.spaces[name].ops}  # one of each kind, grouping and dilation
+    for macro in (cat.macros["latency"], resolve_macro(TINY)):
+        with torch.device("meta"):  # modules without memory or initialisation
+            positions = macro.positions(1.0)
+            for pos in (positions[0], next(p for p in positions if p.stride == 2)):
+                for op in ops.values():
+                    shape = (1, pos.cin, pos.resolution, pos.resolution)
+                    assert op_traffic(op, pos) == hooked_traffic(Operation(op, pos), shape), (op.name, pos.key)
+            assert stem_traffic(macro) == hooked_traffic(Stem(macro), (1, 3, macro.input, macro.input))
+            res = macro.final_resolution(1.0)
+            assert head_traffic(macro, 1.0) == hooked_traffic(Head(macro, 1.0), (1, macro.last_channels(1.0), res, res))
+            # negative control: another expansion at the same position moves other amounts
+            a, b = cat.spaces["latency19"].ops[:2]
+            assert op_traffic(a, pos) != hooked_traffic(Operation(b, pos), (1, pos.cin, pos.resolution, pos.resolution))
+
+
+# --- the selection ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Table.load(SHIPPED)
+
+
+def uncovered(cands: list[Candidate], keys: list[str]) -> set[tuple[str, str]]:
+    """The attribute values of the plan (kinds, kernels, expansions, strides, cells, resolutions)
+    that no entry of `keys` has."""
+    chosen = {c.key for c in cands if c.key in keys}
+    return {a for c in cands for a in c.attributes} - {a for c in cands if c.key in chosen for a in c.attributes}
+
+
+def test_the_selection_covers_every_kind_kernel_expansion_stride_and_resolution(shipped):
+    cands = candidates(shipped)
+    count = measured_count(len(cands), 0.1)
+    assert count == 19 and len(cands) == 191  # at most a tenth: floor(19.1)
+    chosen = select(cands, count)
+    keys = [k for k, _ in chosen]
+    assert len(set(keys)) == count
+    assert uncovered(cands, keys) == set()
+    names = {name for c in cands for name, _ in c.attributes}
+    assert {"family", "kernel", "expand", "stride", "resolution", "cell", "dilation", "groups"} <= names
+    families = {c.family for c in cands if c.key in keys}
+    assert families == {"dw", "conv", "dual", "ssc", "merge_add", "merge_scale", "stem", "head"}
+    assert select(cands, count) == chosen  # deterministic: from the source alone
+    # coverage first, then the least known entries; each says why it was chosen
+    whys = [why for _, why in chosen]
+    assert whys[0].startswith("covers") and whys[-1].startswith("least known")
+    # negative control: the first 19 entries of the plan (one position) miss most of it
+    assert len(uncovered(cands, [c.key for c in cands[:count]])) > 5
+
+
+def test_the_selection_prefers_entries_the_source_measured_poorly(shipped):
+    """An entry whose source measurement was noisy (unstable, or taken while the machine's speed
+    changed) tells least about the new device: it is measured."""
+    cands = candidates(shipped)
+    count = measured_count(len(cands), 0.1)
+    keys = {k for k, _ in select(cands, count)}
+    target = next(c for c in cands if c.family == "dw" and c.key not in keys)
+    noisy = [replace(c, source_sd=0.2) if c.key == target.key else c for c in cands]
+    picked = dict(select(noisy, count))
+    assert target.key in picked and picked[target.key].startswith("least known")
+    assert target.key not in keys  # negative control: with its real noise it is not chosen
+
+
+def test_the_least_known_entries_are_far_from_the_chosen_ones(shipped):
+    """After coverage, each pick is the entry with the largest predicted variance: brute force
+    over all candidates agrees with the greedy choice."""
+    from hwnas.profiling import transfer as tr
+
+    cands = candidates(shipped)
+    chosen = select(cands, 25)
+    design = tr.Design.of(cands)
+    x = design.matrix(cands)
+    penalty = design.penalty(tr.SELECTION_LAMBDA, tr.SELECTION_LAMBDA)
+    index = {c.key: i for i, c in enumerate(cands)}
+    picked = [index[k] for k, _ in chosen]
+    first = next(n for n, (_, why) in enumerate(chosen) if why.startswith("least known"))
+    for n in range(first, len(chosen)):
+        before = picked[:n]
+        inv = torch.linalg.inv(torch.tensor(x[before].T @ x[before] + penalty, dtype=torch.float64))
+        var = [float(torch.tensor(x[i]) @ inv @ torch.tensor(x[i])) + cands[i].source_sd ** 2 / tr.SELECTION_RESIDUAL ** 2
+               if i not in before else -1.0 for i in range(len(cands))]
+        assert var[picked[n]] == pytest.approx(max(var), rel=1e-9)
+
+
+# --- the model against synthetic devices with known scaling ---------------------------------------
+
+def synthetic(cands: list[Candidate], law) -> dict[str, float]:
+    return {c.key: law(c) for c in cands}
+
+
+def fit_on(cands, truth, budget=0.1):
+    keys = [k for k, _ in select(cands, measured_count(len(cands), budget))]
+    model = TransferModel.fit(cands, {k: truth[k] for k in keys})
+    rest = [c for c in cands if c.key not in keys]
+    return model, rest, model.predict(rest)
+
+
+def test_the_fit_recovers_a_power_law_device(shipped):
+    """new = 0.6 * source^0.8: the log-linear model holds it exactly (its size slope)."""
+    cands = candidates(shipped)
+    truth = synthetic(cands, lambda c: A * c.source_ms ** B)
+    model, rest, predicted = fit_on(cands, truth)
+    errors = [abs(ms / truth[c.key] - 1) for c, (ms, _) in zip(rest, predicted)]
+    assert max(errors) < 0.01
+    assert model.summary()["held_out"]["mape"] < 0.01
+    # the slope on log source latency is B - 1, whatever part the per-family slopes take
+    spread = model.design.spread[0]
+    slopes = dict(zip(model.design.columns, model.coefficients))
+    for family in model.design.families:
+        assert (slopes["size"] + slopes[f"size:{family}"]) / spread == pytest.approx(B - 1, abs=0.02)
+
+
+def test_the_fit_recovers_per_kind_factors(shipped):
+    """Each kind of entry its own speed ratio (dense convs slower, depthwise and merges faster)."""
+    factors = {"dw": 0.7, "conv": 1.6, "dual": 1.7, "ssc": 1.5, "merge_add": 0.4, "merge_scale": 0.6, "stem": 1.2,
+               "head": 0.9}
+    cands = candidates(shipped)
+    truth = synthetic(cands, lambda c: factors[c.family] * c.source_ms)
+    _, rest, predicted = fit_on(cands, truth)
+    errors = [abs(ms / truth[c.key] - 1) for c, (ms, _) in zip(rest, predicted)]
+    assert max(errors) < 0.03
+    # negative control: one ratio for every kind (what a single scale factor would do) is far off
+    one = statistics_median([truth[k] / c.source_ms for c in cands for k in [c.key]])
+    assert max(abs(one * c.source_ms / truth[c.key] - 1) for c in rest) > 0.5
+
+
+def statistics_median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def test_the_uncertainty_covers_the_error_of_a_noisy_device(shipped):
+    """A device with 8% random per-entry variation the source cannot know: the model's predicted
+    uncertainty matches the errors (about 95% within two standard deviations), and a noiseless
+    device gets a far smaller one."""
+    cands = candidates(shipped)
+    rng = random.Random(0)
+    noise = {c.key: math.exp(rng.gauss(0, 0.08)) for c in cands}
+    truth = synthetic(cands, lambda c: 1.3 * c.source_ms * noise[c.key])
+    model, rest, predicted = fit_on(cands, truth, budget=0.2)
+    z = [abs(math.log(ms / truth[c.key])) / sd for c, (ms, sd) in zip(rest, predicted)]
+    assert 0.85 <= sum(v <= 2 for v in z) / len(z)
+    sds = [sd for _, sd in predicted]
+    assert 0.06 <= statistics_median(sds) <= 0.16
+    _, _, clean = fit_on(cands, synthetic(cands, lambda c: 1.3 * c.source_ms), budget=0.2)
+    assert statistics_median([sd for _, sd in clean]) < 0.3 * statistics_median(sds)
+
+
+def test_a_measurement_far_off_does_not_pull_the_fit(shipped):
+    """Huber weights: one measured entry 3x off (a burst of load) moves the others' predictions
+    little; without the robust weights it moves them more."""
+    from hwnas.profiling import transfer as tr
+
+    cands = candidates(shipped)
+    truth = synthetic(cands, lambda c: 1.3 * c.source_ms)
+    keys = [k for k, _ in select(cands, 30)]
+    measured = {k: truth[k] for k in keys}
+    measured[keys[-1]] *= 3
+    model = TransferModel.fit(cands, measured)
+    rest = [c for c in cands if c.key not in keys]
+    robust = max(abs(ms / truth[c.key] - 1) for c, (ms, _) in zip(rest, model.predict(rest)))
+    design = model.design
+    x = design.matrix([c for c in cands if c.key in measured])
+    y = [math.log(measured[c.key] / c.source_ms) for c in cands if c.key in measured]
+    import numpy as np
+
+    plain = np.linalg.solve(x.T @ x + design.penalty(model.family_lambda, model.slope_lambda), x.T @ np.array(y))
+    plain_pred = design.matrix(rest) @ plain
+    naive = max(abs(c.source_ms * math.exp(p) / truth[c.key] - 1) for c, p in zip(rest, plain_pred))
+    assert robust < 0.03 < naive
+
+
+# --- a transfer end to end, between deterministic devices -----------------------------------------
+
+def test_a_transferred_table_records_how_each_entry_came_to_be(devices):
+    source, full, new = devices["source"], devices["full"], devices["new"]
+    assert new.meta["complete"] and "calibration" in new.meta
+    assert set(new.entries) == set(full.entries) and list(new.entries) == list(full.entries)  # plan order
+    measured = [k for k in new.entries if new.origin(k) == "measured"]
+    assert len(measured) == measured_count(32, 0.3) == 9 and len(new.transferred) == 23
+    for key in measured:  # measured with the target's protocol, as its full build measured them
+        assert new.latency(key) == pytest.approx(full.latency(key), rel=1e-9)
+        assert new.entries[key]["latency"]["count"] == QUICK.rounds and "transfer" not in new.entries[key]
+    for key in new.transferred:
+        entry = new.entries[key]
+        assert entry["latency"]["count"] == 0  # no runs: the statistics are the prediction
+        assert entry["transfer"]["source_ms"] == pytest.approx(source.latency(key), rel=1e-5)
+        assert 0 < entry["transfer"]["uncertainty"] < 0.05
+        assert entry["macs"] == full.entries[key]["macs"] and entry["params"] == full.entries[key]["params"]
+        # the device's law is the model's own form: every transferred entry right to 1%
+        assert new.latency(key) == pytest.approx(full.latency(key), rel=0.01)
+    t = new.meta["transfer"]
+    assert t["source"]["device"] == source.meta["device"] and t["source"]["protocol"] == source.meta["protocol"]
+    assert t["source"]["backend"]["name"] == "flops-model" and t["source"]["file"] == "source.json"
+    assert [s["key"] for s in t["selection"]] == measured or set(s["key"] for s in t["selection"]) == set(measured)
+    assert all(s["why"].startswith(("covers", "least known")) for s in t["selection"])
+    held = t["model"]["held_out"]
+    assert held["n"] == 9 and held["mape"] < 0.01 and len(held["entries"]) == 9
+    assert new.meta["device"] == PowerBackend().describe()["device"]  # the new table is of this device
+    assert Table.load(devices["folder"] / "new.json").to_dict() == new.to_dict()  # what was written
+
+
+def test_tables_without_origins_read_as_measured(shipped, tmp_path):
+    assert shipped.transferred == [] and {shipped.origin(k) for k in shipped.entries} == {"measured"}
+    raw = shipped.to_dict()
+    raw["entries"]["stem"]["origin"] = "guessed"
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(HwnasError, match=r'entries\["stem"\]\.origin must be'):
+        Table.load(tmp_path / "bad.json")
+    raw["entries"]["stem"]["origin"] = "transferred"  # without its source latency and uncertainty
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(HwnasError, match=r'entries\["stem"\]\.transfer must be'):
+        Table.load(tmp_path / "bad.json")
+
+
+def tinynet():
+    return resolve_architecture(f"{TINY}:tinynet")
+
+
+def test_predict_says_when_a_price_rests_on_transferred_entries(devices):
+    priced = predict(devices["new"], tinynet())
+    moved = priced["transferred"]
+    assert 0 < moved["entries"] < moved["of"] and moved["source"] == "source.json"
+    assert 0 < moved["share"] < 1 and moved["latency_ms"] < priced["latency_ms"]
+    origins = [op["origin"] for cell in priced["cells"] for op in cell["ops"]]
+    assert set(origins) <= {"measured", "transferred"} and "transferred" in origins
+    # by hand: the share is the transferred entries' part of the uncalibrated sum
+    new = devices["new"]
+    part = sum(op["latency_ms"] for c in priced["cells"] for op in c["ops"] if op["origin"] == "transferred")
+    part += sum(priced[k]["latency_ms"] for k in ("stem", "head") if new.origin(k) == "transferred")
+    assert moved["latency_ms"] >= part - 1e-9  # plus the transferred merges
+    full = predict(devices["full"], tinynet())
+    assert "transferred" not in full and "origin" not in full["cells"][0]["ops"][0]  # negative control
+    assert priced["latency_ms"] == pytest.approx(full["latency_ms"], rel=0.02)
+
+
+@pytest.fixture
+def registered():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "_REGISTERED", {})
+        hwnas.register_backend(FlopBackend)
+        hwnas.register_backend(PowerBackend)
+        yield
+
+
+def test_show_and_predict_commands_name_the_transferred_entries(devices, registered, capsys):
+    path = str(devices["folder"] / "new.json")
+    assert main(["table", "show", path]) == 0
+    out = capsys.readouterr().out
+    assert "transferred from source.json" in out and "leave-one-out" in out and "transferred ±" in out
+    assert main(["predict", "--table", path, f"{TINY}:tinynet"]) == 0
+    out = capsys.readouterr().out
+    assert "were transferred from source.json" in out and "*" in out
+    assert main(["predict", "--table", str(devices["folder"] / "full.json"), f"{TINY}:tinynet"]) == 0
+    assert "transferred" not in capsys.readouterr().out
+
+
+def test_search_dry_run_and_validate_use_a_transferred_table(devices, registered, capsys):
+    from hwnas.profiling.validate import validate
+
+    results = {}
+    for name in ("new", "full"):
+        code = main(["search", "--dry-run", "--table", str(devices["folder"] / f"{name}.json"), "--metric", "latency",
+                     "--target", "5", "--steps", "30", "--k", "0", "--json"])
+        assert code == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    assert results["new"]["max_cost"] == pytest.approx(results["full"]["max_cost"], rel=0.02)
+    assert results["new"]["final_expected"] == pytest.approx(results["full"]["final_expected"], rel=0.02)
+    # validate times whole networks on the table's device (this one) and prices them with the table
+    report = validate(devices["new"], samples=2, seed=1, progress=False, rounds=1, reference=False)
+    rng = random.Random(1)
+    archs = [sample_architecture(resolve_space(TINY), resolve_macro(TINY), 1.0, rng, name=f"sample{i}") for i in (0, 1)]
+    assert [s["predicted_ms"] for s in report["samples"]] == [predict(devices["new"], a)["latency_ms"] for a in archs]
+    for s, arch in zip(report["samples"], archs):
+        whole = FlopRunner(hwnas.build_network(arch), [(2, 3, 32, 32)], 1.0).ms
+        assert s["measured_ms"] == pytest.approx(A * whole ** B, rel=1e-6)
+
+
+# --- refusals ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ask,field", [
+    (dict(space="latency19"), "meta.space"),
+    (dict(macro="latency"), "meta.macro"),
+    (dict(macro="resolution64"), "meta.resolution"),
+    (dict(batch=16), "meta.batch"),
+    (dict(scale=0.5), "meta.scale"),
+])
+def test_a_source_of_other_settings_is_refused_naming_the_field(devices, ask, field):
+    source = devices["source"]
+    args: dict[str, Any] = {}
+    if "space" in ask:
+        args["space"] = builtin().spaces[ask["space"]]
+    if ask.get("macro") == "latency":
+        args["macro"] = builtin().macros["latency"]
+    elif "macro" in ask:
+        args["macro"] = replace(resolve_macro(TINY), input=64)
+    args.update({k: v for k, v in ask.items() if k in ("batch", "scale")})
+    with pytest.raises(HwnasError, match=field.replace(".", r"\.")) as err:
+        check_source(source, "source.json", **args)
+    assert "\n" not in str(err.value)
+    check_source(source, "source.json", resolve_space(TINY), resolve_macro(TINY), 1.0, 2)  # its own: accepted
+
+
+def test_sources_that_cannot_be_transferred_are_refused(devices, latency19_macs, tmp_path):
+    with pytest.raises(HwnasError, match=r"holds no latency \(meta\.backend"):
+        check_source(latency19_macs, "macs.json")
+    with pytest.raises(HwnasError, match=r"itself a transferred table \(meta\.transfer\)"):
+        check_source(devices["new"], "new.json")
+    partial = Table(dict(devices["source"].meta), dict(devices["source"].entries))
+    del partial.entries["head"]
+    with pytest.raises(HwnasError, match="lacks 1 entry .*'head'"):
+        check_source(partial, "partial.json")
+    with pytest.raises(HwnasError, match="measures no latency"):
+        transfer_table(devices["source"], "source.json", hwnas.get_backend("none"), tmp_path / "x.json")
+    with pytest.raises(HwnasError, match=f"at least {MIN_MEASURED}: raise --budget"):
+        transfer_table(devices["source"], "source.json", PowerBackend(), tmp_path / "x.json", budget=0.1)
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_command_refuses_in_one_line_and_writes_nothing(devices, registered, tmp_path, capsys):
+    src = str(devices["folder"] / "source.json")
+    out = tmp_path / "new.json"
+    for extra, field in ((["--batch", "16"], "meta.batch"), (["--space", "latency19"], "meta.space")):
+        code = main(["table", "transfer", "--from", src, "--backend", "power-model", "-o", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 1 and field in err and len(err.strip().splitlines()) == 1
+    code = main(["table", "transfer", "--from", src, "--backend", "power-model", "--budget", "0", "-o", str(out)])
+    assert code == 2 and "--budget" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --- the build hook, and resuming ----------------------------------------------------------------------
+
+def test_a_build_restricted_to_keys_measures_those_only(tmp_path, registered):
+    space, macro = resolve_space(TINY), resolve_macro(TINY)
+    keys = ["stem", "dw_k5_t1@R-8-16-32-s2", "merge_add@N-24-24-8-s1"]
+    table = build_table(space, macro, 1.0, PowerBackend(), 2, tmp_path / "t.json", protocol=QUICK, progress=False,
+                        keys=keys)
+    assert set(table.entries) == set(keys)
+    assert not table.meta["complete"] and "calibration" not in table.meta
+    with pytest.raises(HwnasError, match="'nope@N' is not an entry of the table's plan"):
+        build_table(space, macro, 1.0, PowerBackend(), 2, tmp_path / "u.json", protocol=QUICK, progress=False,
+                    keys=["nope@N"])
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_transfer_resumes_to_the_same_table(devices, registered, tmp_path):
+    class Flaky(PowerBackend):
+        loads = 0
+
+        def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
+            Flaky.loads += 1
+            if Flaky.loads == 6:
+                raise Interrupted
+            return super().load(module, input_shapes)
+
+    out = tmp_path / "new.json"
+    with pytest.raises(Interrupted):
+        transfer_table(devices["source"], "source.json", Flaky(), out, 0.3, QUICK, progress=False)
+    partial = Table.load(out)
+    assert not partial.meta["complete"] and 0 < len(partial.entries) < 9
+    with pytest.raises(HwnasError, match="exists; pass --resume"):
+        transfer_table(devices["source"], "source.json", PowerBackend(), out, 0.3, QUICK, progress=False)
+    with pytest.raises(HwnasError, match="not a transfer of source.json with --budget 0.5"):
+        transfer_table(devices["source"], "source.json", PowerBackend(), out, 0.5, QUICK, progress=False, resume=True)
+    done = transfer_table(devices["source"], "source.json", PowerBackend(), out, 0.3, QUICK, progress=False,
+                          resume=True)
+    expect = devices["new"]
+    assert done.meta["complete"] and list(done.entries) == list(expect.entries)
+    for key in done.entries:
+        assert done.latency(key) == pytest.approx(expect.latency(key), rel=1e-9)
+    assert done.meta["calibration"]["factor"] == expect.meta["calibration"]["factor"]
