@@ -42,8 +42,7 @@ from hwnas.costs import head_traffic, op_traffic, stem_traffic
 from hwnas.errors import HwnasError
 from hwnas.profiling.backends import Backend
 from hwnas.profiling.protocol import Protocol, Stats
-from hwnas.profiling.table import (HEAD_KEY, MEASURED, ORIGIN_FIELD, STEM_KEY, TRANSFER_FIELD, TRANSFERRED, Table,
-                                   merge_add_key, merge_scale_key, op_key, utc_now)
+from hwnas.profiling.table import MEASURED, ORIGIN_FIELD, TRANSFER_FIELD, TRANSFERRED, Table, utc_now
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 
@@ -89,27 +88,31 @@ def _source_sd(entry: dict[str, Any]) -> float:
 
 def candidates(source: Table) -> list[Candidate]:
     """Every entry of the source's plan, in plan order."""
+    from hwnas.profiling.shards import plan_of
+
     space, macro = source.space(), source.macro()
     scale, batch = float(source.meta["scale"]), int(source.meta["batch"])
+    ops = {op.name: op for op in space.ops}
+    positions = {pos.key: pos for pos in macro.positions(scale)}
     out = []
-
-    def add(key: str, family: str, attributes: dict[str, Any], traffic: int) -> None:
-        entry = source.entries[key]
-        out.append(Candidate(key, family, tuple((k, str(v)) for k, v in attributes.items()),
-                             source.latency(key), _source_sd(entry), int(entry["macs"]) * batch, traffic))
-
-    for pos in macro.positions(scale):
-        where = {"resolution": pos.resolution, "stride": pos.stride, "cell": pos.cell_type}
-        for op in space.ops:
-            attrs = {"family": op.kind, "kernel": op.kernel, "expand": op.expand, "dilation": op.dilation,
-                     "groups": "x".join(map(str, op.groups)), **where}
-            add(op_key(op, pos), op.kind, attrs, op_traffic(op, pos) * batch)
-        out_elems = pos.cout * pos.out_resolution ** 2 * batch
-        add(merge_add_key(pos), "merge_add", {"family": "merge_add", "resolution": pos.resolution}, 3 * out_elems)
-        add(merge_scale_key(pos), "merge_scale", {"family": "merge_scale", "resolution": pos.resolution},
-            2 * out_elems)
-    add(STEM_KEY, "stem", {"family": "stem"}, stem_traffic(macro) * batch)
-    add(HEAD_KEY, "head", {"family": "head"}, head_traffic(macro, scale) * batch)
+    for spec in (e for group in plan_of(source) for e in group):
+        attributes: dict[str, Any] = {"family": spec.kind}
+        if spec.kind == "op":
+            op, pos = ops[str(spec.op)], positions[str(spec.position)]
+            attributes = {"family": op.kind, "kernel": op.kernel, "expand": op.expand, "dilation": op.dilation,
+                          "groups": "x".join(map(str, op.groups)), "resolution": pos.resolution,
+                          "stride": pos.stride, "cell": pos.cell_type}
+            traffic = op_traffic(op, pos) * batch
+        elif spec.kind == "stem":
+            traffic = stem_traffic(macro) * batch
+        elif spec.kind == "head":
+            traffic = head_traffic(macro, scale) * batch
+        else:  # the merges: elementwise, each input read and one output of the first input's shape written
+            attributes["resolution"] = positions[str(spec.position)].resolution
+            traffic = sum(math.prod(shape) for shape in spec.input_shapes) + math.prod(spec.input_shapes[0])
+        entry = source.entries[spec.key]
+        out.append(Candidate(spec.key, str(attributes["family"]), tuple((k, str(v)) for k, v in attributes.items()),
+                             source.latency(spec.key), _source_sd(entry), int(entry["macs"]) * batch, traffic))
     return out
 
 
