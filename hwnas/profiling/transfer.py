@@ -12,10 +12,11 @@ measuring a small, chosen part of it (docs/transfer.md).
 3. Model (`TransferModel`): per entry, log(new / source) = intercept + offset of its family
    (op kind, merge add, merge scale, stem, head) + slopes on three properties of the entry on
    the source device: its size (log source latency), its achieved traffic (log elements moved
-   per source ms: how close to memory-bound) and its achieved compute (log MACs per source ms).
-   Ridge penalties pull the offsets and slopes toward one ratio for all entries; their strength
-   is chosen by leave-one-out error; the fit is robust (Huber weights). Every transferred entry
-   gets a predicted uncertainty (the standard deviation of its log latency).
+   per source ms: how close to memory-bound) and its achieved compute (log MACs per source ms),
+   plus a size slope per family. Ridge penalties pull the offsets and slopes toward one ratio
+   for all entries; their strength is chosen by leave-one-out error; the fit is robust (Huber
+   weights). Every transferred entry gets a predicted uncertainty (the standard deviation of
+   its log latency).
 4. Calibration: whole random networks timed on this device, as a build calibrates.
 
 The table records each entry's origin ('measured' or 'transferred', with the source latency
@@ -258,7 +259,8 @@ class TransferModel:
             by_family.setdefault(h["family"], []).append(abs(h["error"]))
         return {
             "form": "log(new ms / source ms) = intercept + family offset + slopes . standardised (log source ms, "
-                    "log elements moved per source ms, log MACs per source ms); ridge, Huber weights",
+                    "log elements moved per source ms, log MACs per source ms) + family size slope . standardised "
+                    "log source ms; ridge, Huber weights",
             "coefficients": {name: round(float(b), 5) for name, b in zip(self.design.columns, self.coefficients)},
             "feature_centre": [round(v, 5) for v in self.design.centre],
             "feature_scale": [round(v, 5) for v in self.design.spread],
