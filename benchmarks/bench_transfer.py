@@ -28,7 +28,8 @@ the builds re-measure groups and the networks' ranks noisy. A quick check of the
 the tiny test space (the shipped pair needs latency19):
 
     PYTHONPATH=. python benchmarks/bench_transfer.py --out /tmp/bt --pairs threads,torch \\
-        --space tests/data/tiny.json --macro tests/data/tiny.json --batch 2 --budget 0.3 --samples 4 --rounds 3
+        --space tests/data/tiny.json --macro tests/data/tiny.json --batch 2 --budget 0.3 --samples 4 --rounds 3 \\
+        --drift-wait 0
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def main() -> int:
     ap.add_argument("--macro", default="latency")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, help="override the protocol's rounds (quick checks of the script)")
+    ap.add_argument("--drift-wait", type=float, help="override the protocol's pause before re-measuring a group "
+                                                     "measured while the machine's speed changed (seconds)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from tabulate import tabulate
@@ -206,7 +209,11 @@ def main() -> int:
         ap.error(f"unknown pair {unknown[0]!r}: choose from {', '.join(PAIRS)}")
     if "shipped" in pairs and (args.space, args.macro, args.batch) != ("latency19", "latency", 16):
         ap.error("the shipped pair transfers latency19 on latency at batch 16: leave --space, --macro, --batch")
-    protocol = Protocol() if args.rounds is None else replace(Protocol(), rounds=args.rounds)
+    protocol = Protocol()
+    if args.rounds is not None:
+        protocol = replace(protocol, rounds=args.rounds)
+    if args.drift_wait is not None:
+        protocol = replace(protocol, drift_wait_s=args.drift_wait)
     args.out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float | None] = {}
     results: dict[str, Any] = {}

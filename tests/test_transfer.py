@@ -363,7 +363,7 @@ def test_search_dry_run_and_validate_use_a_transferred_table(devices, registered
     results = {}
     for name in ("new", "full"):
         code = main(["search", "--dry-run", "--table", str(devices["folder"] / f"{name}.json"), "--metric", "latency",
-                     "--target", "5", "--steps", "30", "--k", "0", "--json"])
+                     "--target", "5", "--steps", "10", "--k", "0", "--json"])
         assert code == 0
         results[name] = json.loads(capsys.readouterr().out)
     assert results["new"]["max_cost"] == pytest.approx(results["full"]["max_cost"], rel=0.02)
