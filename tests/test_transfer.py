@@ -475,3 +475,22 @@ def test_an_interrupted_transfer_resumes_to_the_same_table(devices, registered, 
     for key in done.entries:
         assert done.latency(key) == pytest.approx(expect.latency(key), rel=1e-9)
     assert done.meta["calibration"]["factor"] == expect.meta["calibration"]["factor"]
+
+
+def test_the_command_transfers_and_says_how(devices, registered, tmp_path, capsys):
+    src = str(devices["folder"] / "source.json")
+    out = tmp_path / "cli.json"
+    code = main(["table", "transfer", "--from", src, "--backend", "power-model", "--budget", "0.3", "--space", TINY,
+                 "--macro", TINY, "--batch", "2", "--scale", "1", "--rounds", "3", "-o", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["measured"] == 9 and summary["transferred"] == 23 and summary["entries"] == 32
+    assert summary["source"] == "source.json" and summary["held_out"]["n"] == 9
+    assert [s["key"] for s in summary["selection"]] == [s["key"] for s in devices["new"].meta["transfer"]["selection"]]
+    table = Table.load(out)
+    assert table.meta["complete"] and table.meta["protocol"]["rounds"] == 3
+    code = main(["table", "transfer", "--from", src, "--backend", "power-model", "--budget", "0.3", "--rounds", "3",
+                 "-o", str(out), "--resume"])  # already complete: nothing to do, the same summary
+    printed = capsys.readouterr().out
+    assert code == 0 and "9 measured on this device (28.1%), 23 transferred from source.json" in printed
+    assert "leave-one-out" in printed
