@@ -52,7 +52,8 @@ MIN_MEASURED = 4  # a fit and a leave-one-out check need a few points
 FEATURES = ("size", "traffic_rate", "compute_rate")
 # Ridge strengths (in units of the residual variance) tried by leave-one-out, for the family
 # offsets and for the slopes; and the one the selection assumes before anything is measured.
-LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+EXACT_LOO = 16  # grid points whose leave-one-out error is then computed by refitting
 SELECTION_LAMBDA = 0.1
 SELECTION_RESIDUAL = 0.05  # the residual (log) the selection assumes: 5%
 HUBER_K = 1.345
@@ -168,20 +169,19 @@ def _raw_features(c: Candidate) -> tuple[float, float, float]:
     return (log_s, math.log(c.traffic) - log_s, math.log(max(c.macs, 1)) - log_s)
 
 
-def robust_fit(x: np.ndarray, y: np.ndarray, penalty: np.ndarray,
-               iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression with Huber weights (iteratively reweighted least squares): the
-    coefficients and the final weights."""
-    w = np.ones(len(y))
+def robust_fit(x: np.ndarray, y: np.ndarray, penalty: np.ndarray, weights: np.ndarray | None = None,
+               iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression with Huber weights (iteratively reweighted least squares, from `weights`
+    if given): the coefficients and the final weights."""
+    w = np.ones(len(y)) if weights is None else weights
     beta = np.zeros(x.shape[1])
     for _ in range(iterations):
         xw = x * w[:, None]
         new = np.linalg.solve(x.T @ xw + penalty, xw.T @ y)
         r = y - x @ new
         scale = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), MIN_SCALE)
-        u = np.abs(r) / (HUBER_K * scale)
-        w = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
-        done = np.allclose(new, beta, rtol=0, atol=1e-9)
+        w = np.minimum(1.0, HUBER_K * scale / np.maximum(np.abs(r), 1e-12))
+        done = float(np.max(np.abs(new - beta))) < 1e-6
         beta = new
         if done:
             break
@@ -225,10 +225,14 @@ class TransferModel:
             raise HwnasError(f"{len(fitted)} measured entries: the transfer model needs at least {MIN_MEASURED}")
         x = design.matrix(fitted)
         y = np.array([math.log(measured[c.key] / c.source_ms) for c in fitted])
-        errors = {(fl, sl): approximate_loo(x, y, design.penalty(fl, sl)) for fl in LAMBDAS for sl in LAMBDAS}
-        fl, sl = min(errors, key=lambda k: (round(errors[k], 12), -k[0], -k[1]))  # ties: the stronger pull
+        # the ridge strengths with the smallest leave-one-out error: the grid ranked by the hat-matrix
+        # shortcut, its best few refitted without each entry in turn (ties: the stronger pull)
+        shortcut = {(fl, sl): approximate_loo(x, y, design.penalty(fl, sl)) for fl in LAMBDAS for sl in LAMBDAS}
+        finalists = sorted(shortcut, key=lambda k: (shortcut[k], -k[0], -k[1]))[:EXACT_LOO]
+        loo = {k: _leave_one_out(x, y, design.penalty(*k)) for k in finalists}
+        fl, sl = min(finalists, key=lambda k: (round(float(np.mean(np.abs(loo[k][0]))), 12), -k[0], -k[1]))
         penalty = design.penalty(fl, sl)
-        residuals, variances = _leave_one_out(x, y, penalty)
+        residuals, variances = loo[(fl, sl)]
         coefficients, _ = robust_fit(x, y, penalty)
         # residual variance: the leave-one-out residuals over their own predictive variance factor
         # (their mean, not a robust one: a few entries the model misses must widen every uncertainty)
@@ -282,9 +286,10 @@ def _leave_one_out(x: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> tuple[l
     """Each measured entry predicted by the model fitted without it: residuals (log) and the
     design variance of that prediction."""
     residuals, variances = [], []
+    _, weights = robust_fit(x, y, penalty)
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        beta, _ = robust_fit(x[keep], y[keep], penalty)
+        beta, _ = robust_fit(x[keep], y[keep], penalty, weights[keep])  # from the whole fit's weights: few steps
         residuals.append(float(y[i] - x[i] @ beta))
         variances.append(float(design_variance(x[keep], penalty, x[i:i + 1])[0]))
     return residuals, variances
