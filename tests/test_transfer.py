@@ -326,11 +326,20 @@ def test_predict_says_when_a_price_rests_on_transferred_entries(devices):
     assert 0 < moved["share"] < 1 and moved["latency_ms"] < priced["latency_ms"]
     origins = [op["origin"] for cell in priced["cells"] for op in cell["ops"]]
     assert set(origins) <= {"measured", "transferred"} and "transferred" in origins
-    # by hand: the share is the transferred entries' part of the uncalibrated sum
-    new = devices["new"]
-    part = sum(op["latency_ms"] for c in priced["cells"] for op in c["ops"] if op["origin"] == "transferred")
-    part += sum(priced[k]["latency_ms"] for k in ("stem", "head") if new.origin(k) == "transferred")
-    assert moved["latency_ms"] >= part - 1e-9  # plus the transferred merges
+    # by hand, entry by entry: the transferred entries' part of the price, merges included
+    new, arch = devices["new"], tinynet()
+    part = sum(new.latency(k) for k in ("stem", "head") if new.origin(k) == "transferred")
+    for placed in arch.placed:
+        pos, n = placed.slot.position, len(placed.ops)
+        keys = [f"{arch.space.ops[i].name}@{pos.key}" for i in placed.ops]
+        part += sum(new.latency(k) for k in keys if new.origin(k) == "transferred")
+        terms = n + (pos.cell_type == "N")
+        if n and terms > 1:
+            add, scale = f"merge_add@{pos.key}", f"merge_scale@{pos.key}"
+            part += (terms - 1) * new.latency(add) * (new.origin(add) == "transferred")
+            part += new.latency(scale) * (new.origin(scale) == "transferred")
+    assert moved["latency_ms"] == pytest.approx(part * new.calibration_factor, rel=1e-9)
+    assert moved["share"] == pytest.approx(part / priced["latency_ms_uncalibrated"], rel=1e-9)
     full = predict(devices["full"], tinynet())
     assert "transferred" not in full and "origin" not in full["cells"][0]["ops"][0]  # negative control
     assert priced["latency_ms"] == pytest.approx(full["latency_ms"], rel=0.02)
