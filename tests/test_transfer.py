@@ -458,7 +458,7 @@ class Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_transfer_resumes_to_the_same_table(devices, registered, tmp_path):
+def test_an_interrupted_transfer_resumes_to_the_same_table(devices, registered, tmp_path, capsys):
     class Flaky(PowerBackend):
         loads = 0
 
@@ -473,6 +473,8 @@ def test_an_interrupted_transfer_resumes_to_the_same_table(devices, registered, 
         transfer_table(devices["source"], "source.json", Flaky(), out, 0.3, QUICK, progress=False)
     partial = Table.load(out)
     assert not partial.meta["complete"] and 0 < len(partial.entries) < 9
+    assert main(["table", "show", str(out)]) == 0
+    assert f"unfinished, {len(partial.entries)} of the 9 selected entries measured" in capsys.readouterr().out
     with pytest.raises(HwnasError, match="exists; pass --resume"):
         transfer_table(devices["source"], "source.json", PowerBackend(), out, 0.3, QUICK, progress=False)
     with pytest.raises(HwnasError, match="not a transfer of source.json with --budget 0.5"):

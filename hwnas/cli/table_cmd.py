@@ -351,10 +351,15 @@ def _show_transfer(tbl: Any) -> None:
     t = transfer_summary(tbl)
     src = tbl.meta["transfer"]["source"]
     fit = t["held_out"]
-    print(f"transferred from {t['source']} (device {t['source_device']}, backend {t['source_backend']}, "
-          f"statistic {src['statistic']}, protocol rounds {(src.get('protocol') or {}).get('rounds')}): "
-          f"{t['measured']} entries measured on this device (budget {t['budget']:.0%}), {t['transferred']} "
-          f"transferred, each with its predicted uncertainty (median ±{t['median_uncertainty']:.1%})")
+    where = f"transferred from {t['source']} (device {t['source_device']}, backend {t['source_backend']}, " \
+            f"statistic {src['statistic']}, protocol rounds {(src.get('protocol') or {}).get('rounds')})"
+    if fit is None:
+        print(f"{where}: unfinished, {t['measured']} of the {len(t['selection'])} selected entries measured; "
+              f"continue it with 'hwnas table transfer ... --resume'")
+        return
+    print(f"{where}: {t['measured']} entries measured on the table's device (budget {t['budget']:.0%}), "
+          f"{t['transferred']} transferred, each with its predicted uncertainty (median "
+          f"±{t['median_uncertainty']:.1%})")
     print(f"transfer model, leave-one-out over the measured entries: MAPE {fit['mape']:.1%}, "
           f"{fit['within_10pct']:.0%} within ±10%, worst {fit['max_error']:.1%}; a transferred entry's latency "
           f"statistics are its prediction (count 0)")

@@ -494,7 +494,8 @@ def transfer_summary(table: Table) -> dict[str, Any]:
             "transferred": len(transferred), "source": t["source"]["file"],
             "source_device": device.get("name", device.get("type")),
             "source_backend": (t["source"].get("backend") or {}).get("name"), "budget": t["budget"],
-            "held_out": {k: v for k, v in t["model"]["held_out"].items() if k not in ("entries", "method")},
+            "held_out": ({k: v for k, v in t["model"]["held_out"].items() if k not in ("entries", "method")}
+                         if "model" in t else None),  # None: still measuring
             "median_uncertainty": statistics.median(uncertainties) if uncertainties else 0.0,
             "calibration_factor": table.meta.get("calibration", {}).get("factor"),
             "seconds": t.get("seconds"), "selection": t["selection"]}
