@@ -165,7 +165,7 @@ class Design:
 
 
 def _raw_features(c: Candidate) -> tuple[float, float, float]:
-    log_s = math.log(c.source_ms)
+    log_s = math.log(max(c.source_ms, 1e-9))  # a zero latency (a hand-edited table) stays finite
     return (log_s, math.log(c.traffic) - log_s, math.log(max(c.macs, 1)) - log_s)
 
 
@@ -224,7 +224,7 @@ class TransferModel:
         if len(fitted) < MIN_MEASURED:
             raise HwnasError(f"{len(fitted)} measured entries: the transfer model needs at least {MIN_MEASURED}")
         x = design.matrix(fitted)
-        y = np.array([math.log(measured[c.key] / c.source_ms) for c in fitted])
+        y = np.array([math.log(max(measured[c.key], 1e-9) / max(c.source_ms, 1e-9)) for c in fitted])
         # the ridge strengths with the smallest leave-one-out error: the grid ranked by the hat-matrix
         # shortcut, its best few refitted without each entry in turn (ties: the stronger pull)
         shortcut = {(fl, sl): approximate_loo(x, y, design.penalty(fl, sl)) for fl in LAMBDAS for sl in LAMBDAS}
@@ -252,7 +252,7 @@ class TransferModel:
         out = []
         for c, lr, v in zip(cands, log_ratio, var):
             sd = math.sqrt(self.residual_sd ** 2 * (1 + float(v)) + c.source_sd ** 2)
-            out.append((c.source_ms * math.exp(float(lr)), sd))
+            out.append((max(c.source_ms, 1e-9) * math.exp(float(lr)), sd))
         return out
 
     def summary(self) -> dict[str, Any]:
