@@ -144,43 +144,60 @@ def test_the_selection_covers_every_kind_kernel_expansion_stride_and_resolution(
     assert select(cands, count) == chosen  # deterministic: from the source alone
     # coverage first, then the least known entries; each says why it was chosen
     whys = [why for _, why in chosen]
-    assert whys[0].startswith("covers") and whys[-1].startswith("least known")
+    assert whys[0].startswith("covers") and whys[-1].startswith("most informative")
     # negative control: the first 19 entries of the plan (one position) miss most of it
     assert len(uncovered(cands, [c.key for c in cands[:count]])) > 5
 
 
 def test_the_selection_prefers_entries_the_source_measured_poorly(shipped):
     """An entry whose source measurement was noisy (unstable, or taken while the machine's speed
-    changed) tells least about the new device: it is measured."""
+    changed) tells least about the new device: one that weighs in networks is measured."""
     cands = candidates(shipped)
     count = measured_count(len(cands), 0.1)
     keys = {k for k, _ in select(cands, count)}
-    target = next(c for c in cands if c.family == "dw" and c.key not in keys)
+    target = max((c for c in cands if c.family == "dw" and c.key not in keys), key=lambda c: c.weight)
     noisy = [replace(c, source_sd=0.2) if c.key == target.key else c for c in cands]
     picked = dict(select(noisy, count))
-    assert target.key in picked and picked[target.key].startswith("least known")
+    assert target.key in picked  # among equal coverers, or for what it tells
     assert target.key not in keys  # negative control: with its real noise it is not chosen
 
 
-def test_the_least_known_entries_are_far_from_the_chosen_ones(shipped):
-    """After coverage, each pick is the entry with the largest predicted variance: brute force
-    over all candidates agrees with the greedy choice."""
+def test_each_pick_takes_most_off_the_weighted_variance_of_the_prices(shipped):
+    """After coverage, each pick is the entry whose measurement most reduces the use-weighted sum,
+    over the entries not yet measured, of the fitted model's variance there, plus its own source
+    noise: brute force, inverting the design with each candidate added, agrees with the greedy
+    choice and its rank-one update."""
     from hwnas.profiling import transfer as tr
 
     cands = candidates(shipped)
     chosen = select(cands, 25)
     design = tr.Design.of(cands)
-    x = design.matrix(cands)
-    penalty = design.penalty(tr.SELECTION_LAMBDA, tr.SELECTION_LAMBDA)
+    x = torch.tensor(design.matrix(cands), dtype=torch.float64)
+    penalty = torch.tensor(design.penalty(tr.SELECTION_LAMBDA, tr.SELECTION_LAMBDA), dtype=torch.float64)
+    weight = torch.tensor([c.weight for c in cands], dtype=torch.float64)
+    weight /= weight.sum()
+    noise = torch.tensor([c.source_sd ** 2 / tr.SELECTION_RESIDUAL ** 2 for c in cands], dtype=torch.float64)
     index = {c.key: i for i, c in enumerate(cands)}
     picked = [index[k] for k, _ in chosen]
-    first = next(n for n, (_, why) in enumerate(chosen) if why.startswith("least known"))
+    first = next(n for n, (_, why) in enumerate(chosen) if why.startswith("most informative"))
+    assert 5 < first < 25
+
+    def model_variance(measured: list[int], over: torch.Tensor) -> float:
+        xs = x[measured]
+        return float(over @ torch.einsum("ij,jk,ik->i", x, torch.linalg.inv(xs.T @ xs + penalty), x))
+
     for n in range(first, len(chosen)):
         before = picked[:n]
-        inv = torch.linalg.inv(torch.tensor(x[before].T @ x[before] + penalty, dtype=torch.float64))
-        var = [float(torch.tensor(x[i]) @ inv @ torch.tensor(x[i])) + cands[i].source_sd ** 2 / tr.SELECTION_RESIDUAL ** 2
-               if i not in before else -1.0 for i in range(len(cands))]
-        assert var[picked[n]] == pytest.approx(max(var), rel=1e-9)
+        left = weight.clone()
+        left[before] = 0.0
+        now = model_variance(before, left)
+        cut = [now - model_variance(before + [j], left) + float(left[j] * noise[j]) if j not in before else -1.0
+               for j in range(len(cands))]
+        assert cut[picked[n]] == pytest.approx(max(cut), rel=1e-6)
+        # negative control: the entry the model knows least is not always the one that tells most
+    least = [float(v) for v in torch.einsum("ij,jk,ik->i", x, torch.linalg.inv(x[picked[:first]].T @ x[picked[:first]]
+                                                                                   + penalty), x)]
+    assert picked[first] != max((i for i in range(len(cands)) if i not in picked[:first]), key=least.__getitem__)
 
 
 # --- the model against synthetic devices with known scaling ---------------------------------------
@@ -295,7 +312,7 @@ def test_a_transferred_table_records_how_each_entry_came_to_be(devices):
     assert t["source"]["device"] == source.meta["device"] and t["source"]["protocol"] == source.meta["protocol"]
     assert t["source"]["backend"]["name"] == "flops-model" and t["source"]["file"] == "source.json"
     assert [s["key"] for s in t["selection"]] == measured or set(s["key"] for s in t["selection"]) == set(measured)
-    assert all(s["why"].startswith(("covers", "least known")) for s in t["selection"])
+    assert all(s["why"].startswith(("covers", "most informative")) for s in t["selection"])
     held = t["model"]["held_out"]
     assert held["n"] == 9 and held["mape"] < 0.01 and len(held["entries"]) == 9
     assert new.meta["device"] == PowerBackend().describe()["device"]  # the new table is of this device

@@ -4,9 +4,12 @@ measuring a small, chosen part of it (docs/transfer.md).
 1. Selection (`select`). The entries to measure are chosen before measuring, from the source
    table alone: first greedily for coverage (every kind of entry, kernel size, expansion,
    dilation, groups, stride, cell type and resolution of the plan, the entry that covers most
-   values not yet covered first), then, with the budget left, the entry whose price the model
-   would know least (the largest predicted variance given the entries chosen so far, plus the
-   noise of the source's own measurement): a sequential optimal design.
+   values not yet covered first), then, with the budget left, the entry whose measurement takes
+   most off the predicted variance of all the prices still to be predicted, each weighted by its
+   use in networks (source latency times the cells at its position): the model's variance given
+   the entries chosen so far plus the noise of the source's own measurement, so an entry the
+   source measured poorly, or unlike every chosen one, is measured (a sequential I-optimal
+   design).
 2. Measurement: those entries are measured by the table build itself (`build_table(keys=...)`),
    with this device's backend and protocol, into the new table.
 3. Model (`TransferModel`): per entry, log(new / source) = intercept + offset of its family
@@ -55,10 +58,11 @@ FEATURES = ("size", "traffic_rate", "compute_rate")
 LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 EXACT_LOO = 16  # grid points whose leave-one-out error is then computed by refitting
 SELECTION_LAMBDA = 0.1
-SELECTION_RESIDUAL = 0.05  # the residual (log) the selection assumes: 5%
+SELECTION_RESIDUAL = 0.05  # the residual (log) the selection assumes, against the source's own noise: 5%
 HUBER_K = 1.345
 INTERACTION = 3.0
 MIN_SCALE = 0.01  # log units: residuals below 1% count as equal
+FAMILY_PRIOR = 3.0  # how many of its own held-out residuals a family's uncertainty needs to stand alone
 
 
 # --- what is known of each entry before measuring ------------------------------------------------
@@ -74,6 +78,12 @@ class Candidate:
     source_sd: float  # standard deviation of the source's log latency (its own noise)
     macs: int  # per batch
     traffic: int  # elements moved per batch
+    uses: int = 1  # cells of the macro-architecture at its position (1 for stem and head)
+
+    @property
+    def weight(self) -> float:
+        """How much its error weighs in networks' prices: its latency times the cells that use it."""
+        return self.source_ms * self.uses
 
 
 def _source_sd(entry: dict[str, Any]) -> float:
@@ -96,6 +106,9 @@ def candidates(source: Table) -> list[Candidate]:
     scale, batch = float(source.meta["scale"]), int(source.meta["batch"])
     ops = {op.name: op for op in space.ops}
     positions = {pos.key: pos for pos in macro.positions(scale)}
+    cells: dict[str, int] = {}
+    for slot in macro.slots(scale):
+        cells[slot.position.key] = cells.get(slot.position.key, 0) + 1
     out = []
     for spec in (e for group in plan_of(source) for e in group):
         attributes: dict[str, Any] = {"family": spec.kind}
@@ -114,7 +127,8 @@ def candidates(source: Table) -> list[Candidate]:
             traffic = sum(math.prod(shape) for shape in spec.input_shapes) + math.prod(spec.input_shapes[0])
         entry = source.entries[spec.key]
         out.append(Candidate(spec.key, str(attributes["family"]), tuple((k, str(v)) for k, v in attributes.items()),
-                             source.latency(spec.key), _source_sd(entry), int(entry["macs"]) * batch, traffic))
+                             source.latency(spec.key), _source_sd(entry), int(entry["macs"]) * batch, traffic,
+                             cells.get(str(spec.position), 1)))
     return out
 
 
@@ -214,6 +228,7 @@ class TransferModel:
     family_lambda: float
     slope_lambda: float
     residual_sd: float  # of log latency, from the leave-one-out residuals
+    family_sd: dict[str, float]  # the same per family, pulled toward residual_sd
     x_fit: np.ndarray
     held_out: list[dict[str, Any]]  # leave-one-out: per measured entry
 
@@ -236,12 +251,19 @@ class TransferModel:
         coefficients, _ = robust_fit(x, y, penalty)
         # residual variance: the leave-one-out residuals over their own predictive variance factor
         # (their mean, not a robust one: a few entries the model misses must widen every uncertainty)
-        residual_sd = max(math.sqrt(statistics.fmean(r * r / (1 + v) for r, v in zip(residuals, variances))),
-                          MIN_SCALE)
+        scaled = [r * r / (1 + v) for r, v in zip(residuals, variances)]
+        residual_sd = max(math.sqrt(statistics.fmean(scaled)), MIN_SCALE)
+        # per family: its own residuals pulled toward the pooled one (FAMILY_PRIOR pseudo-entries of
+        # it), so a family the model misses (tiny, cache-bound merges) says so in its uncertainty
+        family_sd = {}
+        for f in design.families:
+            own = [q for c, q in zip(fitted, scaled) if c.family == f]
+            family_sd[f] = max(math.sqrt((FAMILY_PRIOR * residual_sd ** 2 + sum(own)) / (FAMILY_PRIOR + len(own))),
+                               MIN_SCALE)
         held_out = [{"key": c.key, "family": c.family, "measured_ms": measured[c.key],
                      "predicted_ms": measured[c.key] * math.exp(-r), "error": math.exp(-r) - 1}
                     for c, r in zip(fitted, residuals)]
-        return cls(design, coefficients, fl, sl, residual_sd, x, held_out)
+        return cls(design, coefficients, fl, sl, residual_sd, family_sd, x, held_out)
 
     def predict(self, cands: Sequence[Candidate]) -> list[tuple[float, float]]:
         """(latency ms, uncertainty: the standard deviation of its log) per candidate."""
@@ -251,7 +273,8 @@ class TransferModel:
         log_ratio = x @ self.coefficients
         out = []
         for c, lr, v in zip(cands, log_ratio, var):
-            sd = math.sqrt(self.residual_sd ** 2 * (1 + float(v)) + c.source_sd ** 2)
+            residual = self.family_sd.get(c.family, self.residual_sd)
+            sd = math.sqrt(residual ** 2 * (1 + float(v)) + c.source_sd ** 2)
             out.append((max(c.source_ms, 1e-9) * math.exp(float(lr)), sd))
         return out
 
@@ -270,6 +293,7 @@ class TransferModel:
             "feature_scale": [round(v, 5) for v in self.design.spread],
             "ridge": {"family": self.family_lambda, "slopes": self.slope_lambda},
             "residual_sd": round(self.residual_sd, 5),
+            "family_residual_sd": {f: round(v, 5) for f, v in self.family_sd.items()},
             "held_out": {
                 "method": "leave-one-out over the measured entries",
                 "n": len(errors), "mape": round(statistics.fmean(errors), 5),
@@ -303,30 +327,44 @@ def select(cands: Sequence[Candidate], count: int) -> list[tuple[str, str]]:
     x = design.matrix(cands)
     penalty = design.penalty(SELECTION_LAMBDA, SELECTION_LAMBDA)
     src_var = np.array([c.source_sd ** 2 for c in cands]) / SELECTION_RESIDUAL ** 2
+    weight = np.array([c.weight for c in cands])
+    weight = weight / weight.sum()
     chosen: list[int] = []
     reasons: list[str] = []
 
-    def uncertainty() -> np.ndarray:
-        # the predicted variance of each entry's log latency given the chosen ones (units of the residual)
-        return design_variance(x[chosen], penalty, x) + src_var
+    def variances() -> tuple[np.ndarray, np.ndarray]:
+        """Each entry's predicted variance given the chosen ones (units of the residual variance: the
+        fitted model's, plus the source's own noise), and what measuring it would take off their
+        use-weighted sum over the entries not yet measured."""
+        m = x @ np.linalg.inv(x[chosen].T @ x[chosen] + penalty) @ x.T  # covariances of the predictions
+        own = np.diag(m)
+        var = own + src_var
+        # measured, an entry's own source noise goes, and every prediction still to be made shrinks by
+        # its covariance with it
+        left = weight.copy()
+        left[chosen] = 0.0
+        gain = (left @ m ** 2) / (1 + own) + left * src_var
+        var[chosen] = gain[chosen] = -1.0
+        return var, gain
 
     uncovered = {a for c in cands for a in c.attributes}
     while len(chosen) < count and uncovered:
-        var = uncertainty()
-        gains = [len(uncovered.intersection(c.attributes)) if i not in chosen else -1 for i, c in enumerate(cands)]
-        best = max(range(len(cands)), key=lambda i: (gains[i], var[i], -cands[i].source_ms, -i))
-        if gains[best] <= 0:
+        var, _ = variances()
+        covers = [len(uncovered.intersection(c.attributes)) if i not in chosen else -1 for i, c in enumerate(cands)]
+        best = max(range(len(cands)), key=lambda i: (covers[i], var[i], -cands[i].source_ms, -i))
+        if covers[best] <= 0:
             break
         new = [f"{k} {v}" for k, v in cands[best].attributes if (k, v) in uncovered]
         chosen.append(best)
         reasons.append("covers " + ", ".join(new))
         uncovered -= set(cands[best].attributes)
     while len(chosen) < count:
-        var = uncertainty()
-        best = max((i for i in range(len(cands)) if i not in chosen), key=lambda i: (var[i], -cands[i].source_ms, -i))
-        sd = SELECTION_RESIDUAL * math.sqrt(1 + var[best])
+        var, gain = variances()
+        total = float(weight @ np.maximum(var, 0.0))  # the chosen ones' are 0
+        best = max((i for i in range(len(cands)) if i not in chosen), key=lambda i: (gain[i], -cands[i].source_ms, -i))
         chosen.append(best)
-        reasons.append(f"least known: predicted uncertainty ±{sd:.1%} before it was chosen")
+        reasons.append(f"most informative: takes {gain[best] / total:.1%} off the use-weighted predicted variance "
+                       f"of the prices")
     return [(cands[i].key, why) for i, why in zip(chosen, reasons)]
 
 
