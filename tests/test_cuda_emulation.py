@@ -259,6 +259,7 @@ def mutants(build_dir):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mutation", MUTATIONS)
 def test_mutated_kernels_fail(mutants, on_emulated_gpu, mutation):
     """Each mutation is caught, in the runs (thread order / grid) it names: a barrier missing
