@@ -23,11 +23,14 @@ import torch
 
 from hwnas.kernels import cuda, ops
 from hwnas.kernels.segments import CSegmentTable
-from hwnas.kernels.sources import source_dir
 
 EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
 CXX = shutil.which("g++") or shutil.which("c++")
-FLAGS = ["-std=c++17", "-O1", "-fPIC", "-fno-gnu-unique", "-U_FORTIFY_SOURCE", f"-I{EMULATION}", f"-I{EMULATION / 'include'}"]
+# -fno-gnu-unique: each library keeps its own statics of template functions (the __shared__ arrays of
+# a mutated kernel's library are its own, not the first loaded library's); -U_FORTIFY_SOURCE: the
+# scheduler longjmps between fiber stacks, which glibc's checked longjmp refuses
+FLAGS = ["-std=c++17", "-O1", "-fPIC", "-fno-gnu-unique", "-U_FORTIFY_SOURCE", f"-I{EMULATION}",
+         f"-I{EMULATION / 'include'}"]
 ORDERS = {"forward": 0, "reverse": 1, "shuffled": 2}
 # The kernels the ops launch on CUDA tensors (the rest run on the CPU only)
 CUDA_NAMES = (*cuda.OPS, "bn_coefficients")
@@ -36,35 +39,31 @@ CUDA_NAMES = (*cuda.OPS, "bn_coefficients")
 GRID_STRIDE = ("forward", "grad_input", "bn_backward")
 
 Launcher = Callable[[str, torch.dtype, list[int], CSegmentTable, "int | None", "int | None"], None]
-
-
 SHARED = re.compile(r"__shared__\s+[\w:<>* ]+?\b(\w+)\s*\[")  # a __shared__ array's name
 
 
-def compile_emulation(out: Path, kernels: Path | None = None) -> Path:
-    """The emulation library of the kernel sources in `kernels` (default: the project's), built in out."""
+def compile_emulation(out: Path, kernels: Path) -> Path:
+    """The emulation library of the kernel sources in folder `kernels`, built in out."""
     if CXX is None:
         pytest.skip("no C++ compiler (g++) on PATH: the CUDA emulation is compiled from C++")
-    kernels = kernels or source_dir()
     out.mkdir(parents=True, exist_ok=True)
     scheduler = out / "scheduler.o"
     if not scheduler.exists():
         subprocess.run([CXX, *FLAGS, "-c", str(EMULATION / "scheduler.cpp"), "-o", str(scheduler)], check=True)
-    key = hashlib.sha256((kernels / "mixed_dw.cu").read_bytes() + str(kernels).encode()).hexdigest()[:12]
-    library = out / f"emulation-{key}.so"
-    proc = subprocess.run([CXX, *FLAGS, f"-I{kernels}", "-shared", "-Wl,-Bsymbolic", str(EMULATION / "kernels.cpp"), str(scheduler),
-                           "-o", str(library)], capture_output=True, text=True)
+    library = out / f"emulation-{hashlib.sha256(str(kernels).encode()).hexdigest()[:12]}.so"
+    # -Bsymbolic: the library calls its own kernels, not the same-named ones of the CPU twin's library
+    proc = subprocess.run([CXX, *FLAGS, f"-I{kernels}", "-shared", "-Wl,-Bsymbolic", str(EMULATION / "kernels.cpp"),
+                           str(scheduler), "-o", str(library)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    (out / f"{library.name}.sources").write_text(f"{kernels / 'mixed_dw.cu'}\n{EMULATION / 'kernels.cpp'}\n")
     return library
 
 
-def shared_variables(library: Path, handle: ctypes.CDLL) -> list[tuple[int, int]]:
+def shared_variables(library: Path, handle: ctypes.CDLL, kernels: Path) -> list[tuple[int, int]]:
     """(address, bytes) of every __shared__ variable of the library's kernels: the statics that
     the sources declare __shared__, found in the library's symbol table (a function's static is
     named ..E<length><name>), one per instantiation of a kernel template."""
-    sources = (library.parent / f"{library.name}.sources").read_text().split()
-    names = {m.group(1) for source in sources for m in SHARED.finditer(Path(source).read_text())}
+    names = {m.group(1) for source in (kernels / "mixed_dw.cu", EMULATION / "kernels.cpp")
+             for m in SHARED.finditer(source.read_text())}
     listing = subprocess.run(["nm", "--defined-only", "-S", str(library)], capture_output=True, text=True,
                              check=True).stdout
     symbols = {}
@@ -82,14 +81,15 @@ def shared_variables(library: Path, handle: ctypes.CDLL) -> list[tuple[int, int]
 
 
 class Emulator:
-    """Launches the emulated kernels as hwnas.kernels.cuda.launch launches the real ones."""
+    """Launches the emulated kernels as hwnas.kernels.cuda.launch launches the real ones.
+    library: compile_emulation's, of the kernel sources in folder `kernels`."""
 
-    def __init__(self, library: Path) -> None:
+    def __init__(self, library: Path, kernels: Path) -> None:
         self.lib = ctypes.CDLL(str(library))
         self.lib.emulation_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p,
                                               ctypes.c_size_t, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p,
                                               ctypes.c_size_t]
-        self.shared = shared_variables(library, self.lib)
+        self.shared = shared_variables(library, self.lib, kernels)
         count = len(self.shared)
         self.lib.emulation_set_shared_memory((ctypes.c_void_p * count)(*[a for a, _ in self.shared]),
                                              (ctypes.c_size_t * count)(*[n for _, n in self.shared]), count)
@@ -98,9 +98,9 @@ class Emulator:
 
     def run(self, kernel: str, grid: int, block: int, values: list) -> None:
         """Run `kernel` with argument values (ctypes objects, each passed by its address)."""
-        self.raw(kernel, grid, block, cuda.KernelArguments(values))
+        self.launch_packed(kernel, grid, block, cuda.KernelArguments(values))
 
-    def raw(self, kernel: str, grid: int, block: int, args: cuda.KernelArguments) -> None:
+    def launch_packed(self, kernel: str, grid: int, block: int, args: cuda.KernelArguments) -> None:
         error = ctypes.create_string_buffer(1024)
         rc = self.lib.emulation_launch(kernel.encode(), grid, block, args.address, len(args.values),
                                        ORDERS[self.order], self.seed, error, len(error))
@@ -114,7 +114,7 @@ class Emulator:
         blocks = min(full, self.max_grid) if self.max_grid is not None and name in GRID_STRIDE else full
         kernel = f"mixed_dw_{name}_{cuda.DTYPE_SUFFIX[dtype]}"
         self.launches.append((kernel, blocks, full))
-        self.raw(kernel, blocks, cuda.THREADS, cuda.pack_arguments(pointers, table, total))
+        self.launch_packed(kernel, blocks, cuda.THREADS, cuda.pack_arguments(pointers, table, total))
 
 
 class EmulationError(RuntimeError):

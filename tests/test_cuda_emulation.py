@@ -60,7 +60,7 @@ def build_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def emulator(build_dir):
-    return Emulator(compile_emulation(build_dir))
+    return Emulator(compile_emulation(build_dir, source_dir()), source_dir())
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def mutants(build_dir):
             folder.mkdir()
             (folder / "mixed_dw.cu").write_text(source.replace(mutation.original, mutation.replacement))
             (folder / "mixed_dw.h").write_text((source_dir() / "mixed_dw.h").read_text())
-            built[name] = Emulator(compile_emulation(build_dir, folder))
+            built[name] = Emulator(compile_emulation(build_dir, folder), folder)
         return built[name]
 
     return get
