@@ -196,8 +196,8 @@ def _first_use(device: torch.device, dtype: torch.dtype) -> Decision:
                                          f"{worst.worst:.3g} times its tolerance", seconds)
     if path is not None:
         _remember(path, device, dtype, worst.worst, seconds)
-    return Decision(True, "auto", f"passed its check ({seconds * 1e3:.0f} ms; worst: {worst.worst:.3g} of its "
-                                  f"tolerance)", seconds)
+    return Decision(True, "auto", f"passed its check (worst error: {100 * worst.worst:.3g}% of its tolerance)",
+                    seconds)
 
 
 def _load(device: torch.device) -> None:
