@@ -60,9 +60,9 @@ class Stage:
 
 
 STAGES = [
-    Stage("self_check", "", 1.5, 20, "hwnas env --check: every GPU path against an independent reference"),
+    Stage("self_check", "", 2.0, 20, "hwnas env --check: every GPU path against an independent reference"),
     Stage("environment", "", 0.5, 10, "GPU, driver and software versions; hwnas env"),
-    Stage("kernel_tests", "cuda", 2.0, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
+    Stage("kernel_tests", "cuda", 1.5, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
     Stage("search_ddp", "cuda+pytest", 1.0, 40, "two processes on one GPU (gloo) train a search round as one process does"),
     Stage("fused_bench", "cuda", 2.2, 30, "fused cell vs eager and torch.compile, fwd+bwd, batch 16"),
     Stage("kernel_bandwidth", "cuda", 0.5, 10, "mixed-depthwise kernel vs device-to-device copy bandwidth"),
@@ -103,7 +103,7 @@ def trt_table_params(seconds: float, entries: int = TABLE_ENTRIES) -> dict[str, 
 
 def self_check_params(seconds: float) -> dict[str, Any]:
     """The check's own budget: the stage's share less the time to start its process."""
-    return {"budget_s": max(5, int(seconds - 15))}
+    return {"budget_s": max(5, int(seconds - 10))}
 
 
 PARAMS: dict[str, Callable[[float], dict[str, Any]]] = {

@@ -29,7 +29,7 @@ from hwnas.selfcheck.tolerance import Comparison
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # Rough seconds per path on a GPU machine, for --budget (the compilers' first runs come on top).
 ESTIMATE_S = {"kernels": 4.0, "fused cell": 4.0, "timing": 3.0, "tensorrt": 25.0, "nccl": 40.0}
-COMPILE_S = {"cpu": 10.0, "cuda": 40.0}  # building the CPU twin, NVRTC compiling the CUDA kernels
+COMPILE_S = {"cpu": 10.0, "cuda": 15.0}  # building the CPU twin, NVRTC compiling the CUDA kernels
 
 
 @dataclass
