@@ -46,7 +46,9 @@ def register(sub: Any) -> None:
                     "and the CUDA it was built for, the GPUs and driver, cuda-bindings, NVRTC and the folder of "
                     "its CUDA headers, TensorRT, and the C++ compiler of the CPU twin of the kernels. Exits 1, "
                     "saying what to install, when a piece the GPU paths need is missing. With --compile, the "
-                    "question is only whether the kernels compile: no GPU is needed then.")
+                    "question is only whether the kernels compile: no GPU is needed then. With --check, every "
+                    "GPU path the machine can run is run against an independent reference, and the exit status "
+                    "is 1 when one fails.")
     what = env.add_mutually_exclusive_group()
     what.add_argument("--compile", metavar="ARCHS", type=_archs,
                       help="also compile every kernel with NVRTC for these GPU architectures (comma-separated, "
@@ -57,7 +59,7 @@ def register(sub: Any) -> None:
                            "layer against the eager one, CUDA-event timing against wall clock, TensorRT against "
                            "onnxruntime, two GPUs over NCCL against one): one row per path, with its worst error "
                            "against its tolerance; paths it cannot run are listed with the reason. Exits 1 when "
-                           "a path fails. About a minute on a GPU")
+                           "a path fails. Meant to take about a minute on a GPU")
     env.add_argument("-o", "--output", metavar="REPORT", help="with --check: write the whole report (machine, "
                      "versions, every path's numbers) to this JSON file, to attach to a bug report")
     add_number(env, "--budget", rng=SECONDS, default=None,
