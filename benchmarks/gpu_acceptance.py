@@ -3,6 +3,9 @@
     PYTHONPATH=. python3 benchmarks/gpu_acceptance.py --budget 8 --out OUT
 
 Stages (each in its own process, killed at its share of the budget):
+  self_check        hwnas env --check --json: every GPU path the machine can run against an
+                    independent reference (kernels in fp32/fp16/bf16, fused layer, timing,
+                    TensorRT, NCCL); its report is OUT/selfcheck.json
   environment       GPU, driver, torch and its CUDA, cuda-bindings, NVRTC, TensorRT
   kernel_tests      pytest -m gpu (the kernels' CUDA path, NVRTC compile included)      [CUDA]
   search_ddp        the data-parallel search's GPU test: DDP, global batch norms, fused  [CUDA]
@@ -21,8 +24,8 @@ The targets (fused >= 1.5x eager and >= 1.0x torch.compile, kernel >= 50% of cop
 >= 90% of validated networks within 10%) are reported, not enforced: they are benchmarks.
 
 Exit status: 0 every stage that ran passed; 1 a stage failed or ran out of its time;
-2 usage error; 4 no CUDA GPU, so nothing but the environment was checked (the report says
-which stages were skipped and why).
+2 usage error; 4 no CUDA GPU, so nothing but the environment and the CPU paths were checked (the
+report says which stages were skipped and why).
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ class Stage:
 
 
 STAGES = [
+    Stage("self_check", "", 2.0, 20, "hwnas env --check: every GPU path against an independent reference"),
     Stage("environment", "", 0.5, 10, "GPU, driver and software versions; hwnas env"),
-    Stage("kernel_tests", "cuda", 2.0, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
+    Stage("kernel_tests", "cuda", 1.5, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
     Stage("search_ddp", "cuda+pytest", 1.0, 40, "two processes on one GPU (gloo) train a search round as one process does"),
     Stage("fused_bench", "cuda", 2.2, 30, "fused cell vs eager and torch.compile, fwd+bwd, batch 16"),
     Stage("kernel_bandwidth", "cuda", 0.5, 10, "mixed-depthwise kernel vs device-to-device copy bandwidth"),
@@ -97,8 +101,13 @@ def trt_table_params(seconds: float, entries: int = TABLE_ENTRIES) -> dict[str, 
     return {"rounds": 5, "samples": max(5, min(20, int((seconds - entries * 2.5) // 3)))}
 
 
+def self_check_params(seconds: float) -> dict[str, Any]:
+    """The check's own budget: the stage's share less the time to start its process."""
+    return {"budget_s": max(5, int(seconds - 10))}
+
+
 PARAMS: dict[str, Callable[[float], dict[str, Any]]] = {
-    "fused_bench": fused_params, "torch_table": table_params, "torch_validate": validate_params,
+    "self_check": self_check_params, "fused_bench": fused_params, "torch_table": table_params, "torch_validate": validate_params,
     "trt_table": trt_table_params,
 }
 
@@ -204,6 +213,9 @@ def targets(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 RUNNING: list[int] = []  # the process group of the stage being run
+# The benchmark times the fused kernels themselves: no first-use check, no fallback (their
+# correctness is the self_check and kernel_tests stages' question).
+STAGE_ENV = {"fused_bench": {"HWNAS_FUSED": "force"}}
 
 
 def stop_on_term(signum: int, frame: Any) -> None:
@@ -229,7 +241,8 @@ def run_stage(stage: Stage, seconds: float, params: dict[str, Any], out: Path) -
     log = out / "logs" / f"{stage.name}.log"
     cmd = stage_command(stage, params, out)
     start = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           **STAGE_ENV.get(stage.name, {})}
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
         RUNNING[:] = [proc.pid]
@@ -294,8 +307,8 @@ def run_stages(stages: list[Stage], out: Path, budget_min: float, needs: dict[st
     ran = [s for s in report["stages"] if s["status"] != "skipped"]
     bad = [s["name"] for s in ran if s["status"] != "passed"]
     no_gpu = needs.get("cuda") is not None
-    report["state"] = ("failed: " + ", ".join(bad)) if bad else ("no CUDA GPU: only the environment was checked"
-                                                                  if no_gpu else "every stage that ran passed")
+    report["state"] = ("failed: " + ", ".join(bad)) if bad else (
+        "no CUDA GPU: only the environment and the CPU paths were checked" if no_gpu else "every stage that ran passed")
     report["elapsed_s"] = time.monotonic() - start
     write_report(out, report)
     print(f"report: {out / 'report.md'}; {report['state']}")
@@ -303,6 +316,28 @@ def run_stages(stages: list[Stage], out: Path, budget_min: float, needs: dict[st
 
 
 # --- the stages themselves (run in a child process: `--stage NAME`) -----------------------------
+
+def stage_self_check(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    """hwnas env --check --json, its whole report kept as OUT/selfcheck.json; fails when a path fails."""
+    proc = subprocess.run([sys.executable, "-m", "hwnas.cli.main", "env", "--check", "--json", "--budget",
+                           str(params["budget_s"]), "-o", str(out / "selfcheck.json")], capture_output=True,
+                          text=True, cwd=REPO)
+    print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n")
+    try:
+        report = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"hwnas env --check exited {proc.returncode} without a report: "
+                         f"{(proc.stderr or proc.stdout).strip()[-300:]}") from None
+    result = {"passed": report["passed"], "failed": report["failed"], "skipped": report["skipped"],
+              "report": "selfcheck.json",
+              "paths": {p["name"]: p["status"] if p["status"] != "failed" else f"failed: {p['detail']}"
+                        for p in report["paths"]}}
+    if proc.returncode != 0:
+        write_result(out, "self_check", result)
+        raise SystemExit("hwnas env --check: " + "; ".join(f"{p['name']}: {p['detail']}" for p in report["paths"]
+                                                          if p["status"] == "failed"))
+    return result
+
 
 def stage_environment(params: dict[str, Any], out: Path) -> dict[str, Any]:
     import importlib.metadata
