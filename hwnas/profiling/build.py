@@ -47,8 +47,10 @@ def table_meta(space: Space, macro: Macro, scale: float, batch: int, backend: Ba
         "protocol": protocol.to_dict() if timed else None,
         "statistic": protocol.statistic if timed else None,
         "reference": reference_definition(space, macro, scale) if timed else None,
-        "units": {"latency": "ms per batch, referred to the reference's level (meta.reference_level)",
-                  "ratio": "latency / the reference network's latency in the same round",
+        "units": {"latency": "ms per batch: the ratio times the reference network's level (meta.reference_level: "
+                             "the median over the build's groups of the reference's median time in the group)",
+                  "ratio": "the median over rounds of the entry's time / the reference network's time in the "
+                           "same round",
                   "macs": "per image", "params": "count"} if timed else
                  {"macs": "per image", "params": "count"},
         "combination": COMBINATION,

@@ -42,8 +42,6 @@ from hwnas.spaces.sampling import slot_architecture
 
 REFERENCE_SEED = 0
 LEVEL_FIELD = "reference_level"  # meta: the reference's times per group and the level they give
-ABOUT = ("a ratio to this network, timed in the same round, times its level: the median over the build's "
-         "groups of its median time in the group")
 
 
 def reference_op(space: Space, macro: Macro, scale: float) -> int:
@@ -53,7 +51,7 @@ def reference_op(space: Space, macro: Macro, scale: float) -> int:
 
 
 def reference_definition(space: Space, macro: Macro, scale: float) -> dict[str, Any]:
-    """The reference network as a table records it (meta.reference)."""
+    """The reference network as a table records it (meta.reference; part of the table's identity)."""
     op = reference_op(space, macro, scale)
     seen: set[Any] = set()
     cells = []
@@ -61,7 +59,7 @@ def reference_definition(space: Space, macro: Macro, scale: float) -> dict[str, 
         first = slot.position not in seen or slot.position.cell_type != "N"
         seen.add(slot.position)
         cells.append([op] if first else [])
-    return {"graph": "network", "op": space.ops[op].name, "cells": cells, "seed": REFERENCE_SEED, "about": ABOUT}
+    return {"graph": "network", "op": space.ops[op].name, "cells": cells, "seed": REFERENCE_SEED}
 
 
 def reference_architecture(table: Table) -> Architecture:
