@@ -9,7 +9,7 @@
 3. Accuracy on a held-out sample of sparse random networks (mean branches per cell from the
    protocol's calibration_max_branches down to calibration_min_branches, seeds disjoint from the
    calibration's), timed whole and referred to the table's machine state through its reference
-   (`hwnas validate --branches 1 3`): at least 90% within +-10% of the prediction, Spearman >= 0.9.
+   (`hwnas validate --branches 1-3`): at least 90% within +-10% of the prediction, Spearman >= 0.9.
    The latencies as timed are reported beside ("raw"), not judged.
 
     python benchmarks/bench_latency_table.py [--out DIR] [--samples 50] [--seed 0] [--json]

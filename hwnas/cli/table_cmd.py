@@ -110,10 +110,10 @@ def register(sub: Any) -> None:
                      help="first re-time the table's calibration architectures on the current device and "
                           "also report predictions with that factor ('recalibrated'): on a shared "
                           "machine the factor moves with the machine's state")
-    val.add_argument("--branches", nargs=2, type=float, metavar=("FEWEST", "MOST"), default=None,
-                     help="sample sparser networks: their mean branches per cell evenly spaced from MOST down "
-                          "to FEWEST, as the calibration's (e.g. 1 3); default: every branch with probability "
-                          "0.5")
+    val.add_argument("--branches", type=_branches, metavar="FEWEST-MOST", default=None,
+                     help="sample sparser networks: their mean branches per cell evenly spaced from MOST down to "
+                          "FEWEST, as the calibration's (e.g. 1-3; numbers > 0, MOST at most the space's ops); "
+                          "default: every branch with probability 0.5")
     val.add_argument("--no-reference", dest="reference", action="store_false", default=True,
                      help="do not time the table's reference network in every round; by default it is, and "
                           "each latency is its ratio to the reference times the table's reference level, "
@@ -124,6 +124,19 @@ def register(sub: Any) -> None:
     opt.add_json(val)
     opt.add_quiet(val)
     val.set_defaults(func=cmd_validate)
+
+
+def _branches(text: str) -> tuple[float, float]:
+    """FEWEST-MOST: two numbers > 0, the fewest first."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*-\s*([0-9]*\.?[0-9]+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FEWEST-MOST: write e.g. 1-3 (branches per cell)")
+    fewest, most = opt.POSITIVE(match[1]), opt.POSITIVE(match[2])
+    if fewest > most:
+        raise argparse.ArgumentTypeError(f"{text!r}: FEWEST must not exceed MOST (write e.g. 1-3)")
+    return float(fewest), float(most)
 
 
 def _shard(text: str) -> Any:
@@ -303,10 +316,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         from hwnas.profiling.protocol import Stats
 
         flagged = sum(1 for e in tbl.entries.values() if e["latency"].get("flags"))
-        print(f"flagged entries: {flagged} (remeasured: the ratio to the reference varied over "
-              f"{m['protocol']['cov_threshold']:.0%} (robust coefficient of variation), a burst that hit the entry "
-              f"and not the reference; unstable: still over after re-measuring"
-              + ("; drift: the machine changed speed during the group" if tbl.version < 2 else "") + ")")
+        threshold = f"{m['protocol']['cov_threshold']:.0%}"
+        print(f"flagged entries: {flagged} (" + (
+            f"remeasured: the ratio to the reference varied over {threshold} (robust coefficient of variation), a "
+            f"burst that hit the entry and not the reference; unstable: still over after re-measuring)"
+            if tbl.version >= 2 else
+            f"remeasured: coefficient of variation over {threshold}; unstable: still over after re-measuring; drift: "
+            f"the machine changed speed during the group)"))
         rows = [[k, e["latency"]["median"], e["latency"]["min"], f"{Stats.from_dict(e.get('ratio', e['latency'])).spread:.4f}",
                  ",".join(e["latency"].get("flags", []))] for k, e in tbl.entries.items()]
         print(table(rows, ["entry", "median ms", "min ms", "spread", "flags"]))
@@ -369,7 +385,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         plot_format(args.plot)
     report = validate(Table.load(args.table), args.samples, args.seed, progress=not args.quiet, rounds=args.rounds,
                       recalibrate=args.recalibrate, reference=args.reference,
-                      branches=tuple(args.branches) if args.branches else None)
+                      branches=args.branches)
     if args.output:
         files.write_json(args.output, report)
     if args.plot:

@@ -266,7 +266,7 @@ def validate(table: Table, samples: int = DEFAULT_SAMPLES, seed: int = 0, progre
     else:
         fewest, most = branches
         if not 0 < fewest <= most <= len(space.ops):
-            raise HwnasError(f"--branches {fewest:g} {most:g}: give the fewest and the most branches per cell, "
+            raise HwnasError(f"--branches {fewest:g}-{most:g}: give the fewest and the most branches per cell, "
                              f"0 < FEWEST <= MOST <= {len(space.ops)} (the ops of {space.name})")
         archs = density_architectures(space, macro, scale, rng, samples, most, fewest, "sample")
     priced = [predict(table, a) for a in archs]
