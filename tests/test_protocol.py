@@ -114,6 +114,7 @@ def test_a_burst_on_the_whole_machine_cancels_without_remeasuring():
     assert all(s.flags == () for s in result.ratios.values())
     assert all(result.ratios[k].median == pytest.approx(ms / REFERENCE_MS, rel=1e-9) for k, ms in TRUE_MS.items())
     assert max(runners[k].runs for k in runners) == FAST.warmup_runs + FAST.rounds  # no re-measurement
+    assert all(result.timed[k].mean > 1.05 * ms for k, ms in TRUE_MS.items())  # the burst was there, as timed
 
 
 def test_one_slow_reference_sample_triggers_no_remeasurement():

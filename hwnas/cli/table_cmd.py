@@ -100,8 +100,10 @@ def register(sub: Any) -> None:
     val = sub.add_parser(
         "validate", help="check a table's predictions against end-to-end measurements",
         description="Sample random architectures of the table's space (every branch Bernoulli(0.5), "
-                    "R/E cells non-empty), time each whole network with the table's backend and "
-                    "protocol, and compare with the table's predictions.")
+                    "R/E cells non-empty; sparser with --branches), time each whole network with the "
+                    "table's backend and protocol, interleaved with the table's reference network, refer "
+                    "it to the machine state of the table's build through the reference, and compare with "
+                    "the table's predictions.")
     val.add_argument("--table", required=True, help="table file")
     opt.add_number(val, "--samples", rng=opt.SAMPLES, default=DEFAULT_SAMPLES, help="number of random architectures")
     opt.add_seed(val)
