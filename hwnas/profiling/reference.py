@@ -112,10 +112,11 @@ def reference_of(table: Table) -> Reference:
         return Reference(stem_spec(table.macro(), int(meta["batch"])),
                          Stats.from_dict(meta["probe_baseline"]).median,
                          "the drift probe (the stem alone) of a table of format 1", ())
-    groups = meta.get(LEVEL_FIELD, {}).get("groups", [])
+    record = meta.get(LEVEL_FIELD, {})
+    groups = record.get("groups", [])
     if not groups:
         raise HwnasError("the table has no entry measured yet, so no reference level: finish its build with --resume")
-    level = level_ms(groups)
+    level = float(record.get("level_ms") or level_ms(groups))  # the level its entries were brought to
     return Reference(reference_spec(table), level, f"the reference network ({meta['reference']['op']} at every "
                                                     f"position)", tuple(g["median_ms"] / level for g in groups))
 
