@@ -91,8 +91,8 @@ def register(sub: Any) -> None:
     pred.add_argument("arch", metavar="NAME|FILE", help="architecture: built-in name, file, or FILE:NAME")
     opt.add_batch(pred, default=None, help="refuse unless the table was measured at this batch")
     pred.add_argument("--check", action="store_true",
-                      help="also time the table's reference network now (a few seconds, on the table's device "
-                           "and backend) and say how the machine runs now against the table's build, e.g. "
+                      help="also time the table's reference network now (one small network, on the table's "
+                           "device and backend) and say how the machine runs now against the table's build, e.g. "
                            "'1.13x slower': the prediction is for the machine as it ran then")
     opt.add_json(pred)
     pred.set_defaults(func=cmd_predict)
