@@ -69,7 +69,7 @@ def bench_position(space: Any, pos: Position, device: str, batch: int, protocol:
 
 
 def bench_protocol(rounds: int) -> Protocol:
-    return Protocol(warmup_ms=300, warmup_runs=3, min_sample_ms=20, rounds=rounds, max_remeasure=1, drift_wait_s=0)
+    return Protocol(warmup_ms=300, warmup_runs=3, min_sample_ms=20, rounds=rounds, max_remeasure=1)
 
 
 def main() -> int:

@@ -10,7 +10,8 @@ Search spaces and architectures
     builtin, resolve_space, resolve_macro, resolve_architecture, sample_architecture,
     Space, Macro, Position, Architecture
 Lookup tables: build, load, query, validate
-    Table (Table.load, .latency, .entry, .positions), build_table, validate_table, Protocol
+    Table (Table.load, .latency, .entry, .positions), build_table, validate_table, check_machine,
+    Protocol
 Profiling backends
     get_backend, register_backend, backend_names, Backend, Runner
 Pricing an architecture
@@ -54,6 +55,7 @@ _HOMES: dict[str, str] = {
     "Table": "hwnas.profiling.table",
     "build_table": "hwnas.profiling.build",
     "validate_table": "hwnas.profiling.validate",
+    "check_machine": "hwnas.profiling.reference",
     "Protocol": "hwnas.profiling.protocol",
     # profiling backends
     "get_backend": "hwnas.profiling.backends",
@@ -124,6 +126,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hwnas.profiling.build import build_table
     from hwnas.profiling.predict import predict
     from hwnas.profiling.protocol import Protocol, Runner
+    from hwnas.profiling.reference import check_machine
     from hwnas.profiling.table import Table
     from hwnas.profiling.validate import validate as validate_table
     from hwnas.spaces.arch import Architecture, Space
