@@ -46,7 +46,7 @@ def main() -> int:
                          for o in reference_mixed_depthwise(part, [w], [s])]).sum().backward()
 
         stats = measure_interleaved({"kernel": CallRunner(ours), "torch": CallRunner(torch_convs)},
-                                    Protocol(warmup_ms=200, min_sample_ms=0, rounds=args.rounds, drift_wait_s=0),
+                                    Protocol(warmup_ms=200, min_sample_ms=0, rounds=args.rounds),
                                     random.Random(0))
         rows.append({"shape": f"cin{cin}-{res}x{res}-s{stride}", "kernel_ms": round(stats["kernel"].median, 2),
                      "torch_ms": round(stats["torch"].median, 2),

@@ -49,7 +49,7 @@ def main() -> int:
         table = Table.load(args.table)
     else:
         path = Path(tempfile.mkdtemp()) / "tiny_latency.json"
-        quick = Protocol(warmup_ms=5, warmup_runs=1, min_sample_ms=1, rounds=3, network_rounds=3, drift_wait_s=0,
+        quick = Protocol(warmup_ms=5, warmup_runs=1, min_sample_ms=1, rounds=3, network_rounds=3,
                          calibration_architectures=2)
         table = build_table(resolve_space(str(TINY)), resolve_macro(str(TINY)), 1.0, get_backend("ort"), 2, path,
                             protocol=quick, progress=False)

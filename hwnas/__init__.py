@@ -10,8 +10,8 @@ Search spaces and architectures
     builtin, resolve_space, resolve_macro, resolve_architecture, sample_architecture,
     Space, Macro, Position, Architecture
 Lookup tables: build, load, query, validate
-    Table (Table.load, .latency, .entry, .positions), build_table, validate_table, Protocol,
-    transfer_table (a table for this device from another device's, measuring a tenth of it)
+    Table (Table.load, .latency, .entry, .positions), build_table, validate_table, check_machine,
+    Protocol, transfer_table (a table for this device from another device's, measuring a tenth of it)
 Profiling backends
     get_backend, register_backend, backend_names, Backend, Runner
 Pricing an architecture
@@ -56,6 +56,7 @@ _HOMES: dict[str, str] = {
     "build_table": "hwnas.profiling.build",
     "validate_table": "hwnas.profiling.validate",
     "transfer_table": "hwnas.profiling.transfer",
+    "check_machine": "hwnas.profiling.reference",
     "Protocol": "hwnas.profiling.protocol",
     # profiling backends
     "get_backend": "hwnas.profiling.backends",
@@ -126,6 +127,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hwnas.profiling.build import build_table
     from hwnas.profiling.predict import predict
     from hwnas.profiling.protocol import Protocol, Runner
+    from hwnas.profiling.reference import check_machine
     from hwnas.profiling.table import Table
     from hwnas.profiling.transfer import transfer_table
     from hwnas.profiling.validate import validate as validate_table

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The fused layer's tests test its kernels, not its fallback: with the first-use check on, a broken
+# kernel would make the layer compute with the eager cell and every comparison with the eager cell
+# pass. So the tests (and the processes they start) run the kernels unchecked; tests/test_fallback.py
+# tests the check and the fallback (HWNAS_FUSED=auto) itself.
+os.environ.setdefault("HWNAS_FUSED", "force")
 SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "nse_reference.json"
 
 

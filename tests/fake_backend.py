@@ -4,6 +4,10 @@ Its measurements are reproducible, so a sharded build must reproduce a single bu
 `python fake_backend.py ARGS` runs the hwnas command with this backend registered as 'fake'
 (each load takes LOAD_S of wall time, like a model export or engine build, so that a build
 lasts long enough to be killed mid-way).
+
+`DriftingBackend` is the same device with a speed that changes over time: its runners share a
+virtual clock (milliseconds, advanced by every run and every load) and every run takes the
+graph's time times `speed(clock)`, so a test sets exactly how the machine drifts or bursts.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -30,6 +34,28 @@ class FakeRunner(Runner):
         return iterations * self.ms
 
 
+class Clock:
+    """Virtual time in ms, shared by the runners of one device; `speed(t)` scales every run at t."""
+
+    def __init__(self, speed: Callable[[float], float]):
+        self.t, self.speed = 0.0, speed
+
+    def spend(self, ms: float) -> float:
+        took = ms * self.speed(self.t)
+        self.t += took
+        return took
+
+
+class DriftingRunner(Runner):
+    def __init__(self, ms: float, clock: Clock):
+        self.ms, self.clock = ms, clock
+        self.runs = 0
+
+    def run(self, iterations: int) -> float:
+        self.runs += iterations
+        return sum(self.clock.spend(self.ms) for _ in range(iterations))
+
+
 class FakeBackend(Backend):
     name = "fake"
 
@@ -44,11 +70,37 @@ class FakeBackend(Backend):
                 "device": {"type": "gpu", "name": self.device, "driver": "1.0"},
                 "software": {"fakert": self.version}}
 
-    def load(self, module: nn.Module, input_shapes: Sequence[tuple[int, ...]]) -> Runner:
-        time.sleep(self.load_s)
+    def graph_ms(self, module: nn.Module, input_shapes: Sequence[tuple[int, ...]]) -> float:
         params = sum(p.numel() for p in module.parameters())
         inputs = sum(math.prod(s) for s in input_shapes)
-        return FakeRunner((0.02 + 1e-5 * params + 1e-6 * inputs) * self.slowdown)
+        return (0.02 + 1e-5 * params + 1e-6 * inputs) * self.slowdown
+
+    def load(self, module: nn.Module, input_shapes: Sequence[tuple[int, ...]]) -> Runner:
+        if self.load_s:
+            time.sleep(self.load_s)
+        return FakeRunner(self.graph_ms(module, input_shapes))
+
+
+class DriftingBackend(FakeBackend):
+    """The fake device whose speed follows `speed(t)` over virtual time (ms); a load takes `load_ms`."""
+
+    def __init__(self, speed: Callable[[float], float], load_ms: float = 60.0, **kw: Any):
+        super().__init__(**kw)
+        self.clock, self.load_ms = Clock(speed), load_ms
+        self.runners: list[DriftingRunner] = []
+
+    def load(self, module: nn.Module, input_shapes: Sequence[tuple[int, ...]]) -> Runner:
+        self.clock.t += self.load_ms
+        runner = DriftingRunner(self.graph_ms(module, input_shapes), self.clock)
+        self.runners.append(runner)
+        return runner
+
+
+class SlowerFakeBackend(FakeBackend):
+    """The fake device 13% slower (for `hwnas predict --check` through the command line)."""
+
+    def __init__(self, precision: str = "fp32", threads: int | None = None):
+        super().__init__(precision, threads, slowdown=1.13)
 
 
 class SlowFakeBackend(FakeBackend):

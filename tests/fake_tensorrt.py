@@ -3,8 +3,9 @@
 It implements only the calls hwnas's builder makes, records them, and decides like TensorRT
 where hwnas depends on the verdict: a strongly typed network takes its types from the ONNX,
 the FP16 flag makes the layers FP16, a timing cache from elsewhere is refused by
-set_timing_cache. The calls' signatures are checked against TensorRT's real stubs by
-test_tensorrt_types.py; this checks what hwnas does with the answers.
+set_timing_cache; on TensorRT 11 every network is strongly typed and BuilderFlag has no FP16.
+The calls themselves are checked against TensorRT's real bindings (test_tensorrt_bindings.py)
+and stubs (test_tensorrt_types.py); this checks what hwnas does with the answers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ CACHE_MAGIC = b"fake-cache:"
 
 
 def make(version: str = "10.13.0") -> types.SimpleNamespace:
+    major = int(version.split(".")[0])
     calls: dict[str, list[Any]] = {"loggers": [], "profiles": [], "flags": [], "network_flags": []}
 
     class Logger:
@@ -110,7 +112,8 @@ def make(version: str = "10.13.0") -> types.SimpleNamespace:
         def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
             if any(-1 in t.shape for t in network.inputs) and not config.profiles:
                 return None  # TensorRT: a dynamic input needs an optimization profile
-            half = network.fp16 if network.flags else "FP16" in config.flags
+            strongly_typed = major >= 11 or network.flags  # TensorRT 11: always, whatever the flags
+            half = network.fp16 if strongly_typed else "FP16" in config.flags
             return json.dumps({"half": bool(half)}).encode()
 
     class Inspector:
@@ -131,7 +134,9 @@ def make(version: str = "10.13.0") -> types.SimpleNamespace:
 
     return types.SimpleNamespace(
         __version__=version, calls=calls, Logger=Logger, Builder=Builder, OnnxParser=OnnxParser, Runtime=Runtime,
-        Dims=list, NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"), BuilderFlag=types.SimpleNamespace(FP16="FP16"),
+        # as in the real bindings: STRONGLY_TYPED is 1 on TensorRT 10 and 0 on 11, FP16 is a builder flag on 10 only
+        Dims=list, NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1 if major < 11 else 0),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
+        BuilderFlag=types.SimpleNamespace(**({"FP16": "FP16"} if major < 11 else {})),
         ProfilingVerbosity=types.SimpleNamespace(DETAILED="detailed"),
         LayerInformationFormat=types.SimpleNamespace(JSON="json"))

@@ -52,7 +52,7 @@ def test_a_registered_backend_builds_and_validates_a_table(tmp_path, registry):
     hwnas.register_backend(FlopBackend)
     assert "flops-model" in hwnas.backend_names()
     quick = hwnas.Protocol(warmup_ms=2.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3,
-                           drift_wait_s=0.0, calibration_architectures=2)
+                           calibration_architectures=2)
     space, macro = hwnas.resolve_space(TINY), hwnas.resolve_macro(TINY)
     table = hwnas.build_table(space, macro, 1.0, hwnas.get_backend("flops-model"), 2, tmp_path / "t.json",
                               protocol=quick, progress=False)

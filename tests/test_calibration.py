@@ -22,7 +22,7 @@ from flop_backend import FlopBackend, PureFlopBackend, mmacs
 
 TINY = str(REPO / "tests" / "data" / "tiny.json")
 QUICK = hwnas.Protocol(warmup_ms=2.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3,
-                       drift_wait_s=0.0, calibration_architectures=3)
+                       calibration_architectures=3)
 
 
 @pytest.fixture(scope="module")

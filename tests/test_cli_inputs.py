@@ -394,7 +394,7 @@ def _wait_for(predicate, timeout=120.0):
 
 
 SLOW_BUILD = ["table", "build", "--space", "latency19", "--macro", "latency", "--backend", "ort", "--rounds", "1",
-              "--drift-wait", "0", "--quiet"]
+              "--quiet"]
 
 
 @pytest.mark.slow

@@ -33,11 +33,18 @@ def test_without_a_gpu_the_stages_are_skipped_with_reasons(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: the acceptance would run for real")
     out = tmp_path / "acc"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--budget", "1", "--out", str(out)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--budget", "2", "--out", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
     assert proc.returncode == 4, proc.stdout + proc.stderr
     report = json.loads((out / "report.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
+    # the first stage: hwnas env --check, the CPU paths checked, the GPU paths skipped with reasons
+    assert report["stages"][0]["name"] == "self_check" and stages["self_check"]["status"] == "passed"
+    check = stages["self_check"]["result"]
+    assert check["passed"] == 4 and check["failed"] == 0 and check["skipped"] >= 7
+    assert check["paths"]["kernels cpu float32 (CPU twin)"] == "passed"
+    selfcheck = json.loads((out / "selfcheck.json").read_text())
+    assert all("no CUDA GPU" in p["detail"] for p in selfcheck["paths"] if p["name"].startswith("kernels cuda"))
     assert stages["environment"]["status"] == "passed"
     assert stages["environment"]["result"]["cuda_available"] is False
     assert stages["environment"]["result"]["hwnas_env"]["ok"] is False  # hwnas env's view, kept whole
@@ -84,8 +91,13 @@ def test_an_eight_minute_run_fits_every_cuda_stage(acc):
     groups = plan_groups(space.spaces["latency19"], space.macros["latency"], 1.0, 16)
     assert acc.TABLE_ENTRIES == sum(len(g) for g in groups)  # the one figure the sizing assumes
     got, left = simulate(acc, 8, {"": None, "cuda": None, "cuda+pytest": None, "tensorrt": "absent"})
-    assert set(got) == {"environment", "kernel_tests", "search_ddp", "fused_bench", "kernel_bandwidth",
+    assert set(got) == {"self_check", "environment", "kernel_tests", "search_ddp", "fused_bench", "kernel_bandwidth",
                         "torch_table", "torch_validate", "torch_transfer"}
+    assert got["self_check"] >= 70  # the check's paths on one GPU, their estimates summed, fit
+    from hwnas.selfcheck.check import COMPILE_S, ESTIMATE_S
+    paths = 2 * ESTIMATE_S["kernels"] + COMPILE_S["cpu"] + 2 * ESTIMATE_S["fused cell"]  # the CPU's
+    paths += 3 * ESTIMATE_S["kernels"] + COMPILE_S["cuda"] + ESTIMATE_S["fused cell"] + ESTIMATE_S["timing"]
+    assert paths <= acc.self_check_params(got["self_check"])["budget_s"]
     assert sum(got.values()) <= 8 * 60 + 1e-6 and left >= -1e-6
     assert got["fused_bench"] >= 60  # enough for torch.compile
 
@@ -103,6 +115,28 @@ def test_the_transfer_stage_fits_its_share_and_its_command_parses(acc, tmp_path)
     args = build_parser().parse_args(acc.transfer_command(acc.transfer_params(60), tmp_path / "t.json"))
     assert args.func.__name__ == "cmd_transfer" and args.backend == "torch" and args.budget == 0.1
     assert acc.SHIPPED_TABLE.exists() and args.source == str(acc.SHIPPED_TABLE)
+
+
+def test_the_self_check_stage_fails_naming_the_failed_path(acc, tmp_path, monkeypatch):
+    """A path that fails `hwnas env --check` fails the stage, which keeps the counts and says which."""
+    (tmp_path / "stages").mkdir()
+    report = {"ok": False, "passed": 3, "failed": 1, "skipped": 2, "paths": [
+        {"name": "kernels cuda:0 NVIDIA H100 float16", "status": "failed", "detail": "2 of 163 quantities off"},
+        {"name": "fused cell cpu float32", "status": "passed", "detail": ""}]}
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, json.dumps(report), "hwnas: error: ...")
+
+    monkeypatch.setattr(acc.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit, match="kernels cuda:0 NVIDIA H100 float16: 2 of 163 quantities off"):
+        acc.stage_self_check({"budget_s": 50}, tmp_path)
+    (cmd,) = calls
+    assert cmd[-7:] == ["env", "--check", "--json", "--budget", "50", "-o", str(tmp_path / "selfcheck.json")]
+    kept = json.loads((tmp_path / "stages" / "self_check.json").read_text())
+    assert kept["failed"] == 1 and kept["paths"]["fused cell cpu float32"] == "passed"
+    assert acc.self_check_params(90)["budget_s"] == 80
 
 
 DRIVER = """

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,12 +32,13 @@ from conftest import REPO
 from fake_backend import FakeBackend
 
 TINY = str(REPO / "tests" / "data" / "tiny.json")
-QUICK = Protocol(warmup_ms=1.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3, drift_wait_s=0.0,
+QUICK = Protocol(warmup_ms=1.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3,
                  calibration_architectures=2)
-# What a merged table's metadata may differ in from a single build's: when it was written, and the
-# parts it came from. Everything else (probe baseline and calibration included) is equal when the
-# measurements are deterministic.
-MAY_DIFFER = {"created", "updated", "shards"}
+# What a merged table's metadata may differ in from a single build's: when it was written, the
+# parts it came from, and the reference's groups (a position cut between two shards is two groups;
+# each group names its shard). Everything else (the reference level and the calibration, but for
+# the seconds it took, included) is equal when the measurements are deterministic.
+MAY_DIFFER = {"created", "updated", "shards", "reference_level"}
 
 
 def tiny() -> tuple[Any, Any]:
@@ -50,7 +52,12 @@ def build(path: Any, backend: Backend | None = None, shard: str | None = None, *
 
 
 def without(meta: dict[str, Any], keys: set[str]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if k not in keys}
+    out = {k: v for k, v in meta.items() if k not in keys}
+    if "calibration" in out:
+        out["calibration"] = {k: v for k, v in out["calibration"].items() if k != "seconds"}
+    if "reference_level" in meta:
+        out["reference_level_ms"] = meta["reference_level"]["level_ms"]
+    return out
 
 
 @pytest.mark.parametrize("space,macro", [("latency19", "latency"), ("flops27", "flops"), ("tiny3", "tiny")])
@@ -137,7 +144,7 @@ def test_sharded_latency_build_with_calibration_equals_a_single_build(tmp_path):
     with pytest.raises(HwnasError, match="shard 2/3 of a sharded build"):
         predict(parts[1][1], resolve_architecture(TINY))
     calibrate_table(merged, FakeBackend(), QUICK, 0, tmp_path / "merged.json", progress=False)
-    assert merged.entries == single.entries  # latency statistics and probe drift included
+    assert merged.entries == single.entries  # ratios and latency statistics included
     assert without(merged.meta, MAY_DIFFER) == without(single.meta, MAY_DIFFER)
     assert Table.load(tmp_path / "merged.json").meta["complete"]
     arch = resolve_architecture(TINY)
@@ -154,17 +161,29 @@ def test_parts_measured_differently_are_refused(tmp_path, other, field):
         merge([("p1", first), ("p2", second)])
 
 
-def test_parts_from_devices_that_ran_at_different_speeds_are_refused(tmp_path):
-    tolerance = QUICK.drift_tolerance
+def test_parts_from_devices_that_ran_at_different_speeds_are_re_anchored_through_the_reference(tmp_path, capsys):
+    single = build(tmp_path / "single.json", protocol=replace(QUICK, calibration_architectures=0))
     first = build(tmp_path / "p1.json", shard="1/2")
-    close = build(tmp_path / "p2.json", shard="2/2", backend=FakeBackend(slowdown=1 + tolerance / 2))
-    assert merge([("p1", first), ("p2", close)]).meta["shards"][1]["probe_baseline"] != first.meta["probe_baseline"]
-    slow = build(tmp_path / "p3.json", shard="2/2", backend=FakeBackend(slowdown=1 + 2 * tolerance))
-    with pytest.raises(HwnasError, match=r"ran at different speeds: .* for p1 and .* for p3 \(16.0% apart"):
-        merge([("p3", slow), ("p1", first)])
-    merged = merge([("p1", first), ("p3", slow)], allow_speed_spread=True)
-    assert [s["probe_baseline"] for s in merged.meta["shards"]] == [first.meta["probe_baseline"],
-                                                                    slow.meta["probe_baseline"]]
+    slow = build(tmp_path / "p2.json", shard="2/2", backend=FakeBackend(slowdown=1.3))  # 30% slower throughout
+    merged = merge([("p2", slow), ("p1", first)])
+    levels = [s["reference_level_ms"] for s in merged.meta["shards"]]
+    assert levels[1] == pytest.approx(1.3 * levels[0])  # each part's reference ran at its device's speed
+    assert {g["shard"] for g in merged.meta["reference_level"]["groups"]} == {"1/2", "2/2"}
+    level = merged.meta["reference_level"]["level_ms"]
+    assert levels[0] <= level <= levels[1]  # one level for all, the median over the parts' groups
+    for key, entry in merged.entries.items():
+        # the slow device's ratios are the fast one's: re-anchored, every entry is as one device measured it
+        assert entry["ratio"] == single.entries[key]["ratio"]
+        assert entry["latency"]["median"] == pytest.approx(single.entries[key]["latency"]["median"]
+                                                           * level / levels[0], rel=1e-6)
+    # negative control: as its part recorded them (at its own level), the slow part's entries are 30% off
+    key = next(iter(slow.entries))
+    assert slow.entries[key]["latency"]["median"] == pytest.approx(1.3 * single.entries[key]["latency"]["median"],
+                                                                   rel=1e-6)
+    assert main(["table", "merge", str(tmp_path / "p1.json"), str(tmp_path / "p2.json"), "-o",
+                 str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "30.0% apart" in out and "one level" in out
 
 
 def test_missing_overlapping_and_misnumbered_parts_are_refused(tmp_path):
@@ -200,7 +219,7 @@ def test_missing_overlapping_and_misnumbered_parts_are_refused(tmp_path):
 def _shard_cmd(out: Any, shard: str, *extra: str) -> list[str]:
     """The hwnas command, with the fake backend registered (as 'fake'; each load takes a while)."""
     return [sys.executable, str(REPO / "tests" / "fake_backend.py"), "table", "build", "--space", TINY, "--macro",
-            TINY, "--backend", "fake", "--batch", "2", "--rounds", "3", "--drift-wait", "0", "--shard", shard, "-o",
+            TINY, "--backend", "fake", "--batch", "2", "--rounds", "3", "--shard", shard, "-o",
             str(out), "--quiet", *extra]
 
 
@@ -245,7 +264,7 @@ def test_killed_shard_resumes_and_the_merged_calibrated_table_equals_a_single_bu
     monkeypatch.setitem(REGISTRY, "fake", ("fake_backend", "FakeBackend", (), "core"))
     assert main(["table", "calibrate", str(merged), "--quiet"]) == 0
     # the single build the shards stand for: the command line's protocol, in this process
-    single = build(tmp_path / "single.json", protocol=Protocol(rounds=3, drift_wait_s=0.0))
+    single = build(tmp_path / "single.json", protocol=Protocol(rounds=3))
     table = Table.load(merged)
     assert table.meta["complete"] and table.meta["calibration"]["architectures"] == 4
     assert list(table.entries) == list(single.entries) and table.entries == single.entries

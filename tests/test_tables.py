@@ -25,7 +25,7 @@ from hwnas.spaces.sampling import slot_architecture
 from conftest import REPO
 
 TINY = str(REPO / "tests" / "data" / "tiny.json")
-QUICK = Protocol(warmup_ms=5.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3, drift_wait_s=0.0,
+QUICK = Protocol(warmup_ms=5.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3,
                  calibration_architectures=2)
 
 
@@ -95,7 +95,7 @@ def test_not_a_table(tmp_path):
 
 def _build_cmd(out, *extra):
     return [sys.executable, "-m", "hwnas.cli.main", "table", "build", "--space", TINY, "--macro", TINY,
-            "--backend", "ort", "--batch", "2", "--rounds", "3", "--drift-wait", "0", "-o", str(out), "--quiet", *extra]
+            "--backend", "ort", "--batch", "2", "--rounds", "3", "-o", str(out), "--quiet", *extra]
 
 
 @pytest.mark.slow
@@ -122,8 +122,12 @@ def test_kill_and_resume_loses_no_finished_entry(tmp_path):
     final = json.loads(out.read_text())
     assert final["meta"]["complete"]
     assert len(final["entries"]) == 6 * 5 + 2
+    level = final["meta"]["reference_level"]["level_ms"]
     for key, entry in killed["entries"].items():
-        assert final["entries"][key] == entry  # finished entries were kept, not re-measured
+        # finished entries were kept, not re-measured: the same ratio to the reference, brought to
+        # milliseconds with the level over all groups (before and after the resume)
+        assert final["entries"][key]["ratio"] == entry["ratio"]
+        assert final["entries"][key]["latency"]["median"] == pytest.approx(entry["ratio"]["median"] * level, rel=1e-6)
     # resuming with other settings is refused, and the file is left as it was
     other = subprocess.run(_build_cmd(out, "--resume", "--threads", "2"), capture_output=True, text=True)
     assert other.returncode == 1 and "cannot resume" in other.stderr and "threads" in other.stderr
@@ -160,9 +164,9 @@ def test_validate_as_timed(tiny_table):
     report = validate(table, samples=3, seed=1, progress=False, reference=False)
     assert report["n"] == 3 and 0 <= report["within_10pct"] <= 1 and -1 <= report["spearman"] <= 1
     assert report["uncalibrated"]["n"] == 3 and report["calibration_factor"] == table.calibration_factor
-    assert report["machine_vs_table"] > 0 and all(s["probe_drift"] > 0 for s in report["samples"])
     assert report["measured"] == "raw" and "raw" not in report and "reference" not in report
-    assert all(s["measured_ms"] == s["raw_ms"] > 0 for s in report["samples"])
+    assert "machine_vs_table" not in report  # nothing timed the machine's state
+    assert all(s["measured_ms"] == s["raw_ms"] > 0 and "ratio" not in s for s in report["samples"])
     predicted = [s["predicted_ms"] for s in report["samples"]]
     assert {k: report[k] for k in metrics([1.0, 2.0], [1.0, 2.0])} == pytest.approx(
         metrics(predicted, [s["measured_ms"] for s in report["samples"]]))
@@ -182,38 +186,37 @@ def test_recalibrate_retimes_the_builds_architectures(tiny_table):
 
 
 @pytest.mark.slow
-def test_the_reference_network_refers_each_group_to_one_state(tiny_table):
-    # by default the first calibration architecture is timed in every group (GROUP = 4 samples)
-    # and each group's latencies are referred to its median over the run
+def test_validation_refers_each_network_to_the_tables_state_through_its_reference(tiny_table):
+    # by default the table's reference network is timed in every round of every group (GROUP = 4
+    # samples): each latency is the network's median ratio to it times the table's reference level
     table = Table.load(tiny_table)
-    calibration = table.meta["calibration"]
+    level = table.meta["reference_level"]["level_ms"]
     five = validate(table, samples=5, seed=2, progress=False)
     assert five["measured"] == "referred"
     ref = five["reference"]
-    assert len(ref["measured_ms"]) == 2 and all(m > 0 for m in ref["measured_ms"])
-    assert ref["cells"] == calibration["cells"][0]  # the densest calibration architecture
-    first = slot_architecture(table.space(), table.macro(), 1.0, calibration["cells"][0], "ref")
-    summed_ref = predict(table, first)["latency_ms_uncalibrated"]
-    assert ref["summed_ms"] == pytest.approx(summed_ref)
-    assert ref["build_ms"] / summed_ref == pytest.approx(calibration["ratios"][0], rel=1e-4)
-    level = (ref["measured_ms"][0] + ref["measured_ms"][1]) / 2  # the median of two
-    assert ref["level_ms"] == pytest.approx(level)
-    groups = [ref["measured_ms"][0]] * 4 + [ref["measured_ms"][1]]
-    referred = [s["raw_ms"] * level / g for s, g in zip(five["samples"], groups)]
+    assert ref["level_ms"] == level and len(ref["groups_ms"]) == 2 and all(m > 0 for m in ref["groups_ms"])
+    assert ref["vs_table"] == pytest.approx([m / level for m in ref["groups_ms"]], rel=1e-3)
+    assert five["machine_vs_table"] == pytest.approx(sum(ref["groups_ms"]) / 2 / level, rel=1e-3)  # median of 2
+    referred = [s["ratio"] * level for s in five["samples"]]
     assert [s["measured_ms"] for s in five["samples"]] == pytest.approx(referred)
-    assert [s["group_factor"] for s in five["samples"]] == pytest.approx([level / g for g in groups], rel=1e-4)
     predicted = [s["predicted_ms"] for s in five["samples"]]
     assert {k: five[k] for k in metrics([1.0, 2.0], [1.0, 2.0])} == pytest.approx(metrics(predicted, referred))
     assert five["raw"] == pytest.approx(metrics(predicted, [s["raw_ms"] for s in five["samples"]]))
+    # sparse networks, as the calibration draws them: mean branches per cell from 3 down to 1
+    sparse = validate(table, samples=3, seed=2, progress=False, branches=(1.0, 3.0))
+    density = [s["branches_per_cell"] for s in sparse["samples"]]
+    assert density[0] == 3.0 and density[-1] < 2.0 and sparse["branches"] == [1.0, 3.0]
+    with pytest.raises(HwnasError, match="0 < FEWEST <= MOST <= 3"):
+        validate(table, samples=3, branches=(1.0, 4.0))
 
 
 @pytest.mark.slow
-def test_a_table_without_calibration_is_validated_as_timed(tiny_table):
+def test_a_table_without_calibration_is_validated_against_its_reference(tiny_table):
     bare = Table.load(tiny_table)
     del bare.meta["calibration"]
-    with pytest.raises(HwnasError, match="--no-reference"):
-        validate(bare, samples=3, reference=True)
-    assert validate(bare, samples=2, seed=3, progress=False)["measured"] == "raw"
+    with pytest.raises(HwnasError, match="no calibration"):
+        validate(bare, samples=3, recalibrate=True)
+    assert validate(bare, samples=2, seed=3, progress=False)["measured"] == "referred"
 
 
 @pytest.mark.slow
@@ -222,7 +225,8 @@ def test_validate_command_line(tiny_table, tmp_path):
            "--quiet"]
     human = subprocess.run(cli, capture_output=True, text=True, timeout=300)
     assert human.returncode == 0, human.stderr
-    assert "vs latencies as timed" in human.stdout and "referred to one machine state" in human.stdout
+    assert "vs latencies as timed" in human.stdout and "referred to the table's machine state" in human.stdout
+    assert "meanwhile the machine ran" in human.stdout and "when the table was built" in human.stdout
     png = tmp_path / "v.png"
     machine = subprocess.run([*cli, "--no-reference", "--json", "--plot", str(png)], capture_output=True, text=True,
                              timeout=300)

@@ -144,11 +144,14 @@ def test_fp16_per_tensorrt_version_and_read_back(fake_trt, onnx_models):
     fake = fake_trt("10.13.0")
     build = engine_from_onnx(fp32_onnx, fp16=True)
     assert fake.calls["flags"] == ["FP16"] and build.precision["precision"] == "fp16"
+    build = engine_from_onnx(fp16_onnx, fp16=True)
+    assert fake.calls["network_flags"] == [0, 1 << 1] and build.mode == "strongly_typed"  # the STRONGLY_TYPED bit
+    assert build.precision["precision"] == "fp16"
     fake = fake_trt("11.4.0")
     with pytest.raises(HwnasError, match="strongly typed"):
         engine_from_onnx(fp32_onnx, fp16=True)
     build = engine_from_onnx(fp16_onnx, fp16=True)
-    assert fake.calls["network_flags"] == [1 << 1] and not fake.calls["flags"]  # the STRONGLY_TYPED bit
+    assert fake.calls["network_flags"] == [0] and not fake.calls["flags"]  # no deprecated STRONGLY_TYPED flag
     assert build.mode == "strongly_typed" and build.precision["precision"] == "fp16"
     assert engine_from_onnx(fp32_onnx, fp16=False).precision["precision"] == "fp32"  # never called fp16
 

@@ -27,7 +27,7 @@ def installed_stub_dir() -> Path | None:
 
 def patch_stub_text(text: str) -> str:
     text = re.sub(r"\bin: ", "in_: ", text)  # `in` is a keyword
-    text = re.sub(r"(power: Weights = None, channel_axis: int)\)", r"\1 = ...)", text)
+    text = re.sub(r"(power: Weights = None, channel_axis: [\w.]+)\)", r"\1 = ...)", text)
     text = re.sub(r"^import tensorrt_libs as tensorrt_libs\n", "", text, flags=re.M)
     return text
 

@@ -2,8 +2,10 @@
 
 torch and the CUDA it was built for, the GPUs and the driver, cuda-bindings, NVRTC and where its
 CUDA headers were found, TensorRT, and the C++ compiler of the kernels' CPU twin. With --compile
-it also compiles every kernel through NVRTC, the path the fused layer takes on a GPU. The first
-command to run on a new GPU machine, and the one to quote in a bug report.
+it also compiles every kernel through NVRTC, the path the fused layer takes on a GPU. With
+--check it runs every GPU path the machine can run against an independent reference
+(hwnas.selfcheck.check). The first command to run on a new GPU machine, and the one to quote in a
+bug report.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
-from hwnas.cli.options import add_json
+from hwnas.cli.options import SECONDS, add_json, add_number
 from hwnas.cli.output import print_json, table
 from hwnas.errors import HwnasError
 
@@ -44,10 +46,25 @@ def register(sub: Any) -> None:
                     "and the CUDA it was built for, the GPUs and driver, cuda-bindings, NVRTC and the folder of "
                     "its CUDA headers, TensorRT, and the C++ compiler of the CPU twin of the kernels. Exits 1, "
                     "saying what to install, when a piece the GPU paths need is missing. With --compile, the "
-                    "question is only whether the kernels compile: no GPU is needed then.")
-    env.add_argument("--compile", metavar="ARCHS", type=_archs,
-                     help="also compile every kernel with NVRTC for these GPU architectures (comma-separated, "
-                          "e.g. sm_80,sm_90) and report each cubin's size")
+                    "question is only whether the kernels compile: no GPU is needed then. With --check, every "
+                    "GPU path the machine can run is run against an independent reference, and the exit status "
+                    "is 1 when one fails.")
+    what = env.add_mutually_exclusive_group()
+    what.add_argument("--compile", metavar="ARCHS", type=_archs,
+                      help="also compile every kernel with NVRTC for these GPU architectures (comma-separated, "
+                           "e.g. sm_80,sm_90) and report each cubin's size")
+    what.add_argument("--check", action="store_true",
+                      help="run every GPU path the machine can run on small inputs against an independent "
+                           "reference (the kernels against PyTorch's ops and autograd in each dtype, the fused "
+                           "layer against the eager one, CUDA-event timing against wall clock, TensorRT against "
+                           "onnxruntime, two GPUs over NCCL against one): one row per path, with its worst error "
+                           "against its tolerance; paths it cannot run are listed with the reason. Exits 1 when "
+                           "a path fails. Meant to take about a minute on a GPU")
+    env.add_argument("-o", "--output", metavar="REPORT", help="with --check: write the whole report (machine, "
+                     "versions, every path's numbers) to this JSON file, to attach to a bug report")
+    add_number(env, "--budget", rng=SECONDS, default=None,
+               help="with --check: stop starting paths once they no longer fit in this many seconds (the "
+                    "paths left are reported as skipped)")
     add_json(env)
     env.set_defaults(func=cmd_env)
 
@@ -214,6 +231,10 @@ def compile_all(archs: list[str]) -> list[dict[str, Any]]:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
+    if args.check:
+        return cmd_check(args)
+    if args.output is not None or args.budget is not None:
+        raise HwnasError("-o/--output and --budget go with --check: hwnas env --check -o REPORT.json")
     compile_only = args.compile is not None
     pieces = gather(compile_only)
     compiled = compile_all(args.compile) if compile_only and all(p.ok for p in pieces if p.name in (
@@ -237,3 +258,37 @@ def cmd_env(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"hwnas: error: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from hwnas import files
+    from hwnas.selfcheck.check import FAILED, PASSED, SKIPPED, machine, run_checks
+
+    if args.output:
+        files.check_writable(args.output, "report")  # refused now, not after a minute of checks
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    results = run_checks(args.budget, progress=not args.json)
+    counts = {status: sum(r.status == status for r in results) for status in (PASSED, FAILED, SKIPPED)}
+    report = {"ok": counts[FAILED] == 0, "started": started, "budget_s": args.budget, **counts,
+              "paths": [r.to_dict() for r in results], "machine": machine(),
+              "environment": [{**asdict(p), "status": p.status} for p in gather(compile_only=False)]}
+    if args.output:
+        files.write_json(args.output, report)
+    if args.json:
+        print_json(report)
+    else:
+        print(table([[r.name, r.status, _worst(r), r.worst.tolerance if r.worst else "", round(r.seconds, 2),
+                      r.detail] for r in results],
+                    ["path", "verdict", "worst error", "tolerance", "seconds", "detail"]))
+        print(f"\n{counts[PASSED]} passed, {counts[FAILED]} failed, {counts[SKIPPED]} skipped"
+              + (f"; report written to {args.output}" if args.output else ""))
+    for r in results:
+        if r.status == FAILED:
+            print(f"hwnas: error: {r.name}: {r.detail}", file=sys.stderr)
+    return 0 if report["ok"] else 1
+
+
+def _worst(result: Any) -> str:
+    """The worst error as a share of its tolerance (100% is the limit)."""
+    worst = result.worst
+    return "" if worst is None else "inf" if worst.worst == float("inf") else f"{100 * worst.worst:.3g}% of tol."

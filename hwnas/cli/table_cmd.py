@@ -23,6 +23,10 @@ def register(sub: Any) -> None:
     build = tsub.add_parser(
         "build", help="profile every op at every position and write a table",
         description="Profile every candidate op of SPACE at every layer position of MACRO and write a table. "
+                    "Each position's entries are timed in interleaved rounds with a reference network (the "
+                    "space's cheapest op at every position) in every round; an entry is its median ratio "
+                    "to the reference times the reference's level over the build, so a machine whose speed "
+                    "drifts during the build still gives entries of one machine state (docs/protocol.md). "
                     "The file is rewritten atomically after every group of entries; an interrupted build "
                     "continues with --resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -36,9 +40,6 @@ def register(sub: Any) -> None:
     build.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     opt.add_threads(build)
     opt.add_rounds(build)
-    opt.add_number(build, "--drift-wait", rng=opt.SECONDS, default=None, metavar="S",
-                       help="seconds to wait before re-measuring a group measured while the machine was "
-                            "slowed (doubles per retry; protocol default 5)")
     opt.add_seed(build, help="seed of weights and measurement order")
     build.add_argument("-o", "--output", required=True, help="table file (JSON)")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build of the same table")
@@ -54,16 +55,14 @@ def register(sub: Any) -> None:
         "merge", help="combine the parts of a sharded build into one table",
         description="Combine the N parts written by 'hwnas table build --shard I/N' into the table a single "
                     "build would have written. Refuses parts measured on another device type, driver, "
-                    "software version, protocol or setting (naming the field), on devices that ran at "
-                    "different speeds (the drift probe), a part given twice, entries in two parts, and "
-                    "missing parts or entries. A table that measures latency "
-                    "then needs 'hwnas table calibrate' on one device of the parts' type.")
+                    "software version, protocol or setting (naming the field), a part given twice, entries "
+                    "in two parts, and missing parts or entries. Parts whose devices ran at different "
+                    "speeds are re-anchored through the reference network each one timed: the merged "
+                    "entries are their ratios times one level, the median over all parts. A table that "
+                    "measures latency then needs 'hwnas table calibrate' on one device of the parts' type.")
     merge.add_argument("parts", nargs="+", metavar="PART", help="part files, all N of them, in any order")
     merge.add_argument("-o", "--output", required=True, help="merged table file (JSON)")
     merge.add_argument("--force", action="store_true", help="overwrite the output if it exists")
-    merge.add_argument("--allow-speed-spread", action="store_true",
-                       help="merge parts whose devices ran at different speeds (their drift probes' baselines "
-                            "further apart than the protocol's drift tolerance); refused by default")
     add_json(merge, help="print a summary of the parts as JSON")
     merge.set_defaults(func=cmd_merge)
 
@@ -124,14 +123,20 @@ def register(sub: Any) -> None:
     pred.add_argument("--table", required=True, help="table file")
     pred.add_argument("arch", metavar="NAME|FILE", help="architecture: built-in name, file, or FILE:NAME")
     opt.add_batch(pred, default=None, help="refuse unless the table was measured at this batch")
+    pred.add_argument("--check", action="store_true",
+                      help="also time the table's reference network now (one small network, on the table's "
+                           "device and backend) and say how the machine runs now against the table's build, e.g. "
+                           "'1.13x slower': the prediction is for the machine as it ran then")
     opt.add_json(pred)
     pred.set_defaults(func=cmd_predict)
 
     val = sub.add_parser(
         "validate", help="check a table's predictions against end-to-end measurements",
         description="Sample random architectures of the table's space (every branch Bernoulli(0.5), "
-                    "R/E cells non-empty), time each whole network with the table's backend and "
-                    "protocol, and compare with the table's predictions.")
+                    "R/E cells non-empty; sparser with --branches), time each whole network with the "
+                    "table's backend and protocol, interleaved with the table's reference network, refer "
+                    "it to the machine state of the table's build through the reference, and compare with "
+                    "the table's predictions.")
     val.add_argument("--table", required=True, help="table file")
     opt.add_number(val, "--samples", rng=opt.SAMPLES, default=DEFAULT_SAMPLES, help="number of random architectures")
     opt.add_seed(val)
@@ -140,16 +145,33 @@ def register(sub: Any) -> None:
                      help="first re-time the table's calibration architectures on the current device and "
                           "also report predictions with that factor ('recalibrated'): on a shared "
                           "machine the factor moves with the machine's state")
-    val.add_argument("--no-reference", dest="reference", action="store_false", default=None,
-                     help="do not time the reference network (the build's first calibration "
-                          "architecture) in every group; by default it is, and each group's latencies "
-                          "are referred to one machine state through it ('measured_ms'; as timed: "
-                          "'raw_ms' and the 'raw' metrics); that default takes about 25%% longer")
+    val.add_argument("--branches", type=_branches, metavar="FEWEST-MOST", default=None,
+                     help="sample sparser networks: their mean branches per cell evenly spaced from MOST down to "
+                          "FEWEST, as the calibration's (e.g. 1-3; numbers > 0, MOST at most the space's ops); "
+                          "default: every branch with probability 0.5")
+    val.add_argument("--no-reference", dest="reference", action="store_false", default=True,
+                     help="do not time the table's reference network in every round; by default it is, and "
+                          "each latency is its ratio to the reference times the table's reference level, "
+                          "i.e. referred to the machine state of the build ('measured_ms'; as timed: "
+                          "'raw_ms' and the 'raw' metrics)")
     val.add_argument("--plot", metavar="PNG", help="write a predicted-vs-measured scatter plot")
     val.add_argument("-o", "--output", metavar="JSON", help="also write the full report to this file")
     opt.add_json(val)
     opt.add_quiet(val)
     val.set_defaults(func=cmd_validate)
+
+
+def _branches(text: str) -> tuple[float, float]:
+    """FEWEST-MOST: two numbers > 0, the fewest first."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*-\s*([0-9]*\.?[0-9]+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FEWEST-MOST: write e.g. 1-3 (branches per cell)")
+    fewest, most = opt.POSITIVE(match[1]), opt.POSITIVE(match[2])
+    if fewest > most:
+        raise argparse.ArgumentTypeError(f"{text!r}: FEWEST must not exceed MOST (write e.g. 1-3)")
+    return float(fewest), float(most)
 
 
 def _shard(text: str) -> Any:
@@ -177,8 +199,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     protocol = Protocol()
     if args.rounds is not None:
         protocol = replace(protocol, rounds=args.rounds)
-    if args.drift_wait is not None:
-        protocol = replace(protocol, drift_wait_s=args.drift_wait)
     if args.shard:
         from hwnas.profiling.entries import plan_groups
         from hwnas.profiling.shards import estimated_share, owned
@@ -197,6 +217,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"wrote {what} {args.output}: {len(tbl.entries)} entries ({args.backend}, batch {args.batch})"
           + (f", {flagged} flagged (see 'hwnas table show')" if flagged else "")
           + (f"; merge the parts with 'hwnas table merge'" if args.shard else ""))
+    for line in _reference_lines(tbl.meta) + _calibration_lines(tbl.meta):
+        print(line)
     _warn_calibration(tbl.meta.get("calibration", {}))
     return 0
 
@@ -244,6 +266,40 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference_lines(meta: dict[str, Any]) -> list[str]:
+    """How the reference ran over the build: its level, the range of its groups, after each resume."""
+    record = meta.get("reference_level")
+    if not record or "level_ms" not in record:
+        return []
+    groups = record["groups"]
+    lo, hi = record["range"]
+    lines = [f"reference network ({meta['reference']['op']} at every position): level {record['level_ms']:.4g} ms, "
+             f"the median over {len(groups)} groups, which ran at {lo:.2f}-{hi:.2f}x it; every entry is its ratio "
+             f"to the reference times that level"]
+    resumes = sorted({g.get("resumed", 0) for g in groups})
+    if len(resumes) > 1:
+        from hwnas.profiling.reference import level_ms, speed_words
+
+        def level_after(k: int) -> float:
+            return level_ms([g for g in groups if g.get("resumed", 0) == k])
+
+        later = "; ".join(f"after resume {k} the machine ran {speed_words(level_after(k) / level_after(0), 'before')}"
+                          for k in resumes[1:])
+        lines.append(f"resumed {len(resumes) - 1} time(s) ({later}): all entries stay referred to one level "
+                     f"through the reference")
+    return lines
+
+
+def _calibration_lines(meta: dict[str, Any]) -> list[str]:
+    c = meta.get("calibration")
+    if not c:
+        return []
+    cost = (f"; {c['rounds']} rounds, {c['seconds']:.0f} s, each network's ratio known to {c['precision']:.2%}"
+            if "seconds" in c else "")
+    return [f"calibration factor {c['factor']} (median measured/summed over {c['architectures']} random "
+            f"architectures timed whole{cost})"]
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from hwnas.errors import HwnasError
     from hwnas.files import check_writable, exclusive
@@ -256,15 +312,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if any(Path(p).resolve() == out.resolve() for p in args.parts):
         raise HwnasError(f"-o {out} is one of the parts: write the merged table to another file")
     with exclusive(out, "merged table"):
-        merged = merge([(p, Table.load(p)) for p in args.parts], allow_speed_spread=args.allow_speed_spread)
+        merged = merge([(p, Table.load(p)) for p in args.parts])
         merged.save(out)
     shards = merged.meta["shards"]
     if args.json:
         print_json({"output": str(out), "entries": len(merged.entries), "complete": merged.meta["complete"],
                     "shards": shards})
         return 0
-    print(table([[s["shard"], s["entries"], s["created"], s["updated"]] for s in shards],
-                ["shard", "entries", "created", "updated"]))
+    levels = [s["reference_level_ms"] for s in shards]
+    timed = all(level is not None for level in levels)
+    print(table([[s["shard"], s["entries"], s["created"], s["updated"]]
+                 + ([f"{s['reference_level_ms']:.4g}"] if timed else []) for s in shards],
+                ["shard", "entries", "created", "updated"] + (["reference ms"] if timed else [])))
+    if timed:
+        level = merged.meta["reference_level"]["level_ms"]
+        print(f"the parts' reference levels are {max(levels) / min(levels) - 1:.1%} apart; every entry is its ratio "
+              f"to the reference on its own device times one level, {level:.4g} ms (the median over all parts)")
     print(f"wrote {out}: {len(merged.entries)} entries from {len(shards)} parts"
           + ("" if merged.meta["complete"] else f"; calibrate it on one device of the parts' type: "
                                                 f"hwnas table calibrate {out}"))
@@ -276,8 +339,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     tbl = calibrate_file(args.table, seed=args.seed, progress=not args.quiet)
     c = tbl.meta["calibration"]
-    print(f"calibrated {args.table}: factor {c['factor']} (median measured/summed over {c['architectures']} "
-          f"random architectures timed whole)")
+    print(f"calibrated {args.table}: " + _calibration_lines(tbl.meta)[0])
     _warn_calibration(c)
     return 0
 
@@ -311,27 +373,39 @@ def cmd_show(args: argparse.Namespace) -> int:
     if "shards" in m:
         print(f"merged from {len(m['shards'])} shards" + ("" if m.get("complete") or "calibration" in m else
                                                            "; not calibrated yet: 'hwnas table calibrate'"))
+    for line in _reference_lines(m):
+        print(line)
+    if tbl.version < 2 and tbl.has_latency:
+        print(f"format {tbl.version}: entries as timed, with the drift probe (the stem alone, "
+              f"{m.get('probe_baseline', {}).get('median')} ms before the first group) as the machine's reference")
     if "calibration" in m:
         from hwnas.profiling.validate import calibration_warning
 
         c = m["calibration"]
         at = (f" at {', '.join(map(str, c['branches_per_cell']))} branches per cell; spread {c['spread']:.1%}"
               if "branches_per_cell" in c else "")
+        cost = f"; {c['rounds']} rounds, {c['seconds']:.0f} s" if "seconds" in c else ""
         print(f"calibration: factor {c['factor']} (median measured/summed over {c['architectures']} random "
-              f"architectures timed whole; ratios {c['ratios']}{at})")
+              f"architectures timed whole; ratios {c['ratios']}{at}{cost})")
         warning = calibration_warning(c)
         if warning:
             print(f"warning: {warning}")
     if "transfer" in m:
         _show_transfer(tbl)
     if tbl.has_latency:
+        from hwnas.profiling.protocol import Stats
+
         flagged = sum(1 for e in tbl.entries.values() if e["latency"].get("flags"))
-        print(f"flagged entries: {flagged} (remeasured: coefficient of variation over "
-              f"{m['protocol']['cov_threshold']}; unstable: still over after re-measuring; drift: the machine "
-              f"changed speed during the group)")
-        rows = [[k, e["latency"]["median"], e["latency"]["min"], e["latency"]["cov"],
+        threshold = f"{m['protocol']['cov_threshold']:.0%}"
+        print(f"flagged entries: {flagged} (" + (
+            f"remeasured: the ratio to the reference varied over {threshold} (robust coefficient of variation), a "
+            f"burst that hit the entry and not the reference; unstable: still over after re-measuring)"
+            if tbl.version >= 2 else
+            f"remeasured: coefficient of variation over {threshold}; unstable: still over after re-measuring; drift: "
+            f"the machine changed speed during the group)"))
+        rows = [[k, e["latency"]["median"], e["latency"]["min"], f"{Stats.from_dict(e.get('ratio', e['latency'])).spread:.4f}",
                  ",".join(e["latency"].get("flags", []))] for k, e in tbl.entries.items()]
-        headers = ["entry", "median ms", "min ms", "cov", "flags"]
+        headers = ["entry", "median ms", "min ms", "spread", "flags"]
         if "transfer" in m:  # a transferred entry's statistics are its prediction
             headers.append("origin")
             for row, key in zip(rows, tbl.entries):
@@ -370,7 +444,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hwnas.profiling.table import Table
     from hwnas.spaces import resolve_architecture
 
-    result = predict(Table.load(args.table), resolve_architecture(args.arch), args.batch)
+    tbl = Table.load(args.table)
+    result = predict(tbl, resolve_architecture(args.arch), args.batch)
+    if args.check:
+        from hwnas.profiling.reference import check_machine
+
+        result["check"] = check_machine(tbl)
+        if "latency_ms" in result:
+            result["check"]["latency_ms_now"] = result["latency_ms"] * result["check"]["vs_table"]
     if args.json:
         print_json(result)
         return 0
@@ -397,6 +478,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{t['entries']} of the {t['of']} entries this price reads (* above) were transferred from "
               f"{t['source']} ({t['source_device']}), not measured on this device: {t['share']:.0%} of the latency "
               f"({t['latency_ms']:.2f} ms); 'hwnas table show' gives their uncertainty")
+    if args.check:
+        check = result["check"]
+        print(f"{check['message']} ({check['detail']}); on the machine as it runs now, "
+              f"{result['arch']} would take about {check['latency_ms_now']:.2f} ms")
     return 0
 
 
@@ -412,7 +497,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.plot:
         plot_format(args.plot)
     report = validate(Table.load(args.table), args.samples, args.seed, progress=not args.quiet, rounds=args.rounds,
-                      recalibrate=args.recalibrate, reference=args.reference)
+                      recalibrate=args.recalibrate, reference=args.reference,
+                      branches=args.branches)
     if args.output:
         files.write_json(args.output, report)
     if args.plot:
@@ -428,8 +514,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(table([[name, f"{r['within_10pct']:.1%}", f"{r['mape']:.2%}", f"{r['rmse_ms']:.2f}",
                   f"{r['spearman']:.4f}", f"{r['mean_signed_error']:+.2%}"] for name, r in rows],
                 ["prediction", "within ±10%", "MAPE", "RMSE ms", "Spearman", "mean signed error"]))
-    how = ("referred to one machine state through the reference network timed in every group"
+    how = ("referred to the table's machine state through its reference network, timed in every round"
            if report["measured"] == "referred" else "as timed")
     print(f"{report['n']} random architectures, batch {report['batch']}, statistic {report['statistic']}; "
           f"measured latencies {how}")
+    if "machine_vs_table" in report:
+        from hwnas.profiling.reference import speed_words
+
+        print(f"meanwhile the machine ran {speed_words(report['machine_vs_table'], 'when the table was built')} "
+              f"(the reference network against the table's level)")
     return 0

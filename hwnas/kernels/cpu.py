@@ -37,16 +37,20 @@ def compiler() -> str:
     return cxx
 
 
-def build(force: bool = False) -> Path:
-    sources = source_dir()
-    texts = [(sources / name).read_bytes() for name in SOURCES]
+def library_key() -> str:
+    """The built library's cache key: the sources, the flags and the CPU."""
+    texts = [(source_dir() / name).read_bytes() for name in SOURCES]
     # -march=native code is CPU-specific: the CPU model is part of the key (a shared home directory
     # on another machine must not load it).
     from hwnas.profiling.device import cpu_fingerprint
 
     cpu = str(cpu_fingerprint()).encode()
-    key = hashlib.sha256(b"\0".join([*texts, " ".join(FLAGS).encode(), cpu])).hexdigest()[:16]
-    lib = cache_dir() / f"mixed_dw_cpu-{key}.so"
+    return hashlib.sha256(b"\0".join([*texts, " ".join(FLAGS).encode(), cpu])).hexdigest()[:16]
+
+
+def build(force: bool = False) -> Path:
+    sources = source_dir()
+    lib = cache_dir() / f"mixed_dw_cpu-{library_key()}.so"
     if lib.exists() and not force:
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)

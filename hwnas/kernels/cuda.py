@@ -87,21 +87,46 @@ def functions(device_index: int) -> dict[str, Any]:
             for name in KERNELS}
 
 
+class KernelArguments:
+    """A kernel's arguments as cuLaunchKernel reads them (kernelParams): params[i] is the address
+    of argument i's value, of the size and alignment of the kernel's parameter i. Keep the object
+    alive until the launch returns: params points into values."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+        self.params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.params)
+
+
+def pack_arguments(pointers: list[int], table: CSegmentTable, total: int | None) -> KernelArguments:
+    """The arguments of every kernel of mixed_dw.cu: its pointers (0 is nullptr), the segment table
+    by value, and for the forward kernel the number of outputs (a long long)."""
+    values: list[Any] = [ctypes.c_void_p(p) for p in pointers] + [table]
+    if total is not None:
+        values.append(ctypes.c_longlong(total))
+    return KernelArguments(values)
+
+
+def grid_size(name: str, table: CSegmentTable, total: int | None) -> int:
+    """Blocks of THREADS threads: one thread per output (forward, given `total`), per channel
+    (bn_coefficients) or per input element, capped; the kernels loop over what a grid leaves."""
+    work = total if total is not None else table.C if name == "bn_coefficients" else \
+        table.N * table.C * table.H * table.W
+    return min((work + THREADS - 1) // THREADS, 65535 * 8)
+
+
 def launch(name: str, like: torch.Tensor, pointers: list[int], table: CSegmentTable, total: int | None,
            grid: int | None = None) -> None:
     """Launch mixed_dw_<name>_<dtype of like> on like's device, on that device's current torch
-    stream (a 0 pointer is C's nullptr)."""
+    stream (a 0 pointer is C's nullptr); grid: blocks, grid_size's by default."""
     index = like.device.index if like.device.index is not None else torch.cuda.current_device()
-    args: list[Any] = [ctypes.c_void_p(p) for p in pointers] + [table]
-    if total is not None:
-        args.append(ctypes.c_longlong(total))
-    params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
-    if grid is None:  # one thread per output, per channel (bn_coefficients) or per input element
-        work = total if total is not None else table.C if name == "bn_coefficients" else \
-            table.N * table.C * table.H * table.W
-        grid = min((work + THREADS - 1) // THREADS, 65535 * 8)
+    args = pack_arguments(pointers, table, total)
+    blocks = grid if grid is not None else grid_size(name, table, total)
     stream = torch.cuda.current_stream(index).cuda_stream
     with current_context(index):
         func = functions(index)[f"mixed_dw_{name}_{DTYPE_SUFFIX[like.dtype]}"]
-        check(driver().cuLaunchKernel(func, grid, 1, 1, THREADS, 1, 1, 0, stream, ctypes.addressof(params), 0),
+        check(driver().cuLaunchKernel(func, blocks, 1, 1, THREADS, 1, 1, 0, stream, args.address, 0),
               f"cuLaunchKernel({name})")

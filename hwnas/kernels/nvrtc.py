@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hwnas.errors import HwnasError
 from hwnas.kernels.sources import source_dir
@@ -167,8 +167,19 @@ def source_key(arch: str) -> str:
 
 def compile_cubin(arch: str) -> tuple[bytes, str]:
     """Cubin of mixed_dw.cu for `arch` (e.g. 'sm_90') and NVRTC's log; no GPU needed."""
+    return _compile(arch, "CUBIN")
+
+
+def compile_ptx(arch: str) -> tuple[bytes, str]:
+    """PTX of mixed_dw.cu for `arch`'s virtual architecture (sm_90: compute_90) and NVRTC's log.
+    Its .entry declarations state each kernel's parameters as the driver reads them."""
+    return _compile(arch, "PTX")
+
+
+def _compile(arch: str, output: Literal["CUBIN", "PTX"]) -> tuple[bytes, str]:
     if not re.fullmatch(r"sm_\d+[a-z]?", arch):
         raise HwnasError(f"a GPU architecture looks like sm_80 or sm_90, got {arch!r}")
+    target = arch if output == "CUBIN" else arch.replace("sm_", "compute_")
     compiler = nvrtc()
     headers = find_headers(version()[0])
     sources = source_dir()
@@ -176,7 +187,7 @@ def compile_cubin(arch: str) -> tuple[bytes, str]:
                                                 [(sources / "mixed_dw.h").read_bytes()], [b"mixed_dw.h"]),
                     "nvrtcCreateProgram")
     try:
-        options = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-default-device",
+        options = [f"--gpu-architecture={target}".encode(), b"-std=c++17", b"-default-device",
                    f"-I{headers.path}".encode()]
         result = compiler.nvrtcCompileProgram(program, len(options), options)
         # NVRTC writes into the buffers: bytearrays, never bytes (b" " * 1 is CPython's shared one-byte
@@ -184,13 +195,13 @@ def compile_cubin(arch: str) -> tuple[bytes, str]:
         log = bytearray(check(compiler.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize"))
         compiler.nvrtcGetProgramLog(program, log)
         log_text = log.decode(errors="replace").strip("\x00 \n")
-        check(result, f"NVRTC compilation of mixed_dw.cu for {arch} (CUDA headers from {headers.path}, "
+        check(result, f"NVRTC compilation of mixed_dw.cu for {target} (CUDA headers from {headers.path}, "
                       f"found via {headers.found_via})", log_text)
-        cubin = bytearray(check(compiler.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize"))
-        check(compiler.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+        image = bytearray(check(getattr(compiler, f"nvrtcGet{output}Size")(program), f"nvrtcGet{output}Size"))
+        check(getattr(compiler, f"nvrtcGet{output}")(program, image), f"nvrtcGet{output}")
     finally:
         compiler.nvrtcDestroyProgram(program)
-    return bytes(cubin), log_text
+    return bytes(image), log_text
 
 
 def cached_cubin(arch: str) -> bytes:

@@ -1,12 +1,17 @@
 """`hwnas table build`: measure every entry and write the table after every group.
 
-The file is rewritten atomically whenever entries finish, so a build killed at any moment
-loses only the group under measurement; `resume=True` continues it, refusing a file whose
-metadata (space, macro, scale, batch, backend, device, software, protocol, shard) differ.
-With `shard`, only that shard's slice of the entries is measured, into a part for
-`hwnas table merge` (hwnas.profiling.shards); calibration waits for the merged table. With
-`keys`, only those entries are measured, with the same protocol, and the table is left
-incomplete and uncalibrated for the caller to finish (hwnas.profiling.transfer).
+Each group (the entries of one layer position; then stem and head) is timed interleaved with the
+table's reference network (hwnas.profiling.reference), and every entry is recorded as its ratio
+to the reference and, in milliseconds, that ratio times the reference's level over the build.
+The file is rewritten atomically whenever entries finish, so a build killed at any moment loses
+only the group under measurement; `resume=True` continues it, refusing a file whose metadata
+(space, macro, scale, batch, backend, device, software, protocol, reference, shard) differ. The
+resumed groups are referred to the same reference, whatever the machine's speed now: the level is
+the median over all groups, and each group records how many times the build had been resumed.
+With `shard`, only that shard's slice of the entries is measured, into a part for `hwnas table
+merge` (hwnas.profiling.shards); calibration waits for the merged table. With `keys`, only those
+entries are measured, with the same protocol and reference, and the table is left incomplete and
+uncalibrated for the caller to finish (hwnas.profiling.transfer).
 """
 
 from __future__ import annotations
@@ -16,41 +21,51 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hwnas.errors import HwnasError
 from hwnas.profiling.backends import Backend
-from hwnas.profiling.entries import EntrySpec, plan_groups, probe_entry
-from hwnas.profiling.protocol import Protocol, Runner, Stats, measure_group, probe_baseline
 from hwnas.profiling.combination import COMBINATION
+from hwnas.profiling.entries import load_entry, plan_groups
+from hwnas.profiling.protocol import Protocol, Runner, measure_referred
+from hwnas.profiling.reference import (LEVEL_FIELD, REFERENCE_SEED, record_group, refer_entries, reference_definition,
+                                       reference_spec)
 from hwnas.profiling.shards import Shard, part_meta
-from hwnas.profiling.table import PART_FIELD, Table, identity_differences, utc_now
+from hwnas.profiling.table import PART_FIELD, VERSION, Table, identity_differences, utc_now
 from hwnas.progress import progress_bar
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
+
+STEM_AND_HEAD = "stem+head"  # the name of the last group in the reference's record
 
 
 def table_meta(space: Space, macro: Macro, scale: float, batch: int, backend: Backend,
                protocol: Protocol) -> dict[str, Any]:
     described = backend.describe()
+    timed = backend.measures_latency
     return {
         "space": space.name, "space_def": space.to_dict(), "macro": macro.name, "macro_def": macro.to_dict(),
         "positions": [p.key for p in macro.positions(scale)], "scale": scale, "batch": batch,
         "resolution": macro.input, "precision": backend.precision,
         "backend": {k: described[k] for k in described if k not in ("device", "software")},
         "device": described["device"], "software": described["software"],
-        "protocol": protocol.to_dict() if backend.measures_latency else None,
-        "statistic": protocol.statistic if backend.measures_latency else None,
-        "units": {"latency": "ms per batch", "macs": "per image", "params": "count"},
+        "protocol": protocol.to_dict() if timed else None,
+        "statistic": protocol.statistic if timed else None,
+        "reference": reference_definition(space, macro, scale) if timed else None,
+        "units": {"latency": "ms per batch: the ratio times the reference network's level (meta.reference_level: "
+                             "the median over the build's groups of the reference's median time in the group)",
+                  "ratio": "the median over rounds of the entry's time / the reference network's time in the "
+                           "same round",
+                  "macs": "per image", "params": "count"} if timed else
+                 {"macs": "per image", "params": "count"},
         "combination": COMBINATION,
     }
 
 
-def _load(backend: Backend, spec: EntrySpec, seed: int) -> Runner:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = spec.build()
-    return backend.load(module, spec.input_shapes)
+def old_format_refusal(table: Table, path: str | Path, doing: str) -> None:
+    """Refuse to extend a table of an older format (its entries were measured another way)."""
+    if table.version != VERSION:
+        raise HwnasError(f"cannot {doing} {path}: it is a table of format {table.version}, measured with the "
+                         f"drift-probe protocol; this hwnas measures entries as ratios to a reference network "
+                         f"(format {VERSION}): build a new table with 'hwnas table build'")
 
 
 def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batch: int, out: str | Path,
@@ -72,6 +87,7 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
         if not resume:
             raise HwnasError(f"{out} exists; pass --resume to continue it, or choose another -o")
         table = Table.load(out)
+        old_format_refusal(table, out, "resume")
         diffs = identity_differences(table.identity(), {k: meta.get(k) for k in table.identity()})
         if diffs:
             raise HwnasError(f"cannot resume {out}: it was measured with other settings ("
@@ -91,31 +107,33 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
     mine = set(keys) if keys is not None else set(meta[PART_FIELD]["keys"]) if shard else planned
     todo = [[e for e in group if e.key in mine and e.key not in table.entries] for group in groups]
     total = len(mine)
+    resumed = 1 + max((g.get("resumed", 0) for g in table.meta.get(LEVEL_FIELD, {}).get("groups", [])), default=-1)
     bar = progress_bar(total, f"shard {shard}" if shard else "table", unit="entry", enabled=progress,
                        initial=total - sum(len(g) for g in todo))
     rng = random.Random(seed)
-    probe: Runner | None = None
+    calibrating = (keys is None and shard is None and backend.measures_latency and "calibration" not in table.meta
+                   and bool(protocol.calibration_architectures))
+    reference: Runner | None = None
     try:
-        if backend.measures_latency and any(todo):
-            probe = _load(backend, probe_entry(macro, batch), seed)
-            if "probe_baseline" not in table.meta:  # a resumed build keeps its first baseline
-                table.meta["probe_baseline"] = probe_baseline(probe, protocol, rng).to_dict()
+        if backend.measures_latency and (any(todo) or calibrating):
+            reference = load_entry(backend, reference_spec(table), REFERENCE_SEED)
         for group in todo:
             if not group:
                 continue
-            bar.set_postfix_str(group[0].position or group[0].key)
+            name = group[0].position or STEM_AND_HEAD
+            bar.set_postfix_str(name)
             if backend.measures_latency:
-                assert probe is not None
-                runners = {e.key: _load(backend, e, seed) for e in group}
+                assert reference is not None
+                runners = {e.key: load_entry(backend, e, seed) for e in group}
                 try:
-                    baseline = Stats.from_dict(table.meta["probe_baseline"]).median
-                    result = measure_group(runners, probe, baseline, protocol, rng)
+                    result = measure_referred(runners, reference, protocol, rng)
                 finally:
                     for r in runners.values():
                         r.close()
+                record_group(table, name, result.reference, entries=len(group), resumed=resumed)
                 for e in group:
-                    table.entries[e.key] = {**e.record(), "latency": result.stats[e.key].to_dict(),
-                                            "probe_drift": round(result.drift, 4)}
+                    table.entries[e.key] = {**e.record(), "ratio": result.ratios[e.key].to_dict()}
+                refer_entries(table)
             else:
                 for e in group:
                     table.entries[e.key] = e.record()
@@ -125,27 +143,26 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
                 shard is not None or not backend.measures_latency)
             table.save(out)
             bar.update(len(group))
+        bar.close()
+        if calibrating and len(table.entries) == total:
+            calibrate_table(table, backend, protocol, seed, out, progress, reference)
     finally:
         bar.close()
-        if probe is not None:
-            probe.close()
-    if keys is not None:  # the caller completes (and calibrates) the table
-        return table
-    if shard is None and backend.measures_latency and "calibration" not in table.meta \
-            and protocol.calibration_architectures:
-        calibrate_table(table, backend, protocol, seed, out, progress)
-    elif not table.meta.get("complete"):  # nothing left to measure or calibrate
-        table.meta["complete"] = True
+        if reference is not None:
+            reference.close()
+    if keys is None and not table.meta.get("complete") and len(table.entries) == total and not calibrating:
+        table.meta["complete"] = True  # nothing left to measure or calibrate
         table.save(out)
     return table
 
 
 def calibrate_table(table: Table, backend: Backend, protocol: Protocol, seed: int, out: str | Path,
-                    progress: bool = True) -> Table:
+                    progress: bool = True, reference: Runner | None = None) -> Table:
     """Time random architectures whole (validate.calibrate), record the factor, complete the table."""
     from hwnas.profiling.validate import calibrate
 
-    table.meta["calibration"] = calibrate(table, backend, protocol, seed, progress="calibrate" if progress else None)
+    table.meta["calibration"] = calibrate(table, backend, protocol, seed, progress="calibrate" if progress else None,
+                                          reference=reference)
     table.meta["updated"] = utc_now()
     table.meta["complete"] = True
     table.save(out)
@@ -167,6 +184,7 @@ def _calibrate_file(path: str | Path, seed: int, progress: bool) -> Table:
     from hwnas.profiling.validate import backend_for
 
     table = Table.load(path)
+    old_format_refusal(table, path, "calibrate")
     table.require_whole()
     missing = missing_keys(table)
     if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from importlib import metadata
 from typing import Any
 
@@ -39,6 +40,18 @@ def _cuda_driver_version() -> str | None:
         return None
     err, version = driver.cuDriverGetVersion()
     return f"{version // 1000}.{version % 1000 // 10}" if int(err) == 0 else None
+
+
+def nvidia_driver_release() -> str | None:
+    """The NVIDIA kernel driver's release (e.g. '580.65.06'), from /proc/driver/nvidia/version;
+    None where it is not there (no driver, not Linux)."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module(?: for [\w-]+)?\s+([\d.]+)", first)
+    return found.group(1) if found else first.strip() or None
 
 
 def software_versions(*extra: str) -> dict[str, str | None]:

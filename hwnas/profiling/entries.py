@@ -12,6 +12,8 @@ from torch import nn
 from hwnas.costs import Cost, head_cost, op_cost, stem_cost
 from hwnas.model.blocks import Operation
 from hwnas.model.stem_head import Head, Stem
+from hwnas.profiling.backends import Backend
+from hwnas.profiling.protocol import Runner
 from hwnas.profiling.table import HEAD_KEY, STEM_KEY, merge_add_key, merge_scale_key, op_key
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
@@ -70,7 +72,9 @@ def plan_groups(space: Space, macro: Macro, scale: float, batch: int) -> list[li
     return groups
 
 
-def probe_entry(macro: Macro, batch: int) -> EntrySpec:
-    """The drift probe: the stem, which every macro-architecture has."""
-    return EntrySpec("probe", "stem", functools.partial(Stem, macro),
-                     ((batch, 3, macro.input, macro.input),), stem_cost(macro))
+def load_entry(backend: Backend, spec: EntrySpec, seed: int) -> Runner:
+    """An entry's graph on a backend, its weights seeded."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = spec.build()
+    return backend.load(module, spec.input_shapes)

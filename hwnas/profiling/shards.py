@@ -13,7 +13,11 @@ a GPU) and half in proportion to the entry's MACs (what dominates long ops on a 
 computed in integers, so every machine derives the same slices from the same plan.
 
 A part records its shard and the keys it owns; merging refuses parts measured on other devices,
-software, protocols or settings (naming the field), overlapping entries and missing ones.
+software, protocols or settings (naming the field), overlapping entries and missing ones. Devices
+of one type may still run at different speeds (clocks, power limits, cooling, other load): each
+part's entries are ratios to the reference network timed on its own device, so the merge brings
+them all to one level, the median of all parts' reference groups (re-anchoring through the
+reference), and records each part's level.
 Calibration (random networks timed whole) needs the whole table, so it runs once after the
 merge, on one device of the parts' type: `hwnas table calibrate`.
 """
@@ -27,8 +31,9 @@ from typing import Any
 
 from hwnas.errors import HwnasError
 from hwnas.profiling.entries import EntrySpec, plan_groups
-from hwnas.profiling.protocol import Protocol, Stats
-from hwnas.profiling.table import PART_FIELD, Table, identity_differences, utc_now
+from hwnas.profiling.protocol import Protocol
+from hwnas.profiling.reference import LEVEL_FIELD, level_ms, refer_entries
+from hwnas.profiling.table import PART_FIELD, VERSION, Table, identity_differences, utc_now
 
 
 @dataclass(frozen=True)
@@ -113,19 +118,10 @@ def missing_keys(table: Table) -> list[str]:
     return [k for k in keys if k not in table.entries]
 
 
-def check_speed_spread(parts: Sequence[tuple[str, Table]]) -> None:
-    baselines = {name: Stats.from_dict(t.meta["probe_baseline"]).median for name, t in parts
-                 if "probe_baseline" in t.meta}
-    if len(baselines) < 2:
-        return
-    fast, slow = min(baselines, key=baselines.__getitem__), max(baselines, key=baselines.__getitem__)
-    spread = baselines[slow] / baselines[fast] - 1
-    tolerance = Protocol.from_dict(parts[0][1].meta["protocol"]).drift_tolerance
-    if spread > tolerance:
-        raise HwnasError(f"the parts' devices ran at different speeds: the drift probe took {baselines[fast]:.4g} ms "
-                         f"for {fast} and {baselines[slow]:.4g} ms for {slow} ({spread:.1%} apart, over the "
-                         f"protocol's drift tolerance of {tolerance:.0%}); re-measure {slow} on a device like the "
-                         f"others, or pass --allow-speed-spread to merge anyway")
+def part_level(table: Table) -> float | None:
+    """A part's reference level (ms), None for a part that measures no latency."""
+    groups = table.meta.get(LEVEL_FIELD, {}).get("groups")
+    return level_ms(groups) if groups else None
 
 
 def needs_calibration(table: Table) -> bool:
@@ -134,21 +130,26 @@ def needs_calibration(table: Table) -> bool:
             and bool(protocol and Protocol.from_dict(protocol).calibration_architectures))
 
 
-def merge(parts: Sequence[tuple[str, Table]], allow_speed_spread: bool = False) -> Table:
+def merge(parts: Sequence[tuple[str, Table]]) -> Table:
     """One table from all N parts of a sharded build, named by their files in the messages.
 
-    Devices of one type can still run at different speeds (clocks, power limits, cooling). The
-    drift probe, timed alone at the start of every part, shows it: parts whose probe baselines
-    are further apart than the protocol's drift tolerance are refused unless `allow_speed_spread`,
-    as a build re-measures a group whose probe drifted that far.
+    Devices of one type can still run at different speeds (clocks, power limits, cooling, load):
+    every part refers its entries to the reference network timed on its own device, and the merge
+    re-anchors them all to one level, the median over all parts' reference groups (each group
+    tagged with its shard under `reference_level`). A device that ran uniformly slower gives the
+    same ratios, so its entries come out as the others' would have.
 
     The merged table has a single build's metadata and entries (in plan order), with the parts'
-    timestamps and probe baselines under `shards`; it is complete once calibrated (when it
+    timestamps and reference levels under `shards`; it is complete once calibrated (when it
     measures latency and its protocol calibrates).
     """
     if not parts:
         raise HwnasError("no parts to merge: give the files written by 'hwnas table build --shard I/N'")
     for name, table in parts:
+        if table.version != VERSION:
+            raise HwnasError(f"{name} is a part of format {table.version} (the drift-probe protocol); this hwnas "
+                             f"merges parts of format {VERSION} (entries referred to a reference network): "
+                             f"rebuild the parts")
         if part_of(table) is None:
             raise HwnasError(f"{name} is not a part of a sharded build (it was built without --shard)")
     first_name, first = parts[0]
@@ -195,15 +196,16 @@ def merge(parts: Sequence[tuple[str, Table]], allow_speed_spread: bool = False) 
         raise HwnasError(f"{len(missing)} entr{'y is' if len(missing) == 1 else 'ies are'} missing (first: "
                          f"'{missing[0]}') from {names}: finish {'it' if len(where) == 1 else 'them'} with "
                          f"'hwnas table build ... --shard I/N --resume'")
-    if not allow_speed_spread:
-        check_speed_spread(parts)
     ordered = [t for _, t in sorted(parts, key=lambda p: p[1].meta[PART_FIELD]["index"])]
-    meta = {k: v for k, v in ordered[0].meta.items() if k != PART_FIELD}
+    meta = {k: v for k, v in ordered[0].meta.items() if k not in (PART_FIELD, LEVEL_FIELD)}
     meta["created"] = min(str(t.meta.get("created")) for t in ordered)
     meta["updated"] = utc_now()
     meta["shards"] = [{"shard": str(part_of(t)), "entries": len(t.entries), "created": t.meta.get("created"),
-                       "updated": t.meta.get("updated"), "probe_baseline": t.meta.get("probe_baseline")}
-                      for t in ordered]
-    merged = Table(meta, {key: found[key][1].entries[key] for key in plan})
+                       "updated": t.meta.get("updated"), "reference_level_ms": part_level(t)} for t in ordered]
+    levels = [{**g, "shard": str(part_of(t))} for t in ordered for g in t.meta.get(LEVEL_FIELD, {}).get("groups", [])]
+    if levels:
+        meta[LEVEL_FIELD] = {"groups": levels}
+    merged = Table(meta, {key: dict(found[key][1].entries[key]) for key in plan})
+    refer_entries(merged)  # every part's ratios at the one level
     merged.meta["complete"] = not needs_calibration(merged)
     return merged

@@ -23,13 +23,17 @@ from hwnas.spaces.macro import Macro, Position, macro_from_dict
 from hwnas.spaces.ops import OpSpec
 
 FORMAT = "hwnas-lookup-table"
-VERSION = 1
+# 2: entries are ratios to a reference network timed in the same rounds, in milliseconds at the
+# reference's level (meta.reference, meta.reference_level). 1: entries as timed, with a drift
+# probe; still read (predict, show, validate, check), not extended (resume, merge, calibrate).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STEM_KEY, HEAD_KEY = "stem", "head"
 # Metadata that must be equal for two measurements to belong in one table (resume, validate).
 IDENTITY_FIELDS = ("space", "space_def", "macro", "macro_def", "scale", "batch", "resolution", "precision", "backend",
-                   "device", "software", "protocol")
+                   "device", "software", "protocol", "reference")
 # The metadata field of a part of a sharded build (its shard and the keys it owns); a merged
-# table keeps each part's timestamps and probe baseline under "shards" instead.
+# table keeps each part's timestamps and reference level under "shards" instead.
 PART_FIELD = "shard"
 # How an entry came to be (its `origin`): measured, or transferred from a table measured on another
 # device (hwnas.profiling.transfer; the entry's `transfer` holds its source latency and predicted
@@ -61,6 +65,7 @@ def merge_scale_key(pos: Position) -> str:
 class Table:
     meta: dict[str, Any]
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: int = VERSION  # the format it was read as (and is written as)
 
     @property
     def has_latency(self) -> bool:
@@ -128,7 +133,7 @@ class Table:
         return {k: self.meta.get(k) for k in IDENTITY_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "meta": self.meta, "entries": self.entries}
+        return {"format": FORMAT, "version": self.version, "meta": self.meta, "entries": self.entries}
 
     def save(self, path: str | Path) -> None:
         """Atomically: a reader (or a kill) sees the old file or the new one, never half of one."""
@@ -136,13 +141,15 @@ class Table:
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
-        raw = check_format(read_json(path, "lookup table"), path, FORMAT, VERSION, "hwnas lookup table",
-                           "rebuild it with 'hwnas table build'")
+        raw = read_json(path, "lookup table")
+        old = isinstance(raw, dict) and raw.get("format") == FORMAT and raw.get("version") in READABLE_VERSIONS
+        if not old:
+            raw = check_format(raw, path, FORMAT, VERSION, "hwnas lookup table", "rebuild it with 'hwnas table build'")
         try:
             check_table(raw)
         except SpecError as exc:
             raise HwnasError(f"{path} is a damaged lookup table: {exc}; rebuild it with 'hwnas table build'") from None
-        return cls(raw["meta"], raw["entries"])
+        return cls(raw["meta"], raw["entries"], int(raw["version"]))
 
 
 # The fields of a table that hwnas reads, with their types and ranges: a damaged or hand-edited
@@ -196,13 +203,25 @@ def check_table(raw: dict[str, Any]) -> None:
         POSITIVE.check(calibration.get("factor"), "meta.calibration.factor")
     if "probe_baseline" in meta:
         _stats(meta["probe_baseline"], "meta.probe_baseline")
+    reference = meta.get("reference")
+    if reference is not None:
+        _want(isinstance(reference, dict) and isinstance(reference.get("cells"), list), "meta.reference",
+              "an object with the reference network's 'cells'", reference)
+    if "reference_level" in meta:
+        groups = meta["reference_level"].get("groups") if isinstance(meta["reference_level"], dict) else None
+        _want(isinstance(groups, list) and all(isinstance(g, dict) for g in groups), "meta.reference_level.groups",
+              "a list of objects", groups)
+        assert isinstance(groups, list)
+        for i, group in enumerate(groups):
+            POSITIVE.check(group.get("median_ms"), f"meta.reference_level.groups[{i}].median_ms")
     for key, entry in entries.items():
         where = f"entries[{json.dumps(key)}]"
         _want(isinstance(entry, dict), where, "an object", entry)
         for name in ("macs", "params"):
             TALLY.check(entry.get(name), f"{where}.{name}")
-        if "latency" in entry:
-            _stats(entry["latency"], f"{where}.latency")
+        for name in ("latency", "ratio"):
+            if name in entry:
+                _stats(entry[name], f"{where}.{name}")
         origin = entry.get(ORIGIN_FIELD, MEASURED)
         _want(origin in (MEASURED, TRANSFERRED), f"{where}.{ORIGIN_FIELD}", f"'{MEASURED}' or '{TRANSFERRED}'",
               origin)

@@ -1,39 +1,45 @@
 """`hwnas validate`: the table's predictions against end-to-end measurements.
 
 Random architectures of the table's space are built whole, exported and timed with the
-table's backend and protocol (interleaved in small groups, with the table's drift probe and a
-reference network that refers every group to one machine state); the report compares
-measured and predicted latency.
+table's backend and protocol, interleaved in small groups with the table's reference network in
+every round; each one's latency is its median ratio to the reference times the table's reference
+level, i.e. referred to the machine state the table was built in (as timed: `raw_ms`). The
+report compares those latencies with the table's predictions. The build's calibration times its
+networks the same way (`calibrate`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import statistics
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from hwnas.errors import HwnasError
 from hwnas.model.network import build_network
 from hwnas.profiling.backends import Backend, get_backend
-from hwnas.profiling.entries import probe_entry
 from hwnas.profiling.predict import predict
-from hwnas.profiling.protocol import Protocol, Stats, measure_group, probe_baseline, refer_groups
+from hwnas.profiling.protocol import (Protocol, Runner, Stats, measure_interleaved, measure_referred,
+                                     measure_referred_to_precision, median_uncertainty)
+from hwnas.profiling.reference import loaded, reference_of
 from hwnas.profiling.table import Table
 from hwnas.progress import progress_bar
-from hwnas.spaces.arch import Architecture
+from hwnas.spaces.arch import Architecture, Space
+from hwnas.spaces.macro import Macro
 from hwnas.spaces.sampling import sample_architecture, slot_architecture
 
 GROUP = 4  # architectures timed interleaved at once (each holds a whole network in memory)
-REFERENCE = "__reference__"
 CALIBRATION_SEED = 1_000_003
 DEFAULT_SAMPLES = 20  # random architectures validated (the API's and the CLI's default)
 
 
-def backend_for(table: Table, purpose: str = "validate") -> Backend:
-    """The table's backend on the current device, refused if it is another device."""
+def backend_for(table: Table, purpose: str = "validate", why: str | None = None) -> Backend:
+    """The table's backend on the current device, refused if it is another device (`why` ends the
+    refusal; by default: its measurements cannot `purpose` it)."""
     if not table.has_latency:
         raise HwnasError(f"the table holds no latency (backend 'none'); {purpose} a profiled table")
     b = table.meta["backend"]
@@ -41,7 +47,7 @@ def backend_for(table: Table, purpose: str = "validate") -> Backend:
     here = backend.describe()["device"]
     if here != table.meta["device"]:
         raise HwnasError(f"the table was measured on {table.meta['device']}, the current device is {here}: "
-                         f"its measurements cannot {purpose} it; build a table on this device")
+                         + (why or f"its measurements cannot {purpose} it; build a table on this device"))
     return backend
 
 
@@ -78,64 +84,61 @@ def metrics(predicted: list[float], measured: list[float]) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class Timed:
+    """Whole networks timed interleaved with the reference: each one's times as timed and its
+    ratios to the reference (None without a reference), and the reference's times in each group."""
+
+    timed: list[Stats]
+    ratios: list[Stats] | None
+    reference: list[Stats]
+
+
+def _network_runners(archs: list[Architecture], backend: Backend, batch: int, seed: int) -> dict[str, Runner]:
+    """Architecture i of the list, weights seeded seed + i, loaded under the key str(i)."""
+    shape = [(batch, 3, archs[0].macro.input, archs[0].macro.input)]
+    return {str(i): backend.load(build_network(a, seed=seed + i), shape) for i, a in enumerate(archs)}
+
+
 def measure_architectures(archs: list[Architecture], table: Table, backend: Backend, protocol: Protocol,
-                          seed: int, progress: str | None = None, drifts: list[float] | None = None,
-                          reference: tuple[Architecture, int] | None = None,
-                          reference_ms: list[float] | None = None) -> list[Stats]:
-    """End-to-end latency of each architecture, in interleaved groups with the drift probe.
+                          seed: int, progress: str | None = None, reference: bool = True) -> Timed:
+    """End-to-end latency of each architecture, timed in interleaved groups of GROUP with the
+    table's reference in every round (unless `reference` is False: as timed only).
 
     `progress` names a progress bar (tqdm, on stderr) counted in interleaved rounds, with the
-    time left. When `drifts` is given it receives first this run's probe baseline over the
-    table's, then each architecture's group probe ratio. With `reference`, that network is timed
-    in every group too (an architecture and its weights' seed), interleaved with the group's
-    architectures, and `reference_ms` receives its latency once per group."""
+    time left. Architecture i's weights are seeded seed + i."""
     batch = int(table.meta["batch"])
-    macro = archs[0].macro
     rng = random.Random(seed)
     groups = range(0, len(archs), GROUP)
     bar = progress_bar(len(groups) * protocol.rounds, progress or "", "round", progress is not None)
-    probe_spec = probe_entry(macro, batch)
-    probe = backend.load(probe_spec.build(), probe_spec.input_shapes)
-    # The drift reference is this run's own probe baseline: networks compared with each other
-    # must share one machine state. How that state compares with the table's build is reported
-    # separately (`machine_vs_table`), not re-measured away.
-    baseline = probe_baseline(probe, protocol, rng).median
-    if drifts is not None:
-        drifts.append(baseline / Stats.from_dict(table.meta["probe_baseline"]).median)
-    input_shape = [(batch, 3, macro.input, macro.input)]
-    ref = backend.load(build_network(reference[0], seed=reference[1]), input_shape) if reference else None
-    out: list[Stats] = []
-    try:
+    timed: list[Stats] = []
+    ratios: list[Stats] = []
+    reference_ms: list[Stats] = []
+    spec = reference_of(table).spec if reference else None
+    with loaded(backend, spec) if spec else contextlib.nullcontext() as ref, bar:
         for group, start in enumerate(groups):
             chunk = archs[start:start + GROUP]
             bar.set_postfix_str(f"architectures {start + 1}-{start + len(chunk)} of {len(archs)}")
-            runners = {}
-            for i, arch in enumerate(chunk):
-                net = build_network(arch, seed=seed + start + i)
-                runners[str(i)] = backend.load(net, input_shape)
+            runners = {str(start + int(k)): r for k, r in _network_runners(chunk, backend, batch, seed + start).items()}
 
             def tick(group_end: int = (group + 1) * protocol.rounds) -> None:
-                if bar.n < group_end:  # re-measured rounds and groups add no progress
+                if bar.n < group_end:  # re-measured rounds add no progress
                     bar.update(1)
 
             try:
-                result = measure_group({**runners, REFERENCE: ref} if ref else runners, probe, baseline, protocol,
-                                       rng, tick)
+                if ref is None:
+                    stats = measure_interleaved(runners, protocol, rng, tick)
+                    timed.extend(stats[k] for k in runners)
+                else:
+                    result = measure_referred(runners, ref, protocol, rng, tick)
+                    timed.extend(result.timed[k] for k in runners)
+                    ratios.extend(result.ratios[k] for k in runners)
+                    reference_ms.append(result.reference)
             finally:
                 for r in runners.values():
                     r.close()
             bar.update((group + 1) * protocol.rounds - bar.n)
-            out.extend(result.stats[str(i)] for i in range(len(chunk)))
-            if drifts is not None:
-                drifts.extend([result.drift] * len(chunk))
-            if ref is not None and reference_ms is not None:
-                reference_ms.append(result.stats[REFERENCE].value(table.statistic))
-    finally:
-        bar.close()
-        probe.close()
-        if ref is not None:
-            ref.close()
-    return out
+    return Timed(timed, ratios if reference else None, reference_ms)
 
 
 def branches_per_cell(arch: Architecture) -> float:
@@ -143,17 +146,22 @@ def branches_per_cell(arch: Architecture) -> float:
     return sum(len(c.ops) for c in arch.placed) / len(arch.placed)
 
 
+def density_architectures(space: Space, macro: Macro, scale: float, rng: random.Random, count: int,
+                          most: float, fewest: float, prefix: str) -> list[Architecture]:
+    """Random architectures from the densest to the sparsest: architecture i draws every branch with
+    probability b_i / (ops in the space), b_i evenly spaced from `most` down to `fewest`."""
+    targets = [most - (most - fewest) * i / max(count - 1, 1) for i in range(count)]
+    return [sample_architecture(space, macro, scale, rng, p=min(1.0, b / len(space.ops)), name=f"{prefix}{i}")
+            for i, b in enumerate(targets)]
+
+
 def calibration_architectures(table: Table, seed: int, protocol: Protocol) -> list[Architecture]:
     """The random architectures `calibrate` times whole for a new table (the same ones for the same
-    seed), from the densest to the sparsest: architecture i draws every branch with probability
-    b_i / (ops in the space), b_i evenly spaced from protocol.calibration_max_branches down to
-    calibration_min_branches. Architecture i's weights are seeded CALIBRATION_SEED + seed + i."""
-    space, macro, scale = table.space(), table.macro(), float(table.meta["scale"])
-    rng = random.Random(CALIBRATION_SEED + seed)
-    n, hi, lo = protocol.calibration_architectures, protocol.calibration_max_branches, protocol.calibration_min_branches
-    targets = [hi - (hi - lo) * i / max(n - 1, 1) for i in range(n)]
-    return [sample_architecture(space, macro, scale, rng, p=min(1.0, b / len(space.ops)), name=f"calib{i}")
-            for i, b in enumerate(targets)]
+    seed), from protocol.calibration_max_branches down to calibration_min_branches per cell
+    (density_architectures). Architecture i's weights are seeded CALIBRATION_SEED + seed + i."""
+    return density_architectures(table.space(), table.macro(), float(table.meta["scale"]),
+                                 random.Random(CALIBRATION_SEED + seed), protocol.calibration_architectures,
+                                 protocol.calibration_max_branches, protocol.calibration_min_branches, "calib")
 
 
 def calibrated_architectures(table: Table) -> list[Architecture]:
@@ -168,29 +176,43 @@ def calibrated_architectures(table: Table) -> list[Architecture]:
             for i in range(int(calibration["architectures"]))]
 
 
-def reference_network(table: Table) -> tuple[Architecture, int]:
-    """The table's first (densest) calibration architecture and its weights' seed, as `calibrate` timed it."""
-    return calibrated_architectures(table)[0], int(table.meta["calibration"]["seed"])
-
-
 def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int,
-              archs: list[Architecture] | None = None, progress: str | None = None) -> dict[str, Any]:
+              archs: list[Architecture] | None = None, progress: str | None = None,
+              reference: Runner | None = None) -> dict[str, Any]:
     """Time random architectures whole; the factor that maps summed entries to whole networks.
 
     The architectures (by default `calibration_architectures`) span densities from sparse to
-    mid; each one's ratio measured / summed is kept with its mean branches per cell, and their
-    spread ((max - min) / median) is checked against protocol.calibration_tolerance
-    (`consistent`): the factor must not depend on density. Its seed is disjoint from
-    validate's (which samples from seeds near 0), so validation checks the calibrated table on
-    architectures it was not fitted on.
+    mid. They are timed in one group with the table's reference in every round (`reference`: the
+    build's runner of it, else it is loaded), until each one's ratio to the reference is known to
+    protocol.calibration_precision (at most calibration_max_rounds rounds), and referred to the
+    table's reference level, the machine state of its entries. Each one's ratio measured / summed
+    is kept with its mean branches per cell, and their spread ((max - min) / median) is checked
+    against protocol.calibration_tolerance (`consistent`): the factor must not depend on density.
+    What it cost (rounds, seconds) is recorded. Its seed is disjoint from validate's (which
+    samples from seeds near 0), so validation checks the calibrated table on architectures it was
+    not fitted on.
     """
+    start = time.monotonic()
     archs = archs if archs is not None else calibration_architectures(table, seed, protocol)
     summed = [predict(table, a)["latency_ms_uncalibrated"] for a in archs]
-    stats = measure_architectures(archs, table, backend,
-                                  replace(protocol, rounds=protocol.network_rounds,
-                                          drift_tolerance=protocol.network_drift_tolerance),
-                                  CALIBRATION_SEED + seed, progress)
-    ratios = [s.value(table.statistic) / p for s, p in zip(stats, summed)]
+    ref = reference_of(table)
+    rounds = max(protocol.calibration_max_rounds, protocol.network_rounds)
+    bar = progress_bar(rounds, progress or "", "round", progress is not None)
+    with loaded(backend, ref.spec) if reference is None else contextlib.nullcontext(reference) as runner, bar:
+        bar.set_postfix_str(f"loading {len(archs)} networks")
+        runners = _network_runners(archs, backend, int(table.meta["batch"]), CALIBRATION_SEED + seed)
+        bar.set_postfix_str(f"{len(archs)} networks")
+        try:
+            result = measure_referred_to_precision(runners, runner, protocol, random.Random(CALIBRATION_SEED + seed),
+                                                   protocol.calibration_precision, rounds, lambda: bar.update(1),
+                                                   protocol.network_rounds)
+        finally:
+            for r in runners.values():
+                r.close()
+        bar.total = bar.n  # the rounds the precision needed
+        bar.refresh()
+    stats = [result.ratios[str(i)] for i in range(len(archs))]
+    ratios = [s.value(table.statistic) * ref.level_ms / p for s, p in zip(stats, summed)]
     factor = statistics.median(ratios)
     spread = (max(ratios) - min(ratios)) / factor
     return {"factor": round(factor, 5), "architectures": len(archs), "seed": CALIBRATION_SEED + seed,
@@ -198,7 +220,10 @@ def calibrate(table: Table, backend: Backend, protocol: Protocol, seed: int,
             "branches_per_cell": [round(branches_per_cell(a), 3) for a in archs],
             "spread": round(spread, 5), "tolerance": protocol.calibration_tolerance,
             "consistent": spread <= protocol.calibration_tolerance,
-            "cells": [[list(c.ops) for c in a.placed] for a in archs]}
+            "cells": [[list(c.ops) for c in a.placed] for a in archs],
+            "rounds": result.reference.count, "seconds": round(time.monotonic() - start, 1),
+            "precision": round(max(median_uncertainty(s) for s in stats), 5),
+            "reference_vs_level": round(result.reference.median / ref.level_ms, 4)}
 
 
 def calibration_warning(calibration: dict[str, Any]) -> str | None:
@@ -214,19 +239,20 @@ def calibration_warning(calibration: dict[str, Any]) -> str | None:
 
 
 def validate(table: Table, samples: int = DEFAULT_SAMPLES, seed: int = 0, progress: bool = True,
-             rounds: int | None = None, recalibrate: bool = False, reference: bool | None = None) -> dict[str, Any]:
+             rounds: int | None = None, recalibrate: bool = False, reference: bool = True,
+             branches: tuple[float, float] | None = None) -> dict[str, Any]:
     """Measured vs predicted latency of `samples` random architectures.
 
-    Samples are timed in groups of GROUP, each group a few minutes long. On a shared machine
-    the speed of whole networks moves between groups by several percent (the op probe does not
-    see it), which scrambles their ranks. So by default (`reference`, when the table has a
-    calibration) the build's first (densest) calibration architecture, a random network of the same
-    space, is timed in every group, interleaved with the samples, and each group's latencies
-    are referred to one machine state: multiplied by the reference's median over the run /
-    its latency in that group (the rule for noisy machines: ratios to a baseline timed
-    in the same run; docs/protocol.md). `measured_ms` is that referred latency; `raw_ms` and the `raw`
-    metrics keep the latencies as timed. The table's prediction is never adjusted.
-    recalibrate: first re-time the table's calibration architectures (disjoint from the
+    The samples draw every branch with probability 0.5 (supernet density), or with `branches`
+    (fewest, most) their mean branches per cell evenly spaced from most down to fewest, as the
+    calibration's are (sparse networks, as searches end with; seeds near `seed`, disjoint from the
+    calibration's). They are timed in groups of GROUP with the table's reference in every round,
+    and referred to the table's machine state: `measured_ms` is each one's median ratio to the
+    reference times the table's reference level (the rule for noisy machines: ratios to a baseline
+    timed in the same rounds; docs/protocol.md); `raw_ms` and the `raw` metrics keep the latencies
+    as timed, and `reference.vs_table` says how the machine ran against the build meanwhile.
+    `reference=False` times the samples alone (as timed only). The table's prediction is never
+    adjusted. recalibrate: first re-time the table's calibration architectures (disjoint from the
     samples) and also report predictions with that factor (`recalibrated`).
     """
     if samples < 2:
@@ -235,33 +261,37 @@ def validate(table: Table, samples: int = DEFAULT_SAMPLES, seed: int = 0, progre
     space, macro = table.space(), table.macro()
     scale = float(table.meta["scale"])
     rng = random.Random(seed)
-    archs = [sample_architecture(space, macro, scale, rng, name=f"sample{i}") for i in range(samples)]
+    if branches is None:
+        archs = [sample_architecture(space, macro, scale, rng, name=f"sample{i}") for i in range(samples)]
+    else:
+        fewest, most = branches
+        if not 0 < fewest <= most <= len(space.ops):
+            raise HwnasError(f"--branches {fewest:g}-{most:g}: give the fewest and the most branches per cell, "
+                             f"0 < FEWEST <= MOST <= {len(space.ops)} (the ops of {space.name})")
+        archs = density_architectures(space, macro, scale, rng, samples, most, fewest, "sample")
     priced = [predict(table, a) for a in archs]
     predictions = [p["latency_ms"] for p in priced]
-    protocol = Protocol.from_dict(table.meta["protocol"])
-    protocol = replace(protocol, rounds=rounds or protocol.network_rounds,
-                       drift_tolerance=protocol.network_drift_tolerance)
+    build_protocol = Protocol.from_dict(table.meta["protocol"])
+    protocol = replace(build_protocol, rounds=rounds or build_protocol.network_rounds)
     calibration = table.meta.get("calibration")
-    if (recalibrate or reference) and not calibration:
+    if recalibrate and not calibration:
         raise HwnasError("the table has no calibration (built with calibration_architectures = 0): "
-                         "--recalibrate and the reference network re-time its calibration architectures; "
-                         "validate it with --no-reference")
-    if reference is None:
-        reference = bool(calibration)
-    build_seed = int(calibration["seed"]) - CALIBRATION_SEED if calibration else 0
+                         "--recalibrate re-times its calibration architectures")
+    ref = reference_of(table) if reference else None
     calibration_now = None
     if recalibrate:
-        calibration_now = calibrate(table, backend, Protocol.from_dict(table.meta["protocol"]), build_seed,
-                                    calibrated_architectures(table), "recalibrate" if progress else None)
-    ref = reference_network(table) if reference else None
-    reference_ms: list[float] = []
-    drifts: list[float] = []
-    stats = measure_architectures(archs, table, backend, protocol, seed, "validate" if progress else None, drifts,
-                                  ref, reference_ms)
-    machine_vs_table, drifts = drifts[0], drifts[1:]
-    raw = [s.value(table.statistic) for s in stats]
-    factors = refer_groups([i // GROUP for i in range(samples)], reference_ms) if ref is not None else [1.0] * samples
-    measured = [m * f for m, f in zip(raw, factors)]
+        assert calibration is not None
+        build_seed = int(calibration["seed"]) - CALIBRATION_SEED
+        calibration_now = calibrate(table, backend, build_protocol, build_seed, calibrated_architectures(table),
+                                    "recalibrate" if progress else None)
+    timed = measure_architectures(archs, table, backend, protocol, seed, "validate" if progress else None,
+                                  reference=ref is not None)
+    raw = [s.value(table.statistic) for s in timed.timed]
+    if ref is not None:
+        assert timed.ratios is not None
+        measured = [r.value(table.statistic) * ref.level_ms for r in timed.ratios]
+    else:
+        measured = raw
     report: dict[str, Any] = metrics(predictions, measured)
     report["measured"] = "referred" if ref is not None else "raw"
     report["uncalibrated"] = metrics([p["latency_ms_uncalibrated"] for p in priced], measured)
@@ -271,23 +301,21 @@ def validate(table: Table, samples: int = DEFAULT_SAMPLES, seed: int = 0, progre
         report["recalibrated"] = metrics([p["latency_ms_uncalibrated"] * calibration_now["factor"] for p in priced],
                                          measured)
     if ref is not None:
-        assert calibration is not None
         report["raw"] = metrics(predictions, raw)
-        summed = predict(table, ref[0])["latency_ms_uncalibrated"]
-        build_ms = float(calibration["ratios"][0]) * summed  # its measured latency at the build
-        report["reference"] = {
-            "cells": [list(c.ops) for c in ref[0].cells], "summed_ms": summed, "build_ms": round(build_ms, 6),
-            "measured_ms": reference_ms, "level_ms": statistics.median(reference_ms),
-            "vs_build": [round(m / build_ms, 4) for m in reference_ms],
-        }
-    report["machine_vs_table"] = round(machine_vs_table, 4)  # probe now / probe when the table was built
+        groups = [s.median for s in timed.reference]
+        report["reference"] = {"graph": ref.description, "level_ms": ref.level_ms, "groups_ms": groups,
+                               "vs_table": [round(g / ref.level_ms, 4) for g in groups],
+                               "build_range": list(ref.build_range) if ref.build_range else None}
+        report["machine_vs_table"] = round(statistics.median(groups) / ref.level_ms, 4)
+    ratios: list[Stats | None] = list(timed.ratios) if timed.ratios else [None] * len(archs)
     report.update({
         "seed": seed, "batch": table.meta["batch"], "statistic": table.statistic, "rounds": protocol.rounds,
-        "samples": [{"cells": [list(c.ops) for c in a.cells], "predicted_ms": p["latency_ms"],
-                     "predicted_uncalibrated_ms": p["latency_ms_uncalibrated"], "measured_ms": m, "raw_ms": r,
-                     "measured_cov": round(s.cov, 5), "probe_drift": round(d, 4), "flags": list(s.flags)}
-                    | ({"group_factor": round(f, 5)} if ref is not None else {})
-                    for a, p, m, r, s, d, f in zip(archs, priced, measured, raw, stats, drifts, factors)],
+        "branches": list(branches) if branches else None,
+        "samples": [{"cells": [list(c.ops) for c in a.cells], "branches_per_cell": round(branches_per_cell(a), 3),
+                     "predicted_ms": p["latency_ms"], "predicted_uncalibrated_ms": p["latency_ms_uncalibrated"],
+                     "measured_ms": m, "raw_ms": r, "spread": round((q or s).spread, 5), "flags": list((q or s).flags)}
+                    | ({"ratio": q.value(table.statistic)} if q else {})
+                    for a, p, m, r, s, q in zip(archs, priced, measured, raw, timed.timed, ratios)],
     })
     return report
 

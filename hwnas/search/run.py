@@ -286,7 +286,7 @@ class Search:
             self._write_round(trainer, round_index, candidates, front)
             summary = {"round": round_index, "seconds": round(seconds, 2), "steps": trainer.total_steps,
                        "front": [c.to_dict() for c in front], "evaluated": len(candidates),
-                       "pruned": trainer.pruned}
+                       "pruned": trainer.pruned, "layer": trainer.layer_path()}  # fused or eager, and why
             history.append(summary)
             log.write({"event": "round", **{k: v for k, v in summary.items() if k != "front"},
                        "front": [[c.cost, c.accuracy] for c in front]})

@@ -110,6 +110,15 @@ class RoundTrainer:
         share, DDP sends rank 0's running statistics to the others every step, as by default."""
         return self.group.wrap(self.net, sync_buffers=not self.cfg.sync_bn)
 
+    def layer_path(self) -> dict[str, Any]:
+        """What computed the supernet's cells: the fused layer's kernels, or the eager PyTorch
+        path, and why (HWNAS_FUSED and the kernels' first-use check: hwnas.selfcheck.fallback)."""
+        if not self.net.fused:
+            return {"path": "eager", "reason": "the fused layer runs on GPUs, and on the CPU with fused: true"}
+        from hwnas.selfcheck.fallback import decide
+
+        return decide(self.device, self.dtype).to_dict()
+
     @property
     def cells(self) -> list[Any]:
         return list(self.net.cells)

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from hwnas.kernels import SegmentSpec
 from hwnas.kernels.ops import geometry, update_running_stats
 from hwnas.model.blocks import cell_mean, is_fusable_depthwise
+from hwnas.selfcheck.fallback import use_fused
 from hwnas.supernet.cell import SupernetCell
 from hwnas.supernet.global_bn import global_statistics, record_batch
 
@@ -121,6 +122,9 @@ class FusedSupernetCell(nn.Module):
     fresh pages cost ~10 ms per 50 MB every step). Like nn.ReLU(inplace=True) it allows one
     backward through the graph: pass inplace=False to backward more than once (retain_graph,
     gradcheck); a second backward through an in-place layer raises torch's in-place error.
+
+    On its first use on a device and dtype the layer checks its kernels against PyTorch's ops, and
+    computes with the wrapped SupernetCell if they fail (HWNAS_FUSED: hwnas.selfcheck.fallback).
     """
 
     def __init__(self, cell: SupernetCell, inplace: bool = True):
@@ -128,4 +132,6 @@ class FusedSupernetCell(nn.Module):
         self.cell, self.inplace = cell, inplace
 
     def forward(self, x: torch.Tensor, config: torch.Tensor | Sequence[bool]) -> torch.Tensor:
+        if not use_fused(x):  # HWNAS_FUSED=off, or the kernels failed their first-use check here
+            return self.cell(x, config)  # type: ignore[no-any-return]
         return fused_forward(self.cell, x, config, self.inplace)

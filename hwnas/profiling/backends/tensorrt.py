@@ -1,7 +1,9 @@
 """TensorRT 10 and 11: ONNX -> engine per graph, timed with CUDA events on a torch stream.
 
-Cannot run without an NVIDIA GPU and TensorRT's libraries; on machines without them this
-module is type-checked against the TensorRT stubs by the test suite (tests/test_tensorrt_types.py).
+Cannot run without an NVIDIA GPU and TensorRT's libraries; on machines without them the test
+suite holds this module against the real Python bindings of TensorRT 10 and 11 (every use
+resolved, and type-checked against stubs generated from them: tests/test_tensorrt_bindings.py)
+and against the tensorrt-stubs package (tests/test_tensorrt_types.py).
 `import tensorrt` sits inside the functions so importing hwnas never needs it, while mypy
 still sees TensorRT's real types.
 
@@ -12,8 +14,11 @@ untyped, so the check against TensorRT's stubs would stop at them, and Polygraph
 set_timing_cache's verdict, which hwnas must report.
 
 - One process-wide trt.Logger (TensorRT keeps the first logger it is given).
-- Precision (build_mode): TensorRT 11 networks are strongly typed (BuilderFlag.FP16 is gone):
-  FP16 comes from an FP16 ONNX. TensorRT 10 builds FP32 ONNX with the FP16 builder flag.
+- Precision (build_mode): TensorRT 11 networks are strongly typed (BuilderFlag.FP16 is gone, and
+  the STRONGLY_TYPED network flag is deprecated and ignored, so none is passed): FP16 comes from
+  an FP16 ONNX. TensorRT 10 builds FP32 ONNX with the FP16 builder flag, and an FP16 ONNX with
+  the STRONGLY_TYPED flag. The calls that exist in one major only sit under `major < 11` /
+  `major >= 11` guards, which the tests resolve against the real bindings of each major.
   The precision reported is the built engine's, read back from its inspector.
 - ONNX with a dynamic batch gets one optimization profile (1, batch, batch).
 - One timing cache is shared by all engines of a table (and saved beside it); a cache that
@@ -178,8 +183,11 @@ def engine_from_onnx(onnx_model: bytes, *, fp16: bool, batch: int = 16, workspac
 
     logger = trt_logger()
     builder = trt.Builder(logger)
-    mode = build_mode(trt_major(), fp16, _is_fp16_onnx(onnx_model))
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if mode == "strongly_typed" else 0
+    major = trt_major()
+    mode = build_mode(major, fp16, _is_fp16_onnx(onnx_model))
+    flags = 0
+    if major < 11 and mode == "strongly_typed":  # TensorRT 11 is always strongly typed (its flag: deprecated)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_model):
@@ -187,8 +195,8 @@ def engine_from_onnx(onnx_model: bytes, *, fp16: bool, batch: int = 16, workspac
         raise HwnasError(f"TensorRT could not parse the ONNX model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if mode == "fp16_flag":
-        config.set_flag(trt.BuilderFlag.FP16)  # TensorRT 10, weakly typed FP32 ONNX
+    if major < 11 and mode == "fp16_flag":  # a weakly typed FP32 ONNX; TensorRT 11 has no BuilderFlag.FP16
+        config.set_flag(trt.BuilderFlag.FP16)
     if detailed_profile:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
