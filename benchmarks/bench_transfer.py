@@ -9,8 +9,11 @@ For each pair: the transfer ('hwnas table transfer') and a full build ('hwnas ta
 target, both timed in the run; then whole random networks timed on the target ('hwnas validate' on the
 transferred table) and both tables' predictions compared with them. Reported per pair:
   - entries measured (count and share of the table);
-  - entry-wise error of the transferred entries against the full build's (MAPE, within +-10%);
-  - networks: within +-10%, MAPE, Spearman, for the transferred table and the full build's;
+  - entry-wise error of the transferred entries against the full build's (MAPE, within +-10%), as
+    ratios to the reference network both tables time;
+  - networks: within +-10%, MAPE, Spearman, for the transferred table and the full build's, each
+    against the networks referred to its own table's machine state (validate's ratios to the
+    reference times the table's level);
   - Spearman inside a band of +-7% of predicted latency around the sample's median prediction
     (the decisions a latency constraint makes), for both tables;
   - the transfer's time against the full build's.
@@ -23,13 +26,13 @@ full build's.
 
 The tables are kept in OUT (a killed run continues where it stopped: a finished table is reused,
 its time then reported as not measured in this run); OUT/report.json is rewritten after every pair.
-Keep the machine otherwise idle: every figure is a ratio within this run, but a busy machine makes
-the builds re-measure groups and the networks' ranks noisy. A quick check of the script itself, on
+Keep the machine otherwise idle: every figure is a ratio within this run, and entries and networks
+are referred through the reference network, but bursts of load make the builds re-measure entries
+and the networks' ranks noisy. A quick check of the script itself, on
 the tiny test space (the shipped pair needs latency19):
 
     PYTHONPATH=. python benchmarks/bench_transfer.py --out /tmp/bt --pairs threads,torch \\
-        --space tests/data/tiny.json --macro tests/data/tiny.json --batch 2 --budget 0.3 --samples 4 --rounds 3 \\
-        --drift-wait 0
+        --space tests/data/tiny.json --macro tests/data/tiny.json --batch 2 --budget 0.3 --samples 4 --rounds 3
 """
 
 from __future__ import annotations
@@ -100,13 +103,15 @@ def network_metrics(predicted: list[float], measured: list[float]) -> dict[str, 
 
 
 def entry_errors(transferred: Any, full: Any) -> dict[str, Any]:
+    """The transferred entries against the full build's, as ratios to the reference network both
+    tables timed (the same graph): the machine's state during each build cancels."""
     errors, by_family = [], {}
     for key in transferred.transferred:
-        e = transferred.latency(key) / full.latency(key) - 1
+        e = transferred.ratio(key) / full.ratio(key) - 1
         errors.append(abs(e))
         by_family.setdefault(transferred.entries[key]["transfer"]["family"], []).append(abs(e))
-    z = [abs(transferred.latency(k) / full.latency(k) - 1) / max(transferred.entries[k]["transfer"]["uncertainty"],
-                                                                  1e-9) for k in transferred.transferred]
+    z = [abs(transferred.ratio(k) / full.ratio(k) - 1) / max(transferred.entries[k]["transfer"]["uncertainty"], 1e-9)
+         for k in transferred.transferred]
     return {"n": len(errors), "mape": round(statistics.fmean(errors), 4),
             "within_10pct": round(sum(e <= 0.1 for e in errors) / len(errors), 4), "max": round(max(errors), 4),
             "within_2_sd": round(sum(v <= 2 for v in z) / len(z), 4),
@@ -116,6 +121,7 @@ def entry_errors(transferred: Any, full: Any) -> dict[str, Any]:
 def run_pair(name: str, args: argparse.Namespace, protocol: Any, times: dict[str, float | None]) -> dict[str, Any]:
     from hwnas.profiling.backends import get_backend
     from hwnas.profiling.predict import predict
+    from hwnas.profiling.reference import reference_of
     from hwnas.profiling.table import Table
     from hwnas.profiling.transfer import transfer_table
     from hwnas.profiling.validate import validate
@@ -141,6 +147,10 @@ def run_pair(name: str, args: argparse.Namespace, protocol: Any, times: dict[str
     print(f"== validate: {name}", flush=True)
     report = validate(new, args.samples, args.seed)
     measured = [s["measured_ms"] for s in report["samples"]]
+    # the same networks referred to the full build's machine state: their ratios to the reference
+    # network (the same graph in both tables) times the full build's level
+    assert new.meta["reference"] == full.meta["reference"]
+    measured_full = [s["ratio"] * reference_of(full).level_ms for s in report["samples"]]
     # the same networks validate timed (its sampling, by seed), priced by the full build's table
     import random
 
@@ -157,7 +167,7 @@ def run_pair(name: str, args: argparse.Namespace, protocol: Any, times: dict[str
         "held_out": {k: new.meta["transfer"]["model"]["held_out"][k] for k in ("n", "mape", "within_10pct")},
         "networks": {"n": len(measured), "measured": report["measured"],
                      "transferred": network_metrics([s["predicted_ms"] for s in report["samples"]], measured),
-                     "full_build": network_metrics([predict(full, a)["latency_ms"] for a in archs], measured)},
+                     "full_build": network_metrics([predict(full, a)["latency_ms"] for a in archs], measured_full)},
         "calibration_factor": {"transferred": new.calibration_factor, "full_build": full.calibration_factor},
         "time_s": {"transfer": None if transfer_s is None else round(transfer_s, 1),
                    "full_build": None if full_s is None else round(full_s, 1)},
@@ -195,8 +205,6 @@ def main() -> int:
     ap.add_argument("--macro", default="latency")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, help="override the protocol's rounds (quick checks of the script)")
-    ap.add_argument("--drift-wait", type=float, help="override the protocol's pause before re-measuring a group "
-                                                     "measured while the machine's speed changed (seconds)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from tabulate import tabulate
@@ -212,8 +220,6 @@ def main() -> int:
     protocol = Protocol()
     if args.rounds is not None:
         protocol = replace(protocol, rounds=args.rounds)
-    if args.drift_wait is not None:
-        protocol = replace(protocol, drift_wait_s=args.drift_wait)
     args.out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float | None] = {}
     results: dict[str, Any] = {}

@@ -111,7 +111,8 @@ def test_the_transfer_stage_fits_its_share_and_its_command_parses(acc, tmp_path)
         p = acc.transfer_params(seconds)
         measured = acc.TABLE_ENTRIES // 10
         assert p["budget"] == 0.1 and 3 <= p["rounds"] <= 9 and 4 <= p["samples"] <= 30
-        assert 15 + measured * (0.25 + 0.01 * p["rounds"]) + 2.0 * p["samples"] <= max(seconds, 40 + 1e-9)
+        per_entry = acc.TRANSFER_ENTRY_S + acc.TRANSFER_ROUND_S * p["rounds"]
+        assert 15 + measured * per_entry + 2.0 * p["samples"] <= max(seconds, 40 + 1e-9)
     args = build_parser().parse_args(acc.transfer_command(acc.transfer_params(60), tmp_path / "t.json"))
     assert args.func.__name__ == "cmd_transfer" and args.backend == "torch" and args.budget == 0.1
     assert acc.SHIPPED_TABLE.exists() and args.source == str(acc.SHIPPED_TABLE)

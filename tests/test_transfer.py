@@ -37,7 +37,7 @@ from flop_backend import FlopBackend, FlopRunner, mmacs
 
 TINY = str(REPO / "tests" / "data" / "tiny.json")
 SHIPPED = REPO / "latency_tables" / "latency19_ort-cpu_b16.json"
-QUICK = Protocol(warmup_ms=1.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3, drift_wait_s=0.0,
+QUICK = Protocol(warmup_ms=1.0, warmup_runs=1, min_sample_ms=1.0, rounds=3, network_rounds=3,
                  calibration_architectures=3)
 A, B = 0.6, 0.8  # the target device: A * (source time) ** B
 

@@ -82,7 +82,7 @@ def register(sub: Any) -> None:
     tr = tsub.add_parser(
         "transfer", help="a table for this device from another device's table, measuring a tenth of it",
         description="Measure on this device a chosen part of SOURCE's entries (at most --budget of them, with "
-                    "the table build's protocol), predict the others from SOURCE and the measured ones with a "
+                    "the table build's protocol: ratios to a reference network timed in every round), predict the others from SOURCE and the measured ones with a "
                     "small per-kind model (every transferred entry with its uncertainty), calibrate on whole "
                     "networks as a build does, and write a table that predict, validate and the search use like "
                     "any other. The entries are chosen to cover every op kind, kernel size, expansion, stride, "
@@ -103,8 +103,6 @@ def register(sub: Any) -> None:
     tr.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="this device's precision")
     opt.add_threads(tr)
     opt.add_rounds(tr)
-    opt.add_number(tr, "--drift-wait", rng=opt.SECONDS, default=None, metavar="S",
-                   help="as in 'hwnas table build'")
     opt.add_seed(tr, help="seed of weights and measurement order (the selection does not depend on it)")
     tr.add_argument("-o", "--output", required=True, help="new table file (JSON)")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted transfer into the same file")
@@ -244,8 +242,6 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     protocol = Protocol()
     if args.rounds is not None:
         protocol = replace(protocol, rounds=args.rounds)
-    if args.drift_wait is not None:
-        protocol = replace(protocol, drift_wait_s=args.drift_wait)
     with files.exclusive(args.output, "table"):
         files.on_interrupt(f"{args.output} holds every group measured so far (if any): run the same command "
                            f"with --resume to continue")
@@ -262,6 +258,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     print(f"held-back fit (leave-one-out over the measured entries): MAPE {fit['mape']:.1%}, "
           f"{fit['within_10pct']:.0%} within ±10%, worst {fit['max_error']:.1%}; median uncertainty of a "
           f"transferred entry ±{summary['median_uncertainty']:.1%}; {summary['seconds']:.0f} s")
+    for line in _reference_lines(tbl.meta) + _calibration_lines(tbl.meta):
+        print(line)
     _warn_calibration(tbl.meta.get("calibration", {}))
     return 0
 
@@ -426,7 +424,8 @@ def _show_transfer(tbl: Any) -> None:
     src = tbl.meta["transfer"]["source"]
     fit = t["held_out"]
     where = f"transferred from {t['source']} (device {t['source_device']}, backend {t['source_backend']}, " \
-            f"statistic {src['statistic']}, protocol rounds {(src.get('protocol') or {}).get('rounds')})"
+            f"format {src.get('format', 1)}, statistic {src['statistic']}, protocol rounds " \
+            f"{(src.get('protocol') or {}).get('rounds')})"
     if fit is None:
         print(f"{where}: unfinished, {t['measured']} of the {len(t['selection'])} selected entries measured; "
               f"continue it with 'hwnas table transfer ... --resume'")
@@ -435,8 +434,9 @@ def _show_transfer(tbl: Any) -> None:
           f"{t['transferred']} transferred, each with its predicted uncertainty (median "
           f"±{t['median_uncertainty']:.1%})")
     print(f"transfer model, leave-one-out over the measured entries: MAPE {fit['mape']:.1%}, "
-          f"{fit['within_10pct']:.0%} within ±10%, worst {fit['max_error']:.1%}; a transferred entry's latency "
-          f"statistics are its prediction (count 0)")
+          f"{fit['within_10pct']:.0%} within ±10%, worst {fit['max_error']:.1%}; a transferred entry is its "
+          f"predicted ratio to the reference network (count 0: no runs), in ms at the table's level as the "
+          f"measured ones")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -98,6 +98,15 @@ class Table:
                              f"{self.meta.get('backend', {}).get('name')}): it prices MACs and params only")
         return Stats.from_dict(entry["latency"]).value(self.statistic)
 
+    def ratio(self, key: str) -> float:
+        """An entry's ratio to the table's reference network (format 2): what two tables timing the
+        same reference compare, whatever state each one's machine was in."""
+        entry = self.entry(key)
+        if "ratio" not in entry:
+            raise HwnasError(f"the table's entry '{key}' has no ratio to a reference network (a table of format "
+                             f"{self.version}, or one without latency)")
+        return Stats.from_dict(entry["ratio"]).value(self.statistic)
+
     def origin(self, key: str) -> str:
         """'measured' or 'transferred' (hwnas.profiling.transfer)."""
         return str(self.entry(key).get(ORIGIN_FIELD, MEASURED))

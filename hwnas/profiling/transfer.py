@@ -11,7 +11,8 @@ measuring a small, chosen part of it (docs/transfer.md).
    source measured poorly, or unlike every chosen one, is measured (a sequential I-optimal
    design).
 2. Measurement: those entries are measured by the table build itself (`build_table(keys=...)`),
-   with this device's backend and protocol, into the new table.
+   with this device's backend and protocol, into the new table: as ratios to the table's reference
+   network timed in every round, in milliseconds at the reference's level (docs/protocol.md).
 3. Model (`TransferModel`): per entry, log(new / source) = intercept + offset of its family
    (op kind, merge add, merge scale, stem, head) + slopes on three properties of the entry on
    the source device: its size (log source latency), its achieved traffic (log elements moved
@@ -20,12 +21,18 @@ measuring a small, chosen part of it (docs/transfer.md).
    for all entries; their strength is chosen by leave-one-out error; the fit is robust (Huber
    weights). Every transferred entry gets a predicted uncertainty (the standard deviation of
    its log latency).
-4. Calibration: whole random networks timed on this device, as a build calibrates.
+4. Calibration: whole random networks timed on this device with the reference, as a build
+   calibrates.
 
-The table records each entry's origin ('measured' or 'transferred', with the source latency
-and the uncertainty of a transferred one) and, in `meta.transfer`, the source table's device,
-backend, software and protocol, the selection and why each entry was chosen, the model and its
-leave-one-out error on the measured entries.
+The new table is of format 2. A transferred entry is stored as a measured one is, as a ratio to the
+reference (its predicted latency / the level) from which its latency is derived (`transferred_entry`,
+`refer_entries`), so predict, validate, `predict --check` and the calibration refer it to the same
+machine state. The source may be of format 1 (entries as timed) or 2 (ratios at its own level): the
+model reads its latencies, and is indifferent to their common scale. The table records each entry's
+origin ('measured' or 'transferred', with the source latency and the uncertainty of a transferred
+one) and, in `meta.transfer`, the source table's format, device, backend, software, protocol and
+reference, the selection and why each entry was chosen, the model and its leave-one-out error on
+the measured entries.
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ import numpy as np
 from hwnas.costs import head_traffic, op_traffic, stem_traffic
 from hwnas.errors import HwnasError
 from hwnas.profiling.backends import Backend
-from hwnas.profiling.protocol import Protocol, Stats
-from hwnas.profiling.table import MEASURED, ORIGIN_FIELD, TRANSFER_FIELD, TRANSFERRED, Table, utc_now
+from hwnas.profiling.protocol import Protocol, Stats, median_uncertainty
+from hwnas.profiling.table import (MEASURED, ORIGIN_FIELD, PART_FIELD, TRANSFER_FIELD, TRANSFERRED, VERSION, Table,
+                                   utc_now)
 from hwnas.spaces.arch import Space
 from hwnas.spaces.macro import Macro
 
@@ -87,13 +95,12 @@ class Candidate:
 
 
 def _source_sd(entry: dict[str, Any]) -> float:
-    """The noise of a source entry's log latency: the standard error of a median, plus the
-    probe's drift for an entry measured while the machine's speed changed."""
-    lat = entry["latency"]
-    count = max(int(lat.get("count", 1)), 1)
-    cov = float(lat.get("cov", 0.0))
-    var = (1.2533 * cov) ** 2 / count
-    if "drift" in lat.get("flags", ()):
+    """The noise of a source entry's log latency: the standard error of its median (format 2: of its
+    ratio to the source's reference, whose level is common to all entries), plus, in a table of
+    format 1, the probe's drift for an entry measured while the machine's speed changed."""
+    stats = Stats.from_dict(entry.get("ratio", entry["latency"]))
+    var = median_uncertainty(stats) ** 2 if stats.count > 0 else 0.0
+    if "drift" in stats.flags:
         var += math.log(float(entry.get("probe_drift", 1.0))) ** 2
     return math.sqrt(var)
 
@@ -393,7 +400,9 @@ def check_source(source: Table, name: str, space: Space | None = None, macro: Ma
     if TRANSFER_FIELD in meta:
         raise HwnasError(f"{name} is itself a transferred table (meta.{TRANSFER_FIELD}): transfer from a table whose "
                          f"entries were all measured")
-    source.require_whole()
+    if source.part:
+        raise HwnasError(f"{name} is shard {source.part} of a sharded build (meta.{PART_FIELD}), with that shard's "
+                         f"entries only: merge all parts with 'hwnas table merge' and transfer from the merged table")
     missing = missing_keys(source)
     if missing:
         raise HwnasError(f"{name} lacks {len(missing)} entr{'y' if len(missing) == 1 else 'ies'} (first: "
@@ -418,11 +427,18 @@ def check_source(source: Table, name: str, space: Space | None = None, macro: Ma
 
 def source_record(source: Table, name: str) -> dict[str, Any]:
     """What the new table keeps of its source: where it was measured, how, and when."""
+    from hwnas.profiling.reference import LEVEL_FIELD
+
     m = source.meta
-    return {"file": Path(name).name, "fingerprint": source_fingerprint(source), "device": m.get("device"),
-            "backend": m.get("backend"), "software": m.get("software"), "protocol": m.get("protocol"),
-            "statistic": source.statistic, "precision": m.get("precision"), "created": m.get("created"),
-            "calibration_factor": source.calibration_factor, "entries": len(source.entries)}
+    record = {"file": Path(name).name, "fingerprint": source_fingerprint(source), "format": source.version,
+              "device": m.get("device"), "backend": m.get("backend"), "software": m.get("software"),
+              "protocol": m.get("protocol"), "statistic": source.statistic, "precision": m.get("precision"),
+              "created": m.get("created"), "calibration_factor": source.calibration_factor,
+              "entries": len(source.entries)}
+    if m.get("reference"):  # format 2: its entries are ratios to this network, in ms at this level
+        record["reference"] = {"op": m["reference"].get("op"),
+                               "level_ms": m.get(LEVEL_FIELD, {}).get("level_ms")}
+    return record
 
 
 # --- the transfer ------------------------------------------------------------------------------
@@ -466,6 +482,10 @@ def transfer_table(source: Table, source_name: str, backend: Backend, out: str |
                              f"transfer into another -o")
         if table.meta.get("complete"):
             return table
+        if table.version != VERSION:
+            raise HwnasError(f"cannot resume {out}: it is a transfer of format {table.version}, its entries measured "
+                             f"with the drift-probe protocol; this hwnas measures entries as ratios to a reference "
+                             f"network (format {VERSION}): transfer into another -o")
         selection = [(s["key"], s["why"]) for s in done["selection"]]
     else:
         selection = select(cands, count)
@@ -491,28 +511,40 @@ def transfer_table(source: Table, source_name: str, backend: Backend, out: str |
 
 
 def _fill(table: Table, cands: Sequence[Candidate], keys: Sequence[str]) -> Table:
-    """Fit the model on the measured entries and write every other entry with its prediction."""
+    """Fit the model on the measured entries and write every other entry with its prediction.
+
+    The model is fitted on the measured entries' latencies at the table's reference level; a
+    transferred entry is stored as its ratio to the reference (`transferred_entry`), so that its
+    latency is derived from its ratio exactly as a measured entry's is (`refer_entries`)."""
+    from hwnas.profiling.reference import refer_entries, reference_of
+
     measured = {k: table.latency(k) for k in keys}
     model = TransferModel.fit(cands, measured)
     missing = [c for c in cands if c.key not in table.entries]
     predicted = dict(zip((c.key for c in missing), model.predict(missing)))
     plan_records = _plan_records(table)
+    level = reference_of(table).level_ms
     entries: dict[str, dict[str, Any]] = {}
     for c in cands:
         if c.key in table.entries:
             entries[c.key] = {**table.entries[c.key], ORIGIN_FIELD: MEASURED}
-            continue
-        ms, sd = predicted[c.key]
-        value = round(ms, 6)
-        entries[c.key] = {**plan_records[c.key],
-                          "latency": Stats(0, value, value, value, 0.0).to_dict(),
-                          ORIGIN_FIELD: TRANSFERRED,
-                          "transfer": {"source_ms": round(c.source_ms, 6), "uncertainty": round(sd, 5),
-                                       "family": c.family}}
+        else:
+            entries[c.key] = transferred_entry(plan_records[c.key], c, *predicted[c.key], level)
     table.entries = entries
+    refer_entries(table)
     table.meta[TRANSFER_FIELD]["model"] = model.summary()
     table.meta["updated"] = utc_now()
     return table
+
+
+def transferred_entry(record: dict[str, Any], cand: Candidate, ms: float, sd: float, level_ms: float) -> dict[str, Any]:
+    """A transferred entry of a table of format 2: the plan's record of it, its predicted latency as a
+    ratio to the table's reference (ms / the reference's level; statistics of no runs, `count` 0),
+    its origin, its source latency and the uncertainty of its log latency. Its `latency` is that
+    ratio times the level, written by `refer_entries` as for every entry."""
+    ratio = ms / level_ms
+    return {**record, "ratio": Stats(0, ratio, ratio, ratio, 0.0).to_dict(), ORIGIN_FIELD: TRANSFERRED,
+            "transfer": {"source_ms": round(cand.source_ms, 6), "uncertainty": round(sd, 5), "family": cand.family}}
 
 
 def _plan_records(table: Table) -> dict[str, dict[str, Any]]:
