@@ -25,7 +25,7 @@ from hwnas.errors import HwnasError
 from hwnas.profiling import backends
 from hwnas.profiling.build import build_table
 from hwnas.profiling.predict import predict
-from hwnas.profiling.protocol import Protocol
+from hwnas.profiling.protocol import Protocol, Stats
 from hwnas.profiling.table import Table
 from hwnas.profiling.transfer import (MIN_MEASURED, Candidate, TransferModel, candidates, check_source,
                                       measured_count, select, transfer_table)
@@ -43,16 +43,18 @@ A, B = 0.6, 0.8  # the target device: A * (source time) ** B
 
 
 class PowerBackend(FlopBackend):
-    """A device whose every graph takes A * (the flops-model device's time) ** B."""
+    """A device whose every graph takes A * (the flops-model device's time) ** B, times `speed` (the
+    machine's state: 1.2 is a machine running every graph 1.2x slower)."""
 
     name = "power-model"
+    speed = 1.0
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "name": self.name, "device": {"type": "model", "law": f"{A} * t ** {B}"}}
 
     def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
         runner = FlopRunner(module, input_shapes, self.overhead_ms)
-        runner.ms = A * runner.ms ** B
+        runner.ms = self.speed * A * runner.ms ** B
         return runner
 
 
@@ -319,6 +321,91 @@ def test_a_transferred_table_records_how_each_entry_came_to_be(devices):
     assert Table.load(devices["folder"] / "new.json").to_dict() == new.to_dict()  # what was written
 
 
+def test_a_transferred_table_is_of_format_2_every_entry_a_ratio_to_its_reference(devices):
+    """The measured entries are ratios to the reference network as a build measures them, with the
+    reference and its level recorded; a transferred entry is its predicted ratio (no runs), and every
+    latency, of either origin, is its ratio times the level."""
+    from hwnas.profiling.table import VERSION
+
+    full, new = devices["full"], devices["new"]
+    assert new.version == VERSION == 2 and Table.load(devices["folder"] / "new.json").version == 2
+    assert new.meta["reference"] == full.meta["reference"]  # the same graph as a full build on this device
+    level = new.meta["reference_level"]["level_ms"]
+    assert level == pytest.approx(full.meta["reference_level"]["level_ms"], rel=1e-9)  # a steady device
+    measured = [k for k in new.entries if new.origin(k) == "measured"]
+    groups = {g["group"] for g in new.meta["reference_level"]["groups"]}
+    assert groups == {new.entries[k].get("position", "stem+head") for k in measured}  # one per group measured
+    for key, entry in new.entries.items():
+        assert new.latency(key) == pytest.approx(new.ratio(key) * level, rel=1e-6), key
+        if new.origin(key) == "measured":
+            assert new.ratio(key) == pytest.approx(full.ratio(key), rel=1e-9)
+        else:
+            assert entry["ratio"]["count"] == 0 and entry["latency"]["count"] == 0
+            assert new.ratio(key) == pytest.approx(full.ratio(key), rel=0.01)
+    # calibrated as a build calibrates: the networks timed with the reference, referred to its level
+    calibration = new.meta["calibration"]
+    assert calibration["reference_vs_level"] == pytest.approx(1.0) and calibration["rounds"] >= QUICK.network_rounds
+    assert calibration["factor"] == pytest.approx(full.meta["calibration"]["factor"], rel=0.02)
+
+
+def test_transferred_entries_are_re_anchored_with_the_measured_ones(devices):
+    """Brought to another level of the reference (as a merge or a resumed build re-anchors), a
+    transferred entry moves with the measured ones: one derivation, from the ratio, for both."""
+    from hwnas.profiling.reference import refer_entries
+
+    new = devices["new"]
+    moved = Table(json.loads(json.dumps(new.meta)), json.loads(json.dumps(new.entries)))
+    for group in moved.meta["reference_level"]["groups"]:
+        group["median_ms"] *= 1.25
+    refer_entries(moved)
+    for key in new.entries:
+        assert moved.latency(key) == pytest.approx(1.25 * new.latency(key), rel=1e-6), key
+    assert predict(moved, tinynet())["latency_ms"] == pytest.approx(1.25 * predict(new, tinynet())["latency_ms"],
+                                                                     rel=1e-6)
+
+
+def as_format_1(table: Table, slower: float) -> Table:
+    """The same table as the drift-probe protocol wrote it (format 1): entries as timed (here on a
+    machine `slower` than the build's), no reference network, the stem timed alone as the probe."""
+    meta = {k: v for k, v in table.meta.items() if k not in ("reference", "reference_level")}
+    entries = {}
+    for key, entry in table.entries.items():
+        timed = replace(Stats.from_dict(entry["latency"]).scaled(slower), iqr=None)
+        entries[key] = {k: v for k, v in entry.items() if k != "ratio"} | {"latency": timed.to_dict(),
+                                                                         "probe_drift": 1.0}
+    meta["probe_baseline"] = entries["stem"]["latency"]
+    return Table(meta, entries, version=1)
+
+
+def test_a_source_of_format_1_or_2_transfers_alike(devices, registered, tmp_path):
+    """The shipped table is of format 1 (entries as timed), a table built now of format 2 (ratios at
+    its reference's level): both are sources, and the model, indifferent to the source's common
+    scale, makes the same table from the same entries timed 10% slower."""
+    as_format_1(devices["source"], 1.1).save(tmp_path / "old.json")
+    old = Table.load(tmp_path / "old.json")
+    assert old.version == 1 and "reference" not in old.meta
+    check_source(old, "old.json", resolve_space(TINY), resolve_macro(TINY), 1.0, 2)
+    made = transfer_table(old, "old.json", PowerBackend(), tmp_path / "new.json", 0.3, QUICK, progress=False)
+    new = devices["new"]
+    assert made.version == 2 and made.meta["transfer"]["source"]["format"] == 1
+    source = new.meta["transfer"]["source"]
+    assert source["format"] == 2 and source["reference"]["level_ms"] == devices["source"].meta["reference_level"][
+        "level_ms"]
+    assert made.meta["transfer"]["selection"] == new.meta["transfer"]["selection"]
+    for key in new.entries:
+        assert made.latency(key) == pytest.approx(new.latency(key), rel=1e-5), key
+        if made.origin(key) == "transferred":
+            assert made.entries[key]["transfer"]["source_ms"] == pytest.approx(
+                1.1 * new.entries[key]["transfer"]["source_ms"], rel=1e-5)
+    # negative control: a source whose entries are off by unequal factors transfers otherwise
+    bent = as_format_1(devices["source"], 1.1)
+    for entry in bent.entries.values():
+        if entry.get("op", "").startswith("dw_k3"):
+            entry["latency"] = Stats.from_dict(entry["latency"]).scaled(1.5).to_dict()
+    other = transfer_table(bent, "bent.json", PowerBackend(), tmp_path / "bent.json", 0.3, QUICK, progress=False)
+    assert max(abs(other.latency(k) / new.latency(k) - 1) for k in new.transferred) > 0.05
+
+
 def test_tables_without_origins_read_as_measured(shipped, tmp_path):
     assert shipped.transferred == [] and {shipped.origin(k) for k in shipped.entries} == {"measured"}
     raw = shipped.to_dict()
@@ -383,7 +470,26 @@ def test_show_and_predict_commands_name_the_transferred_entries(devices, registe
     assert "transferred" not in capsys.readouterr().out
 
 
-def test_search_dry_run_and_validate_use_a_transferred_table(devices, registered, capsys):
+def test_predict_check_on_a_transferred_table_says_how_the_machine_runs_now(devices, registered, capsys,
+                                                                            monkeypatch):
+    """The transferred table's reference and level are those of its measured groups: `predict --check`
+    times the reference now and compares; the price itself (transferred entries included) stays."""
+    path = str(devices["folder"] / "new.json")
+    assert main(["predict", "--table", path, f"{TINY}:tinynet", "--check", "--json"]) == 0
+    steady = json.loads(capsys.readouterr().out)
+    assert steady["check"]["vs_table"] == pytest.approx(1.0, abs=1e-6)
+    monkeypatch.setattr(PowerBackend, "speed", 1.13)
+    assert main(["predict", "--table", path, f"{TINY}:tinynet", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "the machine now runs 1.13x slower than when the table was built" in out
+    assert "were transferred from source.json" in out
+    assert main(["predict", "--table", path, f"{TINY}:tinynet", "--check", "--json"]) == 0
+    slow = json.loads(capsys.readouterr().out)
+    assert slow["latency_ms"] == steady["latency_ms"] and slow["transferred"] == steady["transferred"]
+    assert slow["check"]["latency_ms_now"] == pytest.approx(1.13 * steady["latency_ms"], rel=1e-6)
+
+
+def test_search_dry_run_and_validate_use_a_transferred_table(devices, registered, capsys, monkeypatch):
     from hwnas.profiling.validate import validate
 
     results = {}
@@ -394,14 +500,19 @@ def test_search_dry_run_and_validate_use_a_transferred_table(devices, registered
         results[name] = json.loads(capsys.readouterr().out)
     assert results["new"]["max_cost"] == pytest.approx(results["full"]["max_cost"], rel=0.02)
     assert results["new"]["final_expected"] == pytest.approx(results["full"]["final_expected"], rel=0.02)
-    # validate times whole networks on the table's device (this one) and prices them with the table
-    report = validate(devices["new"], samples=2, seed=1, progress=False, rounds=1, reference=False)
+    # validate times whole networks on the table's device (this one), now running 1.2x slower than
+    # during the transfer, refers them to the table's machine state through its reference network,
+    # and prices them with the table
+    monkeypatch.setattr(PowerBackend, "speed", 1.2)
+    report = validate(devices["new"], samples=2, seed=1, progress=False, rounds=1)
     rng = random.Random(1)
     archs = [sample_architecture(resolve_space(TINY), resolve_macro(TINY), 1.0, rng, name=f"sample{i}") for i in (0, 1)]
     assert [s["predicted_ms"] for s in report["samples"]] == [predict(devices["new"], a)["latency_ms"] for a in archs]
+    assert report["measured"] == "referred" and report["machine_vs_table"] == pytest.approx(1.2, rel=1e-6)
     for s, arch in zip(report["samples"], archs):
         whole = FlopRunner(hwnas.build_network(arch), [(2, 3, 32, 32)], 1.0).ms
-        assert s["measured_ms"] == pytest.approx(A * whole ** B, rel=1e-6)
+        assert s["measured_ms"] == pytest.approx(A * whole ** B, rel=1e-6)  # as the table's state had it
+        assert s["raw_ms"] == pytest.approx(1.2 * A * whole ** B, rel=1e-6)  # negative control: as timed
 
 
 # --- refusals ---------------------------------------------------------------------------------------
@@ -503,6 +614,98 @@ def test_an_interrupted_transfer_resumes_to_the_same_table(devices, registered, 
     for key in done.entries:
         assert done.latency(key) == pytest.approx(expect.latency(key), rel=1e-9)
     assert done.meta["calibration"]["factor"] == expect.meta["calibration"]["factor"]
+
+
+def test_a_transfer_resumed_on_a_slower_machine_refers_to_one_reference_state(devices, registered, tmp_path,
+                                                                               capsys, monkeypatch):
+    """Killed while measuring, resumed on the machine now 1.3x slower: every entry keeps its ratio,
+    measured and transferred alike, the level is the median over the groups of both states, and the
+    resume is recorded and said."""
+    class Flaky(PowerBackend):
+        loads = 0
+
+        def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
+            Flaky.loads += 1
+            if Flaky.loads == 6:
+                raise Interrupted
+            return super().load(module, input_shapes)
+
+    out = tmp_path / "new.json"
+    with pytest.raises(Interrupted):
+        transfer_table(devices["source"], "source.json", Flaky(), out, 0.3, QUICK, progress=False)
+    before = len(Table.load(out).meta["reference_level"]["groups"])
+    assert before >= 1
+    monkeypatch.setattr(PowerBackend, "speed", 1.3)
+    done = transfer_table(devices["source"], "source.json", PowerBackend(), out, 0.3, QUICK, progress=False,
+                          resume=True)
+    expect = devices["new"]
+    groups = done.meta["reference_level"]["groups"]
+    assert [g.get("resumed", 0) for g in groups] == [0] * before + [1] * (len(groups) - before)
+    level, steady = done.meta["reference_level"]["level_ms"], expect.meta["reference_level"]["level_ms"]
+    for key in expect.entries:
+        assert done.ratio(key) == pytest.approx(expect.ratio(key), rel=1e-6), key
+        assert done.latency(key) / level == pytest.approx(expect.latency(key) / steady, rel=1e-6)
+    # the calibration ran 1.3x slower than the first groups and still gives the steady factor
+    assert done.meta["calibration"]["factor"] == pytest.approx(expect.meta["calibration"]["factor"], rel=1e-6)
+    assert done.meta["calibration"]["reference_vs_level"] == pytest.approx(1.3 * steady / level, rel=1e-6)
+    assert main(["table", "show", str(out)]) == 0
+    assert "after resume 1 the machine ran 1.30x slower than before" in capsys.readouterr().out
+
+
+def test_a_transfer_killed_before_its_calibration_calibrates_through_the_reference(devices, registered,
+                                                                                    tmp_path, monkeypatch):
+    """Every entry measured and predicted on a steady machine, the calibration resumed on the machine
+    1.4x slower: the networks are referred to the entries' level through the reference, so the
+    factor is the undisturbed transfer's (as timed, the networks ran 1.4x slower)."""
+    from hwnas.profiling import validate
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise Interrupted
+
+    out = tmp_path / "new.json"
+    with monkeypatch.context() as patch:
+        patch.setattr(validate, "calibrate", killed)
+        with pytest.raises(Interrupted):
+            transfer_table(devices["source"], "source.json", PowerBackend(), out, 0.3, QUICK, progress=False)
+    partial = Table.load(out)
+    assert "model" in partial.meta["transfer"] and "calibration" not in partial.meta
+    assert not partial.meta["complete"] and len(partial.transferred) == 23
+    monkeypatch.setattr(PowerBackend, "speed", 1.4)
+    done = transfer_table(devices["source"], "source.json", PowerBackend(), out, 0.3, QUICK, progress=False,
+                          resume=True)
+    calibration, expect = done.meta["calibration"], devices["new"].meta["calibration"]
+    assert calibration["reference_vs_level"] == pytest.approx(1.4, rel=1e-6)
+    assert calibration["factor"] == pytest.approx(expect["factor"], rel=1e-6)
+    assert done.meta["complete"] and done.to_dict()["entries"] == partial.to_dict()["entries"]
+
+
+def test_a_merged_sharded_build_is_a_source_and_its_parts_are_refused(devices, registered, tmp_path, capsys):
+    """A source built in two shards on devices running at different speeds, merged (re-anchored
+    through the reference), transfers as the single build does; a part is refused, naming the field."""
+    from hwnas.profiling.shards import Shard, merge
+
+    class Slower(FlopBackend):
+        def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
+            runner = super().load(module, input_shapes)
+            runner.ms *= 1.25
+            return runner
+
+    space, macro = resolve_space(TINY), resolve_macro(TINY)
+    parts = [build_table(space, macro, 1.0, backend, 2, tmp_path / f"part{i}.json", protocol=QUICK, progress=False,
+                         shard=Shard(i, 2)) for i, backend in ((1, FlopBackend()), (2, Slower()))]
+    with pytest.raises(HwnasError, match=r"shard 1/2 of a sharded build \(meta\.shard\)") as err:
+        check_source(parts[0], "part1.json")
+    assert "\n" not in str(err.value)
+    code = main(["table", "transfer", "--from", str(tmp_path / "part2.json"), "--backend", "power-model",
+                 "--budget", "0.3", "-o", str(tmp_path / "x.json")])
+    assert code == 1 and "(meta.shard)" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+    merged = merge([("part1.json", parts[0]), ("part2.json", parts[1])])
+    check_source(merged, "merged.json")
+    made = transfer_table(merged, "merged.json", PowerBackend(), tmp_path / "new.json", 0.3, QUICK, progress=False)
+    new = devices["new"]
+    assert made.meta["transfer"]["selection"] == new.meta["transfer"]["selection"]
+    for key in new.entries:
+        assert made.latency(key) == pytest.approx(new.latency(key), rel=1e-5), key
 
 
 def test_the_command_transfers_and_says_how(devices, registered, tmp_path, capsys):
