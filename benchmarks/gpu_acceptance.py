@@ -13,6 +13,8 @@ Stages (each in its own process, killed at its share of the budget):
   kernel_bandwidth  mixed-depthwise kernel's bandwidth vs a device-to-device copy         [CUDA]
   torch_table       latency19 table at batch 16, torch backend on the GPU (CUDA events)  [CUDA]
   torch_validate    that table's prediction vs whole networks on a random sample         [CUDA]
+  torch_transfer    the shipped CPU table transferred to torch on the GPU from a tenth    [CUDA]
+                    of its entries (hwnas table transfer), validated, vs torch_table's
   trt_engines       NSENet-GPU -> ONNX -> TensorRT engines FP32 and FP16, benchmarked    [TensorRT]
   trt_table         latency19 table through TensorRT and its validation                  [TensorRT]
 --budget MINUTES sizes the work: each stage gets a share of the time left (positions, rounds,
@@ -63,11 +65,12 @@ STAGES = [
     Stage("self_check", "", 2.0, 20, "hwnas env --check: every GPU path against an independent reference"),
     Stage("environment", "", 0.5, 10, "GPU, driver and software versions; hwnas env"),
     Stage("kernel_tests", "cuda", 1.5, 45, "pytest -m gpu: the kernels' CUDA path against the CPU twin"),
-    Stage("search_ddp", "cuda+pytest", 1.0, 40, "two processes on one GPU (gloo) train a search round as one process does"),
+    Stage("search_ddp", "cuda+pytest", 1.2, 40, "two processes on one GPU (gloo) train a search round as one process does"),
     Stage("fused_bench", "cuda", 2.2, 30, "fused cell vs eager and torch.compile, fwd+bwd, batch 16"),
     Stage("kernel_bandwidth", "cuda", 0.5, 10, "mixed-depthwise kernel vs device-to-device copy bandwidth"),
     Stage("torch_table", "cuda", 2.6, 60, "latency19 table, torch backend on the GPU, batch 16"),
     Stage("torch_validate", "cuda", 1.6, 30, "that table vs whole networks on a random sample"),
+    Stage("torch_transfer", "cuda", 1.4, 40, "the shipped CPU table transferred to torch on the GPU, validated"),
     Stage("trt_engines", "tensorrt", 2.4, 60, "NSENet-GPU engines FP32/FP16, built and benchmarked"),
     Stage("trt_table", "tensorrt", 4.0, 600, "latency19 table through TensorRT and its validation"),
 ]
@@ -101,14 +104,27 @@ def trt_table_params(seconds: float, entries: int = TABLE_ENTRIES) -> dict[str, 
     return {"rounds": 5, "samples": max(5, min(20, int((seconds - entries * 2.5) // 3)))}
 
 
+TRANSFER_ENTRY_S, TRANSFER_ROUND_S = 0.25, 0.02
+
+
+def transfer_params(seconds: float, entries: int = TABLE_ENTRIES) -> dict[str, Any]:
+    """A tenth of the entries measured (each ~TRANSFER_ENTRY_S of set-up plus, per round, a >= 5 ms
+    sample of it and, at worst one group per entry, the reference network's primed sample), the
+    calibration networks (~10 s), then the rest of the time validating (~2 s a network)."""
+    measured = entries // 10
+    rounds = max(3, min(9, int(((seconds / 2 - 15) / measured - TRANSFER_ENTRY_S) / TRANSFER_ROUND_S)))
+    left = seconds - 15 - measured * (TRANSFER_ENTRY_S + TRANSFER_ROUND_S * rounds)
+    return {"budget": 0.1, "rounds": rounds, "samples": max(4, min(30, int(left // 2.0))), "validate_rounds": 3}
+
+
 def self_check_params(seconds: float) -> dict[str, Any]:
     """The check's own budget: the stage's share less the time to start its process."""
     return {"budget_s": max(5, int(seconds - 10))}
 
 
 PARAMS: dict[str, Callable[[float], dict[str, Any]]] = {
-    "self_check": self_check_params, "fused_bench": fused_params, "torch_table": table_params, "torch_validate": validate_params,
-    "trt_table": trt_table_params,
+    "self_check": self_check_params, "fused_bench": fused_params, "torch_table": table_params,
+    "torch_validate": validate_params, "torch_transfer": transfer_params, "trt_table": trt_table_params,
 }
 
 
@@ -204,7 +220,7 @@ def targets(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if "copy_fraction" in bandwidth:
         add("mixed-depthwise bandwidth / copy bandwidth", ">= 50%", bandwidth["copy_fraction"],
             bandwidth["copy_fraction"] >= 0.5)
-    for name in ("torch_validate", "trt_table"):
+    for name in ("torch_validate", "torch_transfer", "trt_table"):
         val = results.get(name, {})
         if "within_10pct" in val:
             add(f"{name}: networks within 10% of the table's prediction", ">= 90%", val["within_10pct"],
@@ -583,6 +599,36 @@ def stage_torch_validate(params: dict[str, Any], out: Path) -> dict[str, Any]:
     if not table.exists():
         raise SystemExit("no torch table to validate (the torch_table stage did not finish)")
     return validation(table, params, out, "torch_validation")
+
+
+SHIPPED_TABLE = REPO / "latency_tables" / "latency19_ort-cpu_b16.json"
+
+
+def transfer_command(params: dict[str, Any], path: Path) -> list[str]:
+    """`hwnas table transfer` of the shipped CPU table to torch on this GPU."""
+    return ["table", "transfer", "--from", str(SHIPPED_TABLE), "--backend", "torch", "--budget", str(params["budget"]),
+            "--rounds", str(params["rounds"]), "--quiet", "--resume", "-o", str(path)]
+
+
+def stage_torch_transfer(params: dict[str, Any], out: Path) -> dict[str, Any]:
+    from hwnas.profiling.table import Table
+
+    path = out / "latency19_torch-cuda_b16.transferred.json"
+    hwnas(*transfer_command(params, path))
+    table = Table.load(path)
+    held = table.meta["transfer"]["model"]["held_out"]
+    result: dict[str, Any] = {"table": path.name, "entries": len(table.entries),
+                              "measured": len(table.entries) - len(table.transferred),
+                              "held_out_mape": held["mape"], "seconds": table.meta["transfer"].get("seconds")}
+    full = table_path(out, "torch")
+    if full.exists() and Table.load(full).meta.get("complete"):  # the torch_table stage's full build
+        built = Table.load(full)  # compared as ratios to the reference network both tables time
+        errors = [abs(table.ratio(k) / built.ratio(k) - 1) for k in table.transferred]
+        result["entry_mape_vs_full"] = round(sum(errors) / len(errors), 4)
+        result["entry_within_10pct_vs_full"] = round(sum(e <= 0.1 for e in errors) / len(errors), 4)
+    write_result(out, "torch_transfer", result)  # kept if the validation runs out of time
+    return result | validation(path, {"samples": params["samples"], "rounds": params["validate_rounds"]}, out,
+                               "torch_transfer_validation")
 
 
 def stage_trt_engines(params: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ Search spaces and architectures
     Space, Macro, Position, Architecture
 Lookup tables: build, load, query, validate
     Table (Table.load, .latency, .entry, .positions), build_table, validate_table, check_machine,
-    Protocol
+    Protocol, transfer_table (a table for this device from another device's, measuring a tenth of it)
 Profiling backends
     get_backend, register_backend, backend_names, Backend, Runner
 Pricing an architecture
@@ -55,6 +55,7 @@ _HOMES: dict[str, str] = {
     "Table": "hwnas.profiling.table",
     "build_table": "hwnas.profiling.build",
     "validate_table": "hwnas.profiling.validate",
+    "transfer_table": "hwnas.profiling.transfer",
     "check_machine": "hwnas.profiling.reference",
     "Protocol": "hwnas.profiling.protocol",
     # profiling backends
@@ -128,6 +129,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hwnas.profiling.protocol import Protocol, Runner
     from hwnas.profiling.reference import check_machine
     from hwnas.profiling.table import Table
+    from hwnas.profiling.transfer import transfer_table
     from hwnas.profiling.validate import validate as validate_table
     from hwnas.spaces.arch import Architecture, Space
     from hwnas.spaces.catalog import builtin, resolve_architecture, resolve_macro, resolve_space

@@ -101,3 +101,4 @@ SECONDS = Range(float, 0, 7 * 24 * 3600, unit="seconds")
 MILLISECONDS = Range(float, 0, 3600 * 1000, unit="ms")
 PERCENT = Range(float, 0, 100, unit="percent")
 FRACTION = Range(float, 0, 1)
+SHARE = Range(float, 0, 1, lo_open=True)  # a part of a whole that cannot be nothing

@@ -14,7 +14,8 @@ import hwnas
 
 
 def mmacs(module: nn.Module, shapes: Sequence[tuple[int, ...]]) -> float:
-    """Millions of multiply-accumulates of the module's Conv2d and Linear layers on inputs of `shapes`."""
+    """Millions of multiply-accumulates of the module's Conv2d and Linear layers on inputs of `shapes`,
+    counted from shapes alone: the module is moved to the meta device, where nothing is computed."""
     total = 0
 
     def count(m: nn.Module, _: Any, out: torch.Tensor) -> None:
@@ -27,7 +28,7 @@ def mmacs(module: nn.Module, shapes: Sequence[tuple[int, ...]]) -> float:
     hooks = [m.register_forward_hook(count) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            module.eval()(*[torch.randn(s) for s in shapes])
+            module.to("meta").eval()(*[torch.empty(s, device="meta") for s in shapes])
     finally:
         for h in hooks:
             h.remove()

@@ -49,7 +49,7 @@ def test_without_a_gpu_the_stages_are_skipped_with_reasons(tmp_path):
     assert stages["environment"]["result"]["cuda_available"] is False
     assert stages["environment"]["result"]["hwnas_env"]["ok"] is False  # hwnas env's view, kept whole
     for name in ("kernel_tests", "search_ddp", "fused_bench", "kernel_bandwidth", "torch_table", "torch_validate",
-                 "trt_engines"):
+                 "torch_transfer", "trt_engines"):
         assert stages[name]["status"] == "skipped" and "no CUDA GPU" in stages[name]["reason"]
     assert "skipped" in (out / "report.md").read_text()
 
@@ -92,7 +92,7 @@ def test_an_eight_minute_run_fits_every_cuda_stage(acc):
     assert acc.TABLE_ENTRIES == sum(len(g) for g in groups)  # the one figure the sizing assumes
     got, left = simulate(acc, 8, {"": None, "cuda": None, "cuda+pytest": None, "tensorrt": "absent"})
     assert set(got) == {"self_check", "environment", "kernel_tests", "search_ddp", "fused_bench", "kernel_bandwidth",
-                        "torch_table", "torch_validate"}
+                        "torch_table", "torch_validate", "torch_transfer"}
     assert got["self_check"] >= 70  # the check's paths on one GPU, their estimates summed, fit
     from hwnas.selfcheck.check import COMPILE_S, ESTIMATE_S
     paths = 2 * ESTIMATE_S["kernels"] + COMPILE_S["cpu"] + 2 * ESTIMATE_S["fused cell"]  # the CPU's
@@ -100,6 +100,22 @@ def test_an_eight_minute_run_fits_every_cuda_stage(acc):
     assert paths <= acc.self_check_params(got["self_check"])["budget_s"]
     assert sum(got.values()) <= 8 * 60 + 1e-6 and left >= -1e-6
     assert got["fused_bench"] >= 60  # enough for torch.compile
+
+
+def test_the_transfer_stage_fits_its_share_and_its_command_parses(acc, tmp_path):
+    """The torch_transfer stage (not run without a GPU): its sizing keeps the measured tenth, the
+    calibration and the validation inside its share, and its command is one the real parser takes."""
+    from hwnas.cli.main import build_parser
+
+    for seconds in (40, 60, 120, 600):
+        p = acc.transfer_params(seconds)
+        measured = acc.TABLE_ENTRIES // 10
+        assert p["budget"] == 0.1 and 3 <= p["rounds"] <= 9 and 4 <= p["samples"] <= 30
+        per_entry = acc.TRANSFER_ENTRY_S + acc.TRANSFER_ROUND_S * p["rounds"]
+        assert 15 + measured * per_entry + 2.0 * p["samples"] <= max(seconds, 40 + 1e-9)
+    args = build_parser().parse_args(acc.transfer_command(acc.transfer_params(60), tmp_path / "t.json"))
+    assert args.func.__name__ == "cmd_transfer" and args.backend == "torch" and args.budget == 0.1
+    assert acc.SHIPPED_TABLE.exists() and args.source == str(acc.SHIPPED_TABLE)
 
 
 def test_the_self_check_stage_fails_naming_the_failed_path(acc, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from typing import Any
 
 from hwnas.ranges import (ALPHA, BATCH, BETA, COUNT, COUNT0, FRACTION, ITERATIONS, LEARNING_RATE,  # noqa: F401
                           MILLISECONDS, NON_NEGATIVE, PERCENT, POSITIVE, ROUNDS, SAMPLES, SCALE, SECONDS, SEED,
-                          STEPS, TARGET, THREADS, WORKSPACE_GB, Range)
+                          SHARE, STEPS, TARGET, THREADS, WORKSPACE_GB, Range)
 
 
 def ranged_help(help_text: str, rng: Range) -> str:

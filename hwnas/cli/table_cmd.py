@@ -1,4 +1,4 @@
-"""`hwnas table build|merge|calibrate|show`, `hwnas predict`, `hwnas validate`: lookup tables and their use."""
+"""`hwnas table build|merge|calibrate|transfer|show`, `hwnas predict`, `hwnas validate`: lookup tables and their use."""
 
 from __future__ import annotations
 
@@ -78,6 +78,37 @@ def register(sub: Any) -> None:
     add_seed(cal, help="seed of the calibration architectures (as in build)")
     add_quiet(cal)
     cal.set_defaults(func=cmd_calibrate)
+
+    tr = tsub.add_parser(
+        "transfer", help="a table for this device from another device's table, measuring a tenth of it",
+        description="Measure on this device a chosen part of SOURCE's entries (at most --budget of them, with "
+                    "the table build's protocol: ratios to a reference network timed in every round), predict the others from SOURCE and the measured ones with a "
+                    "small per-kind model (every transferred entry with its uncertainty), calibrate on whole "
+                    "networks as a build does, and write a table that predict, validate and the search use like "
+                    "any other. The entries are chosen to cover every op kind, kernel size, expansion, stride, "
+                    "cell type and resolution, then where SOURCE tells least. SOURCE must be a whole, measured "
+                    "latency table; --space, --macro, --scale and --batch, when given, must be SOURCE's. "
+                    "The method and its limits: docs/transfer.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tr.add_argument("--from", dest="source", required=True, metavar="SOURCE", help="table measured on another device")
+    tr.add_argument("--backend", choices=[b for b in backend_names() if b != "none"], default="ort",
+                    help="this device's backend, as in 'hwnas table build'")
+    opt.add_number(tr, "--budget", rng=opt.SHARE, default=0.1,
+                   help="largest fraction of SOURCE's entries measured on this device")
+    tr.add_argument("--space", metavar="NAME|FILE", help="refuse unless SOURCE is of this space")
+    tr.add_argument("--macro", metavar="NAME|FILE", help="refuse unless SOURCE is of this macro-architecture "
+                                                         "(and its input resolution)")
+    opt.add_number(tr, "--scale", rng=opt.SCALE, default=None, help="refuse unless SOURCE has this channel scale")
+    opt.add_batch(tr, default=None, help="refuse unless SOURCE was measured at this batch")
+    tr.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="this device's precision")
+    opt.add_threads(tr)
+    opt.add_rounds(tr)
+    opt.add_seed(tr, help="seed of weights and measurement order (the selection does not depend on it)")
+    tr.add_argument("-o", "--output", required=True, help="new table file (JSON)")
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted transfer into the same file")
+    opt.add_json(tr, help="print a summary as JSON")
+    opt.add_quiet(tr)
+    tr.set_defaults(func=cmd_transfer)
 
     show = tsub.add_parser("show", help="summarise a table: metadata and entries")
     show.add_argument("table", help="table file")
@@ -184,6 +215,49 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"wrote {what} {args.output}: {len(tbl.entries)} entries ({args.backend}, batch {args.batch})"
           + (f", {flagged} flagged (see 'hwnas table show')" if flagged else "")
           + (f"; merge the parts with 'hwnas table merge'" if args.shard else ""))
+    for line in _reference_lines(tbl.meta) + _calibration_lines(tbl.meta):
+        print(line)
+    _warn_calibration(tbl.meta.get("calibration", {}))
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from hwnas import files
+    from hwnas.errors import HwnasError
+    from hwnas.profiling.backends import get_backend
+    from hwnas.profiling.protocol import Protocol
+    from hwnas.profiling.table import Table
+    from hwnas.profiling.transfer import check_source, transfer_summary, transfer_table
+    from hwnas.spaces import resolve_macro, resolve_space
+
+    source = Table.load(args.source)
+    check_source(source, args.source, resolve_space(args.space) if args.space else None,
+                 resolve_macro(args.macro) if args.macro else None, args.scale, args.batch)
+    files.check_writable(args.output, "table")
+    if Path(args.output).resolve() == Path(args.source).resolve():
+        raise HwnasError(f"-o {args.output} is the source table: write the new table to another file")
+    backend = get_backend(args.backend, precision=args.precision, threads=args.threads)
+    protocol = Protocol()
+    if args.rounds is not None:
+        protocol = replace(protocol, rounds=args.rounds)
+    with files.exclusive(args.output, "table"):
+        files.on_interrupt(f"{args.output} holds every group measured so far (if any): run the same command "
+                           f"with --resume to continue")
+        tbl = transfer_table(source, args.source, backend, args.output, args.budget, protocol, args.seed,
+                             progress=not args.quiet, resume=args.resume)
+    summary = transfer_summary(tbl)
+    if args.json:
+        print_json({"output": args.output, **summary})
+        return 0
+    fit = summary["held_out"]
+    print(f"wrote {args.output}: {summary['entries']} entries, {summary['measured']} measured on this device "
+          f"({summary['measured'] / summary['entries']:.1%}), {summary['transferred']} transferred from "
+          f"{summary['source']} ({summary['source_device']}); calibration factor {summary['calibration_factor']}")
+    print(f"held-back fit (leave-one-out over the measured entries): MAPE {fit['mape']:.1%}, "
+          f"{fit['within_10pct']:.0%} within ±10%, worst {fit['max_error']:.1%}; median uncertainty of a "
+          f"transferred entry ±{summary['median_uncertainty']:.1%}; {summary['seconds']:.0f} s")
     for line in _reference_lines(tbl.meta) + _calibration_lines(tbl.meta):
         print(line)
     _warn_calibration(tbl.meta.get("calibration", {}))
@@ -314,6 +388,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         warning = calibration_warning(c)
         if warning:
             print(f"warning: {warning}")
+    if "transfer" in m:
+        _show_transfer(tbl)
     if tbl.has_latency:
         from hwnas.profiling.protocol import Stats
 
@@ -327,11 +403,40 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"the machine changed speed during the group)"))
         rows = [[k, e["latency"]["median"], e["latency"]["min"], f"{Stats.from_dict(e.get('ratio', e['latency'])).spread:.4f}",
                  ",".join(e["latency"].get("flags", []))] for k, e in tbl.entries.items()]
-        print(table(rows, ["entry", "median ms", "min ms", "spread", "flags"]))
+        headers = ["entry", "median ms", "min ms", "spread", "flags"]
+        if "transfer" in m:  # a transferred entry's statistics are its prediction
+            headers.append("origin")
+            for row, key in zip(rows, tbl.entries):
+                e = tbl.entries[key]
+                row.append(f"transferred ±{e['transfer']['uncertainty']:.1%}" if tbl.origin(key) == "transferred"
+                           else "measured")
+        print(table(rows, headers))
     else:
         print(table([[k, millions(e["macs"]), e["params"]] for k, e in tbl.entries.items()],
                     ["entry", "MACs", "params"]))
     return 0
+
+
+def _show_transfer(tbl: Any) -> None:
+    from hwnas.profiling.transfer import transfer_summary
+
+    t = transfer_summary(tbl)
+    src = tbl.meta["transfer"]["source"]
+    fit = t["held_out"]
+    where = f"transferred from {t['source']} (device {t['source_device']}, backend {t['source_backend']}, " \
+            f"format {src.get('format', 1)}, statistic {src['statistic']}, protocol rounds " \
+            f"{(src.get('protocol') or {}).get('rounds')})"
+    if fit is None:
+        print(f"{where}: unfinished, {t['measured']} of the {len(t['selection'])} selected entries measured; "
+              f"continue it with 'hwnas table transfer ... --resume'")
+        return
+    print(f"{where}: {t['measured']} entries measured on the table's device (budget {t['budget']:.0%}), "
+          f"{t['transferred']} transferred, each with its predicted uncertainty (median "
+          f"±{t['median_uncertainty']:.1%})")
+    print(f"transfer model, leave-one-out over the measured entries: MAPE {fit['mape']:.1%}, "
+          f"{fit['within_10pct']:.0%} within ±10%, worst {fit['max_error']:.1%}; a transferred entry is its "
+          f"predicted ratio to the reference network (count 0: no runs), in ms at the table's level as the "
+          f"measured ones")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -357,8 +462,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     rows = [["", "stem", "", millions(result["stem"]["macs"]), ms(result["stem"]), ""]]
     for c in result["cells"]:
-        rows.append([c["index"], c["position"], " + ".join(o["name"] for o in c["ops"]), millions(c["macs"]),
-                     ms(c), ms(c, "merge_ms")])
+        rows.append([c["index"], c["position"],
+                     " + ".join(o["name"] + ("*" if o.get("origin") == "transferred" else "") for o in c["ops"]),
+                     millions(c["macs"]), ms(c), ms(c, "merge_ms")])
     rows.append(["", "head", "", millions(result["head"]["macs"]), ms(result["head"]), ""])
     print(table(rows, ["cell", "position", "ops", "MACs", "latency ms", "of which merge"]))
     line = f"{result['arch']}: {result['macs']:,} MACs, {result['params']:,} params per image"
@@ -367,6 +473,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                  f"the sum of the latency column: entries x calibration factor {result['calibration_factor']:.4f} "
                  f"(uncalibrated sum {result['latency_ms_uncalibrated']:.2f} ms)")
     print(line)
+    if "transferred" in result:
+        t = result["transferred"]
+        print(f"{t['entries']} of the {t['of']} entries this price reads (* above) were transferred from "
+              f"{t['source']} ({t['source_device']}), not measured on this device: {t['share']:.0%} of the latency "
+              f"({t['latency_ms']:.2f} ms); 'hwnas table show' gives their uncertainty")
     if args.check:
         check = result["check"]
         print(f"{check['message']} ({check['detail']}); on the machine as it runs now, "

@@ -6,6 +6,11 @@ out_h * out_w * cout * (cin / groups) * kh * kw MACs, the FC in * out. BN, ReLU,
 mean and identity adds, the pooling and the biases are not counted. Params are every trainable
 tensor: conv weights (and the head conv's bias), BN's weight and bias (not its running
 statistics, which are buffers), FC weight and bias.
+
+Traffic is the number of tensor elements an inference graph moves for one image: every conv
+(and the FC) reads its input and parameters and writes its output once, BN and ReLU fused into
+it as inference runtimes fuse them. It is a rough measure of memory-bound time, for models of
+latency (hwnas.profiling.transfer), not a count of cache misses.
 """
 
 from __future__ import annotations
@@ -44,6 +49,32 @@ def layers_cost(layers: Iterable[ConvLayer], h: int, w: int) -> tuple[Cost, int,
         params = weights + (2 * layer.cout if layer.bn else 0) + (layer.cout if layer.bias else 0)
         total = total + Cost(h * w * weights, params)
     return total, h, w
+
+
+def layers_traffic(layers: Iterable[ConvLayer], h: int, w: int) -> int:
+    """Elements read and written by a chain of convs on an h x w input, for one image."""
+    total = 0
+    for layer in layers:
+        oh, ow = layer.out_size(h, w)
+        kh, kw = layer.kernel
+        weights = layer.cout * (layer.cin // layer.groups) * kh * kw + (layer.cout if layer.bias else 0)
+        total += layer.cin * h * w + weights + layer.cout * oh * ow
+        h, w = oh, ow
+    return total
+
+
+def op_traffic(op: OpSpec, pos: Position) -> int:
+    return layers_traffic(op.layers(pos.cin, pos.cout, pos.stride), pos.resolution, pos.resolution)
+
+
+def stem_traffic(macro: Macro) -> int:
+    return layers_traffic([macro.stem_layer()], macro.input, macro.input)
+
+
+def head_traffic(macro: Macro, scale: float) -> int:
+    res = macro.final_resolution(scale)
+    fc = macro.head_channels + macro.head_channels * macro.classes + 2 * macro.classes  # input, weights, bias, output
+    return layers_traffic([macro.head_layer(scale)], res, res) + fc
 
 
 def op_cost(op: OpSpec, pos: Position) -> Cost:

@@ -7,14 +7,17 @@ The file is rewritten atomically whenever entries finish, so a build killed at a
 only the group under measurement; `resume=True` continues it, refusing a file whose metadata
 (space, macro, scale, batch, backend, device, software, protocol, reference, shard) differ. The
 resumed groups are referred to the same reference, whatever the machine's speed now: the level is
-the median over all groups, and each group records how many times the build had been resumed. With `shard`, only that shard's
-slice of the entries is measured, into a part for `hwnas table merge` (hwnas.profiling.shards);
-calibration waits for the merged table.
+the median over all groups, and each group records how many times the build had been resumed.
+With `shard`, only that shard's slice of the entries is measured, into a part for `hwnas table
+merge` (hwnas.profiling.shards); calibration waits for the merged table. With `keys`, only those
+entries are measured, with the same protocol and reference, and the table is left incomplete and
+uncalibrated for the caller to finish (hwnas.profiling.transfer).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +70,13 @@ def old_format_refusal(table: Table, path: str | Path, doing: str) -> None:
 
 def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batch: int, out: str | Path,
                 resume: bool = False, protocol: Protocol | None = None, seed: int = 0,
-                progress: bool = True, shard: Shard | None = None) -> Table:
+                progress: bool = True, shard: Shard | None = None, keys: Collection[str] | None = None) -> Table:
     """Profile every op of `space` at every position of `macro`, then calibrate; written to `out`
-    whole after every group of entries (`resume=True` continues an interrupted build)."""
+    whole after every group of entries (`resume=True` continues an interrupted build).
+
+    `keys` restricts the build to those entries of the plan (in plan order and groups, so they
+    are measured as a whole build measures them); such a build neither calibrates nor completes
+    the table."""
     protocol = protocol or Protocol()
     meta = table_meta(space, macro, scale, batch, backend, protocol)
     groups = plan_groups(space, macro, scale, batch)
@@ -90,14 +97,21 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
                              f"resume it with the --shard it was built with")
     else:
         table = Table({**meta, "created": utc_now(), "complete": False})
-    mine = set(meta[PART_FIELD]["keys"]) if shard else {e.key for g in groups for e in g}
+    planned = {e.key for g in groups for e in g}
+    if keys is not None:
+        if shard:
+            raise ValueError("a build takes a shard or a key subset, not both")
+        unknown = sorted(set(keys) - planned)
+        if unknown:
+            raise HwnasError(f"'{unknown[0]}' is not an entry of the table's plan ({space.name} on {macro.name})")
+    mine = set(keys) if keys is not None else set(meta[PART_FIELD]["keys"]) if shard else planned
     todo = [[e for e in group if e.key in mine and e.key not in table.entries] for group in groups]
     total = len(mine)
     resumed = 1 + max((g.get("resumed", 0) for g in table.meta.get(LEVEL_FIELD, {}).get("groups", [])), default=-1)
     bar = progress_bar(total, f"shard {shard}" if shard else "table", unit="entry", enabled=progress,
                        initial=total - sum(len(g) for g in todo))
     rng = random.Random(seed)
-    calibrating = (shard is None and backend.measures_latency and "calibration" not in table.meta
+    calibrating = (keys is None and shard is None and backend.measures_latency and "calibration" not in table.meta
                    and bool(protocol.calibration_architectures))
     reference: Runner | None = None
     try:
@@ -125,8 +139,8 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
                     table.entries[e.key] = e.record()
             table.meta["updated"] = utc_now()
             # a part is complete when its entries are; a whole table once calibrated
-            table.meta["complete"] = len(table.entries) == total and (shard is not None
-                                                                       or not backend.measures_latency)
+            table.meta["complete"] = keys is None and len(table.entries) == total and (
+                shard is not None or not backend.measures_latency)
             table.save(out)
             bar.update(len(group))
         bar.close()
@@ -136,7 +150,7 @@ def build_table(space: Space, macro: Macro, scale: float, backend: Backend, batc
         bar.close()
         if reference is not None:
             reference.close()
-    if not table.meta.get("complete") and len(table.entries) == total and not calibrating:
+    if keys is None and not table.meta.get("complete") and len(table.entries) == total and not calibrating:
         table.meta["complete"] = True  # nothing left to measure or calibrate
         table.save(out)
     return table

@@ -6,7 +6,8 @@ from typing import Any
 
 from hwnas.errors import HwnasError
 from hwnas.profiling.combination import merge_cost
-from hwnas.profiling.table import HEAD_KEY, STEM_KEY, Table, merge_add_key, merge_scale_key, op_key
+from hwnas.profiling.table import (HEAD_KEY, STEM_KEY, TRANSFER_FIELD, TRANSFERRED, Table, merge_add_key,
+                                   merge_scale_key, op_key)
 from hwnas.spaces.arch import Architecture, PlacedCell
 
 LATENCY_UNITS = ("ms per batch, calibrated: each part is its table entries times the calibration factor, "
@@ -44,12 +45,17 @@ def predict(table: Table, arch: Architecture, batch: int | None = None) -> dict[
 
     Every latency in the result is calibrated (its entries times the table's calibration factor),
     so the parts (stem, head, cells; a cell's branches and merge) add up to `latency_ms`;
-    `latency_ms_uncalibrated` is the plain sum of the entries."""
+    `latency_ms_uncalibrated` is the plain sum of the entries. From a transferred table
+    (hwnas.profiling.transfer) every op says its `origin`, and `transferred` says how much of
+    the price rests on entries transferred from another device rather than measured."""
     check_compatible(table, arch, batch)
     timed = table.has_latency
     factor = table.calibration_factor
     cells = []
     summed = 0.0  # the cells' entries, before calibration
+    transfer = TRANSFER_FIELD in table.meta and timed
+    used: set[str] = {STEM_KEY, HEAD_KEY}
+    moved = 0.0  # the transferred entries' part of the price, before calibration
     for pc in arch.placed:
         if not pc.ops:
             continue
@@ -68,6 +74,8 @@ def predict(table: Table, arch: Architecture, batch: int | None = None) -> dict[
                 op["latency_ms"] = ms * factor
             cell["merge_ms"] = merge * factor
             cell["latency_ms"] = (sum(branches) + merge) * factor
+            if transfer:
+                moved += _transferred_part(table, arch, pc, cell, branches, used)
         cells.append(cell)
     stem, head = table.entry(STEM_KEY), table.entry(HEAD_KEY)
     out: dict[str, Any] = {
@@ -87,4 +95,33 @@ def predict(table: Table, arch: Architecture, batch: int | None = None) -> dict[
         out["calibration_factor"] = factor
         out["statistic"] = table.statistic
         out["latency_units"] = LATENCY_UNITS
+    if transfer:
+        moved += sum(table.latency(k) for k in (STEM_KEY, HEAD_KEY) if table.origin(k) == TRANSFERRED)
+        source = table.meta[TRANSFER_FIELD]["source"]
+        device = source.get("device") or {}
+        out["transferred"] = {
+            "entries": sum(table.origin(k) == TRANSFERRED for k in used), "of": len(used),
+            "latency_ms": moved * factor, "share": moved / out["latency_ms_uncalibrated"],
+            "source": source.get("file"), "source_device": device.get("name", device.get("type")),
+        }
     return out
+
+
+def _transferred_part(table: Table, arch: Architecture, placed: PlacedCell, cell: dict[str, Any],
+                      branches: list[float], used: set[str]) -> float:
+    """Mark the cell's ops with their origin; the part of its (uncalibrated) latency that rests on
+    transferred entries. `used` collects the keys of the entries the price reads."""
+    pos = placed.slot.position
+    part = 0.0
+    for i, op, ms in zip(placed.ops, cell["ops"], branches):
+        key = op_key(arch.space.ops[i], pos)
+        op["origin"] = table.origin(key)
+        used.add(key)
+        part += ms if op["origin"] == TRANSFERRED else 0.0
+    add, scale = merge_add_key(pos), merge_scale_key(pos)
+    moved_add = table.latency(add) if table.origin(add) == TRANSFERRED else 0.0
+    moved_scale = table.latency(scale) if table.origin(scale) == TRANSFERRED else 0.0
+    merge = merge_cost(len(placed.ops), pos.cell_type == "N", moved_add, moved_scale)
+    if merge_cost(len(placed.ops), pos.cell_type == "N", 1.0, 1.0):  # the cell has a merge
+        used.update((add, scale))
+    return part + merge

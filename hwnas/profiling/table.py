@@ -35,6 +35,13 @@ IDENTITY_FIELDS = ("space", "space_def", "macro", "macro_def", "scale", "batch",
 # The metadata field of a part of a sharded build (its shard and the keys it owns); a merged
 # table keeps each part's timestamps and reference level under "shards" instead.
 PART_FIELD = "shard"
+# How an entry came to be (its `origin`): measured, or transferred from a table measured on another
+# device (hwnas.profiling.transfer; the entry's `transfer` holds its source latency and predicted
+# uncertainty, the metadata's `transfer` the source, the selection and the model). An entry
+# without the field was measured: every table before transfers.
+ORIGIN_FIELD = "origin"
+MEASURED, TRANSFERRED = "measured", "transferred"
+TRANSFER_FIELD = "transfer"
 
 
 def utc_now() -> str:
@@ -90,6 +97,24 @@ class Table:
             raise HwnasError(f"the table's entry '{key}' has no latency (backend "
                              f"{self.meta.get('backend', {}).get('name')}): it prices MACs and params only")
         return Stats.from_dict(entry["latency"]).value(self.statistic)
+
+    def ratio(self, key: str) -> float:
+        """An entry's ratio to the table's reference network (format 2): what two tables timing the
+        same reference compare, whatever state each one's machine was in."""
+        entry = self.entry(key)
+        if "ratio" not in entry:
+            raise HwnasError(f"the table's entry '{key}' has no ratio to a reference network (a table of format "
+                             f"{self.version}, or one without latency)")
+        return Stats.from_dict(entry["ratio"]).value(self.statistic)
+
+    def origin(self, key: str) -> str:
+        """'measured' or 'transferred' (hwnas.profiling.transfer)."""
+        return str(self.entry(key).get(ORIGIN_FIELD, MEASURED))
+
+    @property
+    def transferred(self) -> list[str]:
+        """The keys of the entries transferred from another device's table, not measured."""
+        return [k for k, e in self.entries.items() if e.get(ORIGIN_FIELD, MEASURED) == TRANSFERRED]
 
     def space(self) -> Space:
         """The table's own copy of its space's definition."""
@@ -206,6 +231,15 @@ def check_table(raw: dict[str, Any]) -> None:
         for name in ("latency", "ratio"):
             if name in entry:
                 _stats(entry[name], f"{where}.{name}")
+        origin = entry.get(ORIGIN_FIELD, MEASURED)
+        _want(origin in (MEASURED, TRANSFERRED), f"{where}.{ORIGIN_FIELD}", f"'{MEASURED}' or '{TRANSFERRED}'",
+              origin)
+        if origin == TRANSFERRED:
+            transfer = entry.get("transfer")
+            _want(isinstance(transfer, dict), f"{where}.transfer", "an object (source_ms, uncertainty)", transfer)
+            assert isinstance(transfer, dict)
+            for name in ("source_ms", "uncertainty"):
+                NON_NEGATIVE.check(transfer.get(name), f"{where}.transfer.{name}")
 
 
 def identity_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
