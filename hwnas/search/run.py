@@ -380,7 +380,8 @@ class Search:
         logged = [-math.inf]
         set_world(trainer.net, 1)  # each evaluation is one rank's: its batch norms' statistics are its own
         try:
-            with progress_bar(len(mine), what, unit="arch", enabled=self.progress and self.main, leave=False) as bar:
+            with progress_bar(len(mine), what, unit="arch", enabled=self.progress and self.main, leave=False,
+                              own_eta=True) as bar:
                 def show(p: Progress) -> None:  # the bar shows what the log records
                     left = None if p.left_s is None else round(p.left_s, 1)
                     record = {"event": "retrieval", "round": round_index, "evaluated": p.evaluated,
