@@ -5,10 +5,13 @@ same accuracies to the bit and the same front; its progress, in the search's log
 from __future__ import annotations
 
 import json
-import random
+import math
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from hwnas.search import Search
 from hwnas.search import evaluation as ev
@@ -75,7 +78,8 @@ def test_all_at_once_gives_the_references_accuracies_to_the_bit(tiny, dtype):
     trainer, calibration, held_out = trained(tiny, dtype)
     configs = draws(trainer, 40)
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
-    # small groups and a tight memory bound: several groups, each a few subtrees
+    # small groups and a tight memory bound: several groups, each a few subtrees, walked keeping
+    # no branch outputs (each child's branches run again for it)
     fast = evaluate_all(trainer.net, configs, calibration, held_out, group_size=9, memory_mb=0.02)
     for key, value in trainer.net.state_dict().items():  # the supernet is left as it was
         assert torch.equal(value, before[key]), key
@@ -127,6 +131,67 @@ def test_statistics_are_the_references(tiny):
             node, other_node = node.children[config], other_node.children[config]
         net.load_state_dict(saved)
     assert differs > 0
+
+
+class LiveBytes(TorchDispatchMode):
+    """The most bytes of tensors allocated under it alive at once (an op's output that shares its
+    memory with an input, a view or an in-place result, is not a new allocation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak = {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
+                storage = t.untyped_storage()
+                self.live.setdefault(storage.data_ptr(), (StorageWeakRef(storage), storage.nbytes()))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def test_the_walk_keeps_its_activations_within_the_budget(tiny):
+    """The walk's activations, measured tensor by tensor, stay within its estimate for the plan it
+    takes, and so within its budget; without outputs kept they take less than with all kept (the
+    budget changes what is held), and the accuracies are the reference's either way."""
+    trainer, calibration, held_out = trained(tiny, torch.float32)
+    configs = draws(trainer, 20, seed=11)
+    keys = [ev._key(c) for c in configs]
+    batch, size = 32, 4  # the loaders' largest batch, float32
+    walker = ev._Walker(trainer.net, "cpu", lambda _: None)
+    layers = len(walker.cells)
+    everything, nothing = (walker.peak([hold] * layers) * batch * size for hold in (True, False))
+    assert nothing < everything
+    middle = (everything + nothing) / 2
+    measured = {}
+    for budget in (math.inf, middle, 0.0):
+        walker.budget = budget
+        hold = walker.plan(batch)
+        estimate = walker.peak(hold) * batch * size
+        root = ev._build(keys, range(len(configs)))
+        walker.prepare(root)  # the statistics' buffers: their own share of the memory
+        plans, plan = [], walker.plan
+        walker.plan = lambda images: plans.append((images, plan(images))) or plans[-1][1]
+        live = LiveBytes()
+        with torch.no_grad(), live:
+            for x, _ in calibration:
+                walker.calibrate(root, x)
+            walker.finish(root)
+            for x, y in held_out:
+                walker.held_out(root, x, y)
+        del walker.plan
+        assert plans[0] == (batch, hold)  # the largest batch's; a smaller one's fits too
+        assert live.peak <= estimate
+        if budget == middle:
+            assert not all(hold) and estimate <= budget
+        measured[budget] = live.peak
+    assert measured[0.0] < measured[math.inf]
+    ref = [evaluate(trainer.net, c, calibration, held_out) for c in configs]
+    for memory_mb in (None, 1e-6):
+        assert evaluate_all(trainer.net, configs, calibration, held_out, memory_mb=memory_mb) == ref
 
 
 def test_ranks_shares_in_trie_order_give_the_same_accuracies(tiny):

@@ -8,7 +8,8 @@ the population mean and unbiased variance of its inputs over the calibration ima
 network in training mode (each batch normalised by its own statistics), then the held-out
 accuracy in eval mode with those statistics. It runs the same operations on the same tensors
 in the same order, so the accuracies are the same to the bit (tests/test_retrieval.py checks
-it against the reference, in float64 and float32).
+it against the reference on the CPU, in float64 and float32; on a GPU the same convolutions on
+the same shapes should choose the same kernels, which no test has run).
 
 What is shared, and why it may be:
 - Calibration (training mode). A batch norm in training mode normalises with its own batch's
@@ -16,8 +17,9 @@ What is shared, and why it may be:
   batch, the input of layer k depends only on the batch and on the configurations of layers
   0..k-1 (the prefix), and a branch of layer k sees the same input whichever architecture with
   that prefix takes it: its batch norms' population statistics are a function of (prefix,
-  branch) alone. A layer's final statistics never feed the next layer's: only the held-out
-  pass reads them, so no layer waits for another's statistics.
+  branch) alone. A layer's final (population) statistics never feed the next layer's: only the
+  held-out pass reads them, so no layer waits for another's statistics to be final, and one
+  walk per batch takes every layer's at once.
 - Held-out evaluation (eval mode). A branch's output depends on its input and its statistics,
   both functions of the prefix: shared again.
 - Architectures are sorted and kept in a trie, one level per layer: a node is a prefix, its
@@ -31,18 +33,32 @@ What is shared, and why it may be:
 The order of the walk. Per group of architectures (below): for each calibration batch, a
 depth-first walk accumulates, per (node, branch), each batch norm's count, sum and sum of squares
 (float64, as the reference does); then the statistics are final; then for each held-out batch
-a depth-first walk in eval mode counts each leaf's correct predictions. The walk holds one
-batch's activations along one root-to-leaf path (per layer, the input and the outputs of the
-node's branches), never a prefix's activations over all calibration batches (for 20,000
-ImageNet images that is gigabytes per layer). What it keeps across batches is the statistics of
-every (node, branch) of the group; groups bound that memory (`memory_mb`) and make the progress's
-steps (`group_size`). A group is a run of consecutive architectures in trie order, so mostly whole
-subtrees: only the prefix above a group's first branching is computed again per group.
+a depth-first walk in eval mode counts each leaf's correct predictions. Nothing is cached across
+batches but the statistics: a prefix's activations over all calibration images would take
+gigabytes per layer at ImageNet sizes, and a walk per batch already computes each (prefix,
+branch) once per image, the least there is to compute.
+
+Memory (`memory_mb`, by default half of what the device has free at the start):
+- Statistics: those of every (node, branch) of a group are kept from the first calibration batch
+  to the last held-out one. Groups are runs of consecutive architectures in trie order (so
+  mostly whole subtrees: only the prefix above a group's first branching is computed again per
+  group) whose statistics fit a quarter of the budget; at most `group_size` architectures each,
+  which also sets the steps of the progress.
+- Activations: one batch's, along the path from the root to the node being computed. Per layer
+  of the path the walk keeps its input and, while it walks the node's children, the outputs of
+  every branch the node ran (each branch runs once per node). That is up to K outputs per layer
+  of the path, where one forward pass of the network keeps them for one layer at a time. Where
+  the estimate of that peak (from the layers' shapes, `_Walker.peak`) exceeds the rest of the
+  budget, the walk keeps less, from the shallowest layers (the largest outputs, and the fewest
+  nodes): there it forms each child's input from the child's own branches, run again for each
+  child that takes them, and keeps only that input. Same numbers, more computation, memory
+  close to a forward pass's.
 
 Not done: architectures are not stacked into one pass in training mode (each architecture's
-batch norms normalise with their own batch statistics), nor through the fused multi-branch
-layer (its one-pass statistics round differently from the reference's float64 sums, and the
-bit-for-bit equality would be lost).
+batch norms normalise with their own batch statistics) nor in eval mode (a batch of images
+already makes the convolutions large), nor run through the fused multi-branch layer (its
+one-pass statistics round differently from the reference's float64 sums, so the accuracies
+would no longer be the reference's to the bit).
 """
 
 from __future__ import annotations
@@ -145,6 +161,7 @@ class _Node:
     branches: list[int] = field(default_factory=list)  # taken by some child: run at this node
     moments: dict[int, list[Moments]] = field(default_factory=dict)
     stats: dict[int, list[tuple[Tensor, Tensor]]] = field(default_factory=dict)
+    right: Tensor | None = None  # a leaf's correct held-out predictions so far
 
 
 def _key(configs: Sequence[Tensor]) -> tuple[tuple[bool, ...], ...]:
@@ -162,13 +179,20 @@ def _steps(branch: nn.Module) -> list[Step]:
     return branch.steps()  # type: ignore[operator, no-any-return]
 
 
+# a branch run at a node on an input; `first`: its first run on this batch (calibration records
+# its moments then, and only then)
+Branch = Callable[["_Node", int, Tensor, bool], Tensor]
+
+
 class _Walker:
     """The supernet's layers as (conv, batch norm, ReLU) steps, run functionally: in training
     mode with batch statistics (their moments recorded), in eval mode with given statistics. The
-    supernet's own buffers are neither read nor written. `work(macs)` is told of every branch run."""
+    supernet's own buffers are neither read nor written. `work(macs)` is told of every branch run.
+    `budget`: bytes for one batch's activations along a path of the walk (`plan`)."""
 
-    def __init__(self, net: nn.Module, device: torch.device | str, work: Callable[[float], None]):
-        self.net, self.device, self.work = net, device, work
+    def __init__(self, net: nn.Module, device: torch.device | str, work: Callable[[float], None],
+                 budget: float = math.inf):
+        self.net, self.device, self.work, self.budget = net, device, work, budget
         self.dtype = next(net.parameters()).dtype
         self.cells: list[Any] = list(net.cells)  # type: ignore[arg-type]
         stem: Any = net.stem
@@ -179,15 +203,100 @@ class _Walker:
         last = self.cells[-1].position if self.cells else None
         head_conv: Any = net.head.conv  # type: ignore[union-attr]
         self.head_macs = float(head_conv.weight.numel()) * (last.out_resolution ** 2 if last else 1)
+        # per image, in elements: each layer's input and output, its branches' largest working set
+        positions = [cell.position for cell in self.cells]
+        self.inputs = [p.cin * p.resolution ** 2 for p in positions]
+        self.outputs = [p.cout * p.out_resolution ** 2 for p in positions]
+        self.working = [max((_working(steps, p.resolution) for steps in cell_steps), default=0.0)
+                        for p, cell_steps in zip(positions, self.branch_steps)]
+        side = positions[0].resolution * stem.conv.stride[0] if positions else 1
+        self.images = float(stem.conv.in_channels * side ** 2)  # the batch, held by the caller's loop
+        self.stem_working = 2.0 * (self.inputs[0] if positions else 0)
+        self.hold = [True] * len(self.cells)
         self.stem_moments: list[Moments] = []
         self.stem_stats: list[tuple[Tensor, Tensor]] = []
         self.stats_buffer: Sequence[Tensor] = ()
 
+    # -- the memory of the walk --
+
+    def peak(self, hold: Sequence[bool]) -> float:
+        """The most activation elements per image alive at once in a walk that keeps every
+        branch output of a node while it walks the node's children at the depths where `hold`
+        is true, and elsewhere forms each child's input from its own branches, run again for it
+        (computing a layer holds its input, its branches' outputs, their mean and one branch's
+        working set). An estimate, from the layers' shapes."""
+        above = self.images
+        worst = above + self.stem_working
+        for d, branches in enumerate(self.branch_steps):
+            here = self.inputs[d] + (len(branches) + 2) * self.outputs[d] + self.working[d]
+            worst = max(worst, above + here)
+            above += self.inputs[d] + (len(branches) * self.outputs[d] if hold[d] else 0)
+        return worst
+
+    def plan(self, batch: int) -> list[bool]:
+        """At which depths the walk holds the node's branch outputs for a batch of `batch`
+        images: everywhere if the activations fit the budget, else not at the shallowest depths
+        (the largest outputs, and the fewest nodes to run branches again at) until they fit."""
+        hold = [True] * len(self.cells)
+        scale = batch * (torch.finfo(self.dtype).bits // 8)
+        for d in range(len(hold)):
+            if self.peak(hold) * scale <= self.budget:
+                break
+            hold[d] = False
+        return hold
+
+    def runs(self, root: _Node, hold: Sequence[bool], calibration: bool) -> float:
+        """Multiply-accumulates per image of a walk (calibration: the last layer's branches once
+        per node; held-out: the head once per leaf)."""
+        last = len(self.cells) - 1
+        total = 0.0
+        for node in _nodes(root):
+            d = node.depth
+            if d > last:
+                total += 0.0 if calibration else self.head_macs
+            elif hold[d] or (calibration and d == last):
+                total += sum(self.macs[d][b] for b in node.branches)
+            else:
+                total += sum(self.macs[d][b] for child in node.children.values() for b in child.active)
+        return total
+
+    # -- one batch through a trie, depth first --
+
+    def walk(self, node: _Node, x: Tensor, branch: Branch, leaf: Callable[[_Node, Tensor], None] | None) -> None:
+        """Calibration (`leaf` None): the last layer's branches run for their statistics only.
+        Held-out: `leaf` gets each leaf's output of the last layer."""
+        d = node.depth
+        if d == len(self.cells):
+            assert leaf is not None
+            leaf(node, x)
+            return
+        if leaf is None and d + 1 == len(self.cells):
+            for b in node.branches:  # the head has no batch norm: these outputs are not needed
+                branch(node, b, x, True)
+            return
+        if self.hold[d]:
+            outs = {b: branch(node, b, x, True) for b in node.branches}
+            for child in node.children.values():
+                self.walk(child, self.child_input(child, x, outs), branch, leaf)
+            return
+        done: set[int] = set()
+        for child in node.children.values():  # memory-light: only the child's input is kept
+            mine = {b: branch(node, b, x, b not in done) for b in child.active}
+            done.update(child.active)
+            y = self.child_input(child, x, mine)
+            del mine
+            self.walk(child, y, branch, leaf)
+
+    def child_input(self, child: _Node, x: Tensor, outs: dict[int, Tensor]) -> Tensor:
+        """The output of the child's layer: the mean of its branches (and identity), as the cell has it."""
+        return cell_mean(x, [outs[i] for i in child.active], self.cells[child.depth - 1].identity)
+
     @staticmethod
-    def train_steps(steps: list[Step], x: Tensor, moments: list[Moments]) -> Tensor:
-        for (conv, bn, relu), m in zip(steps, moments):
+    def train_steps(steps: list[Step], x: Tensor, moments: list[Moments] | None) -> Tensor:
+        for i, (conv, bn, relu) in enumerate(steps):
             x = conv(x)
-            m.add(x)
+            if moments is not None:
+                moments[i].add(x)
             x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
             if relu:
                 x = F.relu(x, inplace=True)
@@ -201,28 +310,17 @@ class _Walker:
                 x = F.relu(x, inplace=True)
         return x
 
-    def child_input(self, child: _Node, x: Tensor, outs: dict[int, Tensor]) -> Tensor:
-        """The output of the child's layer: the mean of its branches (and identity), as the cell has it."""
-        return cell_mean(x, [outs[i] for i in child.active], self.cells[child.depth - 1].identity)
-
     # -- calibration: one batch through the whole trie, in training mode --
 
     def calibrate(self, root: _Node, x: Tensor) -> None:
         x = self.train_steps(self.stem, x.to(self.device, self.dtype), self.stem_moments)
-        self._calibrate(root, x)
+        self.hold = self.plan(len(x))
 
-    def _calibrate(self, node: _Node, x: Tensor) -> None:
-        d = node.depth
-        if d == len(self.cells):
-            return
-        outs = {}
-        for b in node.branches:
-            outs[b] = self.train_steps(self.branch_steps[d][b], x, node.moments[b])
-            self.work(self.macs[d][b] * len(x))
-        if d + 1 == len(self.cells):
-            return  # the head has no batch norm: the last layer's outputs are not needed
-        for child in node.children.values():
-            self._calibrate(child, self.child_input(child, x, outs))
+        def branch(node: _Node, b: int, x: Tensor, first: bool) -> Tensor:
+            self.work(self.macs[node.depth][b] * len(x))
+            return self.train_steps(self.branch_steps[node.depth][b], x, node.moments[b] if first else None)
+
+        self.walk(root, x, branch, None)
 
     def prepare(self, root: _Node) -> None:
         """Fresh moments for the stem and every (node, branch) of a trie, all in one buffer of
@@ -257,29 +355,42 @@ class _Walker:
 
     # -- held-out: one batch through the whole trie, in eval mode; correct predictions per leaf --
 
-    def held_out(self, root: _Node, x: Tensor, y: Tensor, correct: dict[int, int]) -> None:
+    def held_out(self, root: _Node, x: Tensor, y: Tensor) -> None:
+        """Adds each leaf's correct predictions on the batch to its `right` (a count on the device:
+        no synchronisation per leaf)."""
         x = self.eval_steps(self.stem, x.to(self.device, self.dtype), self.stem_stats)
-        self._held_out(root, x, y, correct)
+        y = y.to(self.device)
+        self.hold = self.plan(len(x))
 
-    def _held_out(self, node: _Node, x: Tensor, y: Tensor, correct: dict[int, int]) -> None:
-        d = node.depth
-        if d == len(self.cells):
-            right = int((self.net.head(x).argmax(1).cpu() == y).sum())  # type: ignore[operator]
+        def branch(node: _Node, b: int, x: Tensor, first: bool) -> Tensor:
+            self.work(self.macs[node.depth][b] * len(x))
+            return self.eval_steps(self.branch_steps[node.depth][b], x, node.stats[b])
+
+        def leaf(node: _Node, x: Tensor) -> None:
             self.work(self.head_macs * len(x))
-            for i in node.leaves:
-                correct[i] += right
-            return
-        outs = {}
-        for b in node.branches:
-            outs[b] = self.eval_steps(self.branch_steps[d][b], x, node.stats[b])
-            self.work(self.macs[d][b] * len(x))
-        for child in node.children.values():
-            self._held_out(child, self.child_input(child, x, outs), y, correct)
+            right = (self.net.head(x).argmax(1) == y).sum()  # type: ignore[operator]
+            node.right = right if node.right is None else node.right + right
+
+        self.walk(root, x, branch, leaf)
 
     def stats_bytes(self, depth: int, branch: int) -> int:
         """The memory of one branch's statistics while they are gathered and once final."""
         channels = sum(bn.num_features for _, bn, _ in self.branch_steps[depth][branch])
         return channels * (2 * 8 + 2 * torch.finfo(self.dtype).bits // 8)
+
+
+def _working(steps: list[Step], resolution: int) -> float:
+    """Elements per image a branch allocates while it runs, at most, besides its input: a conv's
+    output, its square (the moments) and the batch norm's output, with the step's own input
+    (the previous step's output)."""
+    h = w = resolution
+    previous, worst = 0.0, 0.0
+    for conv, _, _ in steps:
+        h, w = math.ceil(h / conv.stride[0]), math.ceil(w / conv.stride[1])
+        out = float(conv.out_channels * h * w)
+        worst = max(worst, previous + 2 * out)
+        previous = out
+    return worst
 
 
 def _macs(steps: list[Step], resolution: int) -> float:
@@ -359,10 +470,36 @@ def _images(batches: Batches) -> float:
         return 1.0
 
 
+def _largest_batch(batches: Batches) -> int:
+    """The most images of a batch, where the loader knows (else 1: the estimate then plans for
+    the walk holding everything)."""
+    sampler = getattr(batches, "batch_sampler", None)
+    if isinstance(sampler, list) and sampler:
+        return max(len(b) for b in sampler)
+    return int(getattr(batches, "batch_size", None) or 1)
+
+
+def available_bytes(device: torch.device | str) -> float:
+    """Memory free for the retrieval on `device`: a GPU's free memory (with what torch's caching
+    allocator holds unused); on the CPU, the memory the system has available (Linux; else 8 GiB)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return float(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8.0 * 2**30
+
+
 @torch.no_grad()
 def evaluate_all(net: nn.Module, configs_list: Sequence[Sequence[Tensor]], calibration: Batches, held_out: Batches,
                  device: torch.device | str = "cpu", on_progress: Callable[[Progress], None] | None = None,
-                 group_size: int | None = None, memory_mb: float = 512.0) -> list[float]:
+                 group_size: int | None = None, memory_mb: float | None = None) -> list[float]:
     """The held-out accuracy of each configuration of the supernet `net` (a `Supernet`) after
     recalibrating its batch norms on the `calibration` batches, in the order given: the
     reference's accuracies (`retrieval.evaluate`), computed once per shared prefix (module
@@ -370,32 +507,38 @@ def evaluate_all(net: nn.Module, configs_list: Sequence[Sequence[Tensor]], calib
     batches each time. `on_progress` gets a `Progress` every REPORT_EVERY_S seconds at most,
     and at the end of every group.
     `group_size`: at most this many architectures per group (default: a tenth of them, at least
-    64); `memory_mb`: at most about this much batch-norm statistics per group."""
+    64). `memory_mb`: about the most memory the walk takes on `device` (default: half of what
+    is free there at the start), a quarter of it for the batch-norm statistics of a group, the
+    rest for one batch's activations along a path (beyond it the walk keeps less and runs some
+    branches again)."""
     total = len(configs_list)
     accuracies: list[float] = [0.0] * total
     if not total:
         return accuracies
+    budget = (available_bytes(device) / 2) if memory_mb is None else memory_mb * 2**20
     meter = _Meter(on_progress, total, 0.0)
-    walker = _Walker(net, device, meter.work)
+    walker = _Walker(net, device, meter.work, budget * 3 / 4)
     keys = [_key(c) for c in configs_list]
     size = group_size if group_size is not None else max(64, math.ceil(total / 10))
-    groups = _groups(keys, trie_order(configs_list), walker, size, memory_mb * 2**20)
+    groups = _groups(keys, trie_order(configs_list), walker, size, budget / 4)
     roots = [_build(keys, g) for g in groups]
-    per_image = [sum(walker.macs[n.depth][b] for n in _nodes(r) for b in n.branches) for r in roots]
-    heads = [walker.head_macs * len(g) for g in groups]
-    meter.planned = sum(w * _images(calibration) + (w + h) * _images(held_out) for w, h in zip(per_image, heads))
+    calibration_plan, held_out_plan = (walker.plan(_largest_batch(b)) for b in (calibration, held_out))
+    meter.planned = sum(walker.runs(r, calibration_plan, True) * _images(calibration)
+                        + walker.runs(r, held_out_plan, False) * _images(held_out) for r in roots)
     meter.report()
     for indices, root in zip(groups, roots):
         walker.prepare(root)
         for x, _ in calibration:
             walker.calibrate(root, x)
         walker.finish(root)
-        correct = dict.fromkeys(indices, 0)
         seen = 0
         for x, y in held_out:
-            walker.held_out(root, x, y, correct)
+            walker.held_out(root, x, y)
             seen += len(y)
-        for i in indices:
-            accuracies[i] = correct[i] / max(seen, 1)
+        leaves = [node for node in _nodes(root) if node.leaves]
+        counts = torch.stack([node.right for node in leaves]).tolist() if seen else [0] * len(leaves)  # type: ignore[misc]
+        for node, right in zip(leaves, counts):
+            for i in node.leaves:
+                accuracies[i] = right / max(seen, 1)
         meter.finished([accuracies[i] for i in indices])
     return accuracies
