@@ -45,7 +45,9 @@ from hwnas.supernet.global_bn import set_world
 # version 2: each epoch's order comes from torch's DistributedSampler (version 1's order differs)
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 2
 RETRIEVAL = 3  # tag of the retrieval's generator
-LOG_EVERY_S = 10.0  # the retrieval's progress is logged this often (and at its end)
+# the retrieval's progress is logged this often (and at its end): a line at least every 10 s while
+# the engine reports twice a second or more (hwnas.search.evaluation.REPORT_EVERY_S)
+LOG_EVERY_S = 9.0
 
 
 def table_digest(table: Table) -> str:
