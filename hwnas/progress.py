@@ -12,13 +12,17 @@ DELAY_S = 1.0
 ANYWHERE = False  # draw on any stderr, not only a terminal (tests)
 # Percent and time (elapsed<remaining) only: for work counted in fractions (seconds, stages).
 TIME_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
+# Count and elapsed time only: for work whose caller estimates the time left itself (in the postfix).
+COUNT_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit}|{bar}| {elapsed}{postfix}"
 
 
 def progress_bar(total: float, desc: str, unit: str = "it", enabled: bool = True, by_time: bool = False,
-                 initial: float = 0, leave: bool = True) -> Any:
-    """A tqdm bar on stderr (disabled: the same object, drawing nothing)."""
+                 initial: float = 0, leave: bool = True, own_eta: bool = False) -> Any:
+    """A tqdm bar on stderr (disabled: the same object, drawing nothing). own_eta: no time left of
+    tqdm's (from the rate of the count); the caller puts its own in the postfix."""
     from tqdm import tqdm
 
     shown = enabled and (ANYWHERE or sys.stderr.isatty())
     return tqdm(total=total, desc=desc, unit=unit, disable=not shown, file=sys.stderr, dynamic_ncols=True,
-                bar_format=TIME_FORMAT if by_time else None, delay=DELAY_S, initial=initial, leave=leave)
+                bar_format=TIME_FORMAT if by_time else COUNT_FORMAT if own_eta else None, delay=DELAY_S,
+                initial=initial, leave=leave)

@@ -118,7 +118,8 @@ def register_run(actions: Any) -> None:
     r.add_argument("-o", "--output", required=True, metavar="RUN", help="run folder")
     r.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true", help="no progress bars (log.jsonl in the run folder still records "
+                                                       "the progress)")
     r.set_defaults(func=cmd_run)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwnas.search.evaluation import Moments
 from hwnas.search.pareto import pareto_front
 from hwnas.supernet.cell import sample_config
 from hwnas.supernet.costs import CostModel
@@ -107,14 +108,10 @@ def recalibrate_bn(net: Supernet, configs: Sequence[torch.Tensor], batches: Iter
     the given training images, as the network sees them in training mode (each batch normalised
     by its own statistics): exact population mean, unbiased variance."""
     bns = _batch_norms(net)
-    sums: dict[nn.Module, list[Any]] = {}
+    moments: dict[nn.Module, Moments] = {}
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0]
-        s = sums.setdefault(module, [0, 0.0, 0.0])
-        s[0] += x.numel() // x.shape[1]
-        s[1] = s[1] + x.sum(dim=(0, 2, 3), dtype=torch.float64)  # accumulated in double
-        s[2] = s[2] + (x * x).sum(dim=(0, 2, 3), dtype=torch.float64)
+        moments.setdefault(module, Moments()).add(inputs[0])
 
     handles = [bn.register_forward_pre_hook(hook) for bn in bns]
     fused, net.fused = net.fused, False  # the eager path: one hook per branch BN
@@ -129,12 +126,11 @@ def recalibrate_bn(net: Supernet, configs: Sequence[torch.Tensor], batches: Iter
             h.remove()
         net.fused = fused
         net.train(was_training)
-    for module, (n, s1, s2) in sums.items():
+    for module, m in moments.items():
         bn: Any = module
-        mean = s1 / n
-        var = (s2 - n * mean * mean) / max(n - 1, 1)
-        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-        bn.running_var.copy_(var.clamp_min(0).to(bn.running_var.dtype))
+        mean, var = m.finish(bn.running_mean.dtype)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
 
 
 @torch.no_grad()
@@ -156,7 +152,10 @@ def accuracy(net: Supernet, configs: Sequence[torch.Tensor], batches: Iterable[t
 
 def evaluate(net: Supernet, configs: Sequence[torch.Tensor], calibration: Iterable[tuple[torch.Tensor, torch.Tensor]],
              held_out: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu") -> float:
-    """Held-out accuracy after recalibrating BN; the supernet's own BN buffers are restored."""
+    """Held-out accuracy after recalibrating BN; the supernet's own BN buffers are restored.
+
+    One architecture at a time, all of the network per calibration batch: the reference that
+    `hwnas.search.evaluation.evaluate_all` (the search's path) equals bit for bit."""
     saved = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
     try:
         recalibrate_bn(net, configs, calibration, device)

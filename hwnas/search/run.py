@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import time
@@ -35,7 +36,8 @@ from hwnas.search.data import (as_dataset, check_against_macro, check_split, dat
                                split_held_out, step_seed)
 from hwnas.search.distributed import join, lost_peer
 from hwnas.search.evolution import Evolution, aggregate
-from hwnas.search.retrieval import Candidate, Sampler, beyond, configs_of, evaluate, front_of, within
+from hwnas.search.evaluation import Progress, evaluate_all, trie_order
+from hwnas.search.retrieval import Candidate, Sampler, beyond, configs_of, front_of, within
 from hwnas.search.training import RoundTrainer
 from hwnas.spaces.arch import Architecture, Cell, architecture_from_dict
 from hwnas.supernet.global_bn import set_world
@@ -43,6 +45,9 @@ from hwnas.supernet.global_bn import set_world
 # version 2: each epoch's order comes from torch's DistributedSampler (version 1's order differs)
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 2
 RETRIEVAL = 3  # tag of the retrieval's generator
+# the retrieval's progress is logged this often (and at its end): a line at least every 10 s while
+# the engine reports twice a second or more (hwnas.search.evaluation.REPORT_EVERY_S)
+LOG_EVERY_S = 9.0
 
 
 def table_digest(table: Table) -> str:
@@ -85,6 +90,19 @@ class Log:
     def close(self) -> None:
         if self.board is not None:
             self.board.close()
+
+
+def accuracy_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def seconds_text(value: float | None) -> str:
+    """Seconds as h:mm:ss or m:ss ("?" when unknown)."""
+    if value is None:
+        return "?"
+    minutes, seconds = divmod(int(round(value)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def plot_round(path: Path, candidates: list[Candidate], front: list[Candidate], target: float, unit: str,
@@ -162,6 +180,7 @@ class Search:
                                   "channels": shape.channels, "resolution": shape.resolution,
                                   "classes": shape.classes}, **(sources or {})}
         self.config_source = Path(config_source) if config_source else None
+        self._log = Log(None)  # the run's, from run()
         self.stop_after: int | None = None  # tests: raise KeyboardInterrupt after this many weight steps
         self._steps_done = 0
 
@@ -238,7 +257,7 @@ class Search:
         log: Log | None = None
         try:
             self._start_folder(resume)
-            log = Log(self.run_dir if self.main else None)
+            log = self._log = Log(self.run_dir if self.main else None)
             files.on_interrupt(f"continue the search with --resume (from {self.checkpoint_path})")
             return self._loop(resume, log)
         except RuntimeError as exc:
@@ -341,28 +360,47 @@ class Search:
                 if cand.key not in sampler.seen:
                     sampler.seen.add(cand.key)
                     candidates.append(cand)
+        self._evaluate(trainer, candidates, round_index)
+        return front_of(candidates), candidates
+
+    def _evaluate(self, trainer: RoundTrainer, candidates: list[Candidate], round_index: int) -> None:
+        """Every candidate's held-out accuracy after recalibrating its batch norms, all at once
+        (hwnas.search.evaluation). Each rank evaluates a share, consecutive in trie order (its
+        architectures share prefixes); all get every accuracy. The log gets the progress every
+        LOG_EVERY_S seconds, the progress bar the same numbers."""
+        cfg = self.cfg
         seed = step_seed(cfg.seed, round_index, RETRIEVAL, 1)
         bn_count = min(cfg.bn_images, len(self.train_set))
         # every candidate is recalibrated and evaluated on the same images: their loaders, once
         calibration = fixed_batches(self.train_set, bn_count, cfg.eval_batch, seed, cfg.workers)
         held_out = fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed, cfg.workers)
-        mine = self.group.share(candidates)  # each rank evaluates its share; all get every accuracy
-        accuracies = []
+        configs: list[Any] = [configs_of(c.ops, trainer.layer_ops) for c in candidates]
+        assert all(c is not None for c in configs)
+        mine = self.group.share(trie_order(configs))
+        share = {"share": [self.group.rank + 1, self.group.world]} if self.group.parallel else {}
+        what = f"round {round_index} evaluate" + (f" (share 1 of {self.group.world})" if self.group.parallel else "")
+        logged = [-math.inf]
         set_world(trainer.net, 1)  # each evaluation is one rank's: its batch norms' statistics are its own
         try:
-            what = f"round {round_index} evaluate" + (f" (share 1 of {self.group.world})" if self.group.parallel else "")
-            with progress_bar(len(mine), what, unit="arch",
-                              enabled=self.progress and self.main, leave=False) as bar:
-                for cand in mine:
-                    configs = configs_of(cand.ops, trainer.layer_ops)
-                    assert configs is not None
-                    accuracies.append(evaluate(trainer.net, configs, calibration, held_out, self.device))
-                    bar.update(1)
+            with progress_bar(len(mine), what, unit="arch", enabled=self.progress and self.main, leave=False,
+                              own_eta=True) as bar:
+                def show(p: Progress) -> None:  # the bar shows what the log records
+                    left = None if p.left_s is None else round(p.left_s, 1)
+                    record = {"event": "retrieval", "round": round_index, "evaluated": p.evaluated,
+                              "total": p.total, "best_accuracy": p.best, "elapsed_s": round(p.elapsed_s, 1),
+                              "left_s": left, **share}
+                    bar.update(p.evaluated - bar.n)
+                    bar.set_postfix(best=accuracy_text(p.best), left=seconds_text(left))
+                    if p.elapsed_s - logged[0] >= LOG_EVERY_S or p.evaluated == p.total:
+                        logged[0] = p.elapsed_s
+                        self._log.write(record)
+
+                accuracies = evaluate_all(trainer.net, [configs[i] for i in mine], calibration, held_out,
+                                          self.device, show)
         finally:
             set_world(trainer.net, trainer.bn_world)
-        for cand, acc in zip(candidates, self.group.gather(accuracies), strict=True):
-            cand.accuracy = acc
-        return front_of(candidates), candidates
+        for i, acc in self.group.gather(list(zip(mine, accuracies))):
+            candidates[i].accuracy = acc
 
     def _write_round(self, trainer: RoundTrainer, round_index: int, candidates: list[Candidate],
                      front: list[Candidate]) -> None:
