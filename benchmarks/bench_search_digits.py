@@ -139,7 +139,7 @@ def main() -> int:
     report["target_ms"] = target
     report["random_latency_ms"] = {"min": lat[0], "median": lat[len(lat) // 2], "max": lat[-1]}
     cfg = SearchConfig(metric="latency", target=target, rounds=args.rounds, k=args.k, epochs=args.epochs, batch=64,
-                       lr=0.2, samples=args.samples, edge_samples=max(1, args.samples // 20), edge_margin=0.1,
+                       lr=0.2, samples=args.samples,
                        bn_images=512, eval_batch=256, seed=args.seed, checkpoint_every=100)
     t0 = time.perf_counter()
     run = out / "run"

@@ -55,7 +55,18 @@ def make_tiny(folder: Path) -> dict[str, Any]:
 
 
 def tiny_config(tiny: dict[str, Any], **kw: Any) -> SearchConfig:
-    base = dict(metric="latency", target=tiny["target"], rounds=2, k=2, epochs=2, batch=32, samples=12,
-                edge_samples=4, edge_margin=0.5, bn_images=64, eval_batch=64, checkpoint_every=3, seed=1)
+    """A 2-round search with the budget constraint (cost <= target)."""
+    base = dict(metric="latency", target=tiny["target"], rounds=2, k=2, epochs=2, batch=32, samples=12, bn_images=64,
+                eval_batch=64, checkpoint_every=3, seed=1)
     base.update(kw)
     return SearchConfig(**base)
+
+
+def interval_config(tiny: dict[str, Any], **kw: Any) -> SearchConfig:
+    """tiny_config with NSE's interval constraint, [target, 1.5 target], its target low enough in
+    the subsets' reachable costs that draws fall both inside the interval and in its edge band
+    [0.5 target, target)."""
+    base = dict(constraint="interval", target=round(0.6 * tiny["target"], 4), margin=0.5, edge_samples=4,
+                edge_margin=0.5)
+    base.update(kw)
+    return tiny_config(tiny, **base)
