@@ -115,6 +115,29 @@ def test_simplify_never_prunes_inherited_ops(tiny):
     trainer.train_step()  # the pruned supernet and its optimisers still train
 
 
+# -- the regularizer and theta's optimiser as settings ------------------------------------------
+
+def test_regularizer_and_theta_settings_reach_the_trainer(tiny):
+    ds = load_npz(tiny["npz"])
+    layers = [[0, 1, 2] for _ in tiny["table"].macro().slots(1.0)]
+    locked = [[] for _ in layers]
+    target = tiny["target"]
+    default = RoundTrainer(tiny["table"], layers, locked, tiny_config(tiny), ds, ds, 1)
+    assert default.regularizer.outer == "expected"
+    assert default.regularizer.alpha == pytest.approx(2e-2 * (7.0 / target) ** 2)  # relative to the target
+    assert default.theta_opt.param_groups[0]["betas"] == (0.9, 0.9)
+    paper = RoundTrainer(tiny["table"], layers, locked, tiny_config(tiny, outer="sampled", alpha_scaling="fixed",
+                                                                    theta_beta2=0.999, theta_schedule="constant"),
+                         ds, ds, 1)
+    assert paper.regularizer.outer == "sampled" and paper.regularizer.alpha == 2e-2
+    assert paper.theta_opt.param_groups[0]["betas"] == (0.9, 0.999)
+    for trainer in (default, paper):
+        for _ in range(4):
+            trainer.train_step()
+    assert paper.theta_opt.param_groups[0]["lr"] == 0.2  # constant
+    assert default.theta_opt.param_groups[0]["lr"] < 0.2  # cosine-decayed
+
+
 # -- edge samples and pricing ------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["budget", "interval"])
@@ -261,6 +284,19 @@ def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys
     assert {"previous", "sample"} <= {s["kind"] for s in samples2}
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any("expected_cost" in r for r in log) and sum(r.get("event") == "round" for r in log) == 2
+    # each round's estimate, from its first steps: round 1 times one evaluation and counts the most
+    # candidates it can have; round 2 takes round 1's count and pace
+    estimates = [r for r in log if r.get("event") == "estimate"]
+    rounds = [r for r in log if r.get("event") == "round"]
+    assert [e["round"] for e in estimates] == [1, 2]
+    assert estimates[0]["candidates"] == 12 and not estimates[0]["measured_retrieval"]
+    assert estimates[1]["candidates"] == rounds[0]["evaluated"] and estimates[1]["measured_retrieval"]
+    assert estimates[1]["candidate_s"] == pytest.approx(rounds[0]["retrieval_seconds"] / rounds[0]["evaluated"],
+                                                        rel=0.01, abs=1e-3)
+    for e in estimates:
+        assert e["weight_steps"] == result["history"][0]["steps"] - 5  # 5 timed: 1 skipped, 2 with theta, 2 without
+        assert e["weight_step_s"] > 0 and e["candidate_s"] > 0
+        assert e["total_s"] == pytest.approx(e["train_s"] + e["theta_s"] + e["retrieval_s"], abs=0.2)
     final = result["front"]
     assert final and all(f["latency_ms"] <= tiny["target"] for f in final)
     capsys.readouterr()
@@ -276,13 +312,15 @@ def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys
                  "--iterations", "2", "--table", str(tiny["path"]), "--json"]) == 0
 
 
-def test_interval_search_keeps_only_architectures_within_the_interval(tiny, tmp_path):
+def test_interval_search_keeps_only_architectures_within_the_interval(tiny, tmp_path, capsys):
     """NSE's interval: the edge samples below it correct each round's front and never join it; only
     the front's ops are inherited and locked; only architectures within the interval are results."""
     cfg = interval_config(tiny, epochs=1)
     low, high = cfg.target, cfg.target * (1 + cfg.margin)
     run = tmp_path / "run"
-    result = Search(tiny["table"], load_npz(tiny["npz"]), cfg, run, progress=False).run()
+    result = Search(tiny["table"], load_npz(tiny["npz"]), cfg, run, progress=True).run()
+    err = capsys.readouterr().err  # each round's estimate is printed (no bar: not a terminal)
+    assert "round 1: about" in err and "round 2: about" in err and "candidates" in err
     rounds = [{name: json.loads((run / f"round_{r:02d}" / f"{name}.json").read_text())
                for name in ("samples", "front", "subset")} for r in (1, 2)]
     for r, files in enumerate(rounds, 1):

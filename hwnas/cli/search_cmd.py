@@ -9,7 +9,7 @@ from typing import Any
 from hwnas.cli import options as opt
 from hwnas.cli.output import millions, print_json, table
 from hwnas.errors import HwnasError
-from hwnas.supernet.regularizer import DEFAULT_OUTER, FORMS, OUTER
+from hwnas.supernet.regularizer import ALPHA_SCALINGS, DEFAULT_ALPHA_SCALING, DEFAULT_OUTER, FORMS, OUTER
 from hwnas.supernet.search import DEFAULT_K, DEFAULT_LR
 
 
@@ -33,7 +33,11 @@ def register(sub: Any) -> None:
     s.add_argument("--metric", choices=["latency", "macs"])
     opt.add_number(s, "--target", rng=opt.TARGET, help="tau, in the metric's units")
     s.add_argument("--form", choices=FORMS, default="nse")
-    opt.add_number(s, "--alpha", rng=opt.ALPHA, default=None, help="default: NSE's (2e-2 latency, 1e-5 macs)")
+    opt.add_number(s, "--alpha", rng=opt.ALPHA, default=None,
+                   help="default: NSE's (2e-2 latency, 1e-5 macs), scaled as --alpha-scaling says")
+    s.add_argument("--alpha-scaling", choices=ALPHA_SCALINGS, default=DEFAULT_ALPHA_SCALING,
+                   help="the nse form's default alpha: NSE's scaled to the target, alpha * (tau_NSE / tau) ** beta "
+                        "(relative), or as it is (fixed); the same setting as 'search run' has")
     opt.add_number(s, "--beta", rng=opt.BETA, default=None, help="default: NSE's (2)")
     s.add_argument("--outer", choices=OUTER, default=DEFAULT_OUTER,
                    help="the penalty's derivative at the exact E[C] (unbiased fixed point) or at the sampled "
@@ -65,7 +69,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.macro and resolve_macro(args.macro).to_dict() != tbl.meta.get("macro_def"):
         raise HwnasError(f"the table is of macro-architecture {tbl.meta.get('macro')}, not {args.macro}")
     result = dry_run(tbl, args.metric, args.target, args.form, args.alpha, args.beta, args.steps, args.lr,
-                     args.k or None, args.seed, pairs_per_step=args.pairs, outer=args.outer)
+                     args.k or None, args.seed, pairs_per_step=args.pairs, outer=args.outer,
+                     alpha_scaling=args.alpha_scaling)
     if args.json:
         print_json(result)
         return 0
@@ -83,7 +88,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 def register_run(actions: Any) -> None:
     from hwnas.cli.options import BATCH, COUNT, COUNT0, ROUNDS, SEED, TARGET, add_number, add_threads
     from hwnas.search.config import CONSTRAINTS, PRESETS
-    from hwnas.supernet.regularizer import ALPHA_SCALINGS
 
     r = actions.add_parser(
         "run", help="the NSE search on image data, driven by a lookup table",

@@ -19,6 +19,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from hwnas.search.constraint import Constraint, Drawn, constrained_front, draw, 
 from hwnas.search.data import (as_dataset, check_against_macro, check_split, data_shape, fixed_batches,
                                split_held_out, step_seed)
 from hwnas.search.distributed import join, lost_peer
+from hwnas.search.estimate import RoundEstimate, StepTimer
 from hwnas.search.evolution import Evolution, aggregate
 from hwnas.search.evaluation import Progress, evaluate_all, trie_order
 from hwnas.search.retrieval import Candidate, Sampler, configs_of
@@ -46,7 +48,7 @@ from hwnas.supernet.global_bn import set_world
 
 # version 2: each epoch's order comes from torch's DistributedSampler (version 1's order differs)
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 2
-RETRIEVAL = 3  # tag of the retrieval's generator
+RETRIEVAL, ESTIMATE = 3, 4  # tags of the retrieval's and the round estimate's generators
 # the retrieval's progress is logged this often (and at its end): a line at least every 10 s while
 # the engine reports twice a second or more (hwnas.search.evaluation.REPORT_EVERY_S)
 LOG_EVERY_S = 9.0
@@ -191,6 +193,7 @@ class Search:
         self._log = Log(None)  # the run's, from run()
         self.stop_after: int | None = None  # tests: raise KeyboardInterrupt after this many weight steps
         self.last_draw: dict[str, int] = {}  # the last retrieval's counts (drawn, accepted, edge, previous)
+        self.last_retrieval: tuple[int, float] | None = None  # its candidates and seconds per candidate
         self._steps_done = 0
 
     # -- files -----------------------------------------------------------------------------------
@@ -319,10 +322,14 @@ class Search:
                                   "ops": [[self.space.ops[i].name for i in s] for s in evo.subsets]})
             started = time.perf_counter()
             self._train(trainer, evo, round_index, previous, history, log)
+            retrieving = time.perf_counter()
             front, candidates = self._retrieve(trainer, previous, round_index)
+            retrieval_s = time.perf_counter() - retrieving
+            self.last_retrieval = (len(candidates), retrieval_s / max(len(candidates), 1))
             seconds = time.perf_counter() - started
             self._write_round(trainer, round_index, candidates, front)
-            summary = {"round": round_index, "seconds": round(seconds, 2), "steps": trainer.total_steps,
+            summary = {"round": round_index, "seconds": round(seconds, 2), "retrieval_seconds": round(retrieval_s, 2),
+                       "steps": trainer.total_steps,
                        "front": [c.to_dict() for c in front], "evaluated": len(candidates), **self.last_draw,
                        "pruned": trainer.pruned, "layer": trainer.layer_path()}  # fused or eager, and why
             history.append(summary)
@@ -350,10 +357,17 @@ class Search:
                         "previous_front": [c.to_dict() for c in previous], "history": history,
                         "trainer": trainer.state_dict()})
 
+        timer: StepTimer | None = StepTimer()  # the round's first steps give its estimate
         with progress_bar(trainer.total_steps, f"round {round_index}", unit="step", enabled=self.progress and self.main,
                           initial=trainer.step, leave=False) as bar:
             while trainer.step < trainer.total_steps:
+                stepping = time.perf_counter()
                 record = trainer.train_step()
+                if timer is not None:
+                    timer.add(time.perf_counter() - stepping, "ce" in record)
+                    if timer.ready:
+                        self._estimate(trainer, round_index, previous, timer, log, bar)
+                        timer = None
                 record["round"] = round_index
                 log.write(record, global_step=trainer.step)
                 bar.update(1)
@@ -364,6 +378,45 @@ class Search:
                 self._steps_done += 1
                 if self.stop_after is not None and self._steps_done >= self.stop_after:
                     raise KeyboardInterrupt
+
+    def _estimate(self, trainer: RoundTrainer, round_index: int, previous: list[Candidate], timer: StepTimer,
+                  log: Log, bar: Any) -> None:
+        """Print and log how long the rest of the round will take: its steps at the pace of its first
+        ones; its retrieval at the last round's pace and count, or (first round, or after a resume)
+        one evaluation timed now and the most candidates it can have."""
+        cfg = self.cfg
+        if self.last_retrieval is not None:
+            candidates, per = self.last_retrieval
+        else:
+            candidates = cfg.samples + int(cfg.edge_samples or 0) + len(previous)
+            per = self._time_evaluation(trainer, round_index)
+        est = RoundEstimate(round_index, trainer.total_steps - trainer.step,
+                            trainer.total_theta_steps - trainer.theta_steps, timer.weight_step_s, timer.theta_step_s,
+                            candidates, per, self.last_retrieval is not None)
+        log.write({"event": "estimate", **est.to_dict()})
+        if self.progress and self.main:
+            bar.write(est.describe(), file=sys.stderr)
+
+    def _time_evaluation(self, trainer: RoundTrainer, round_index: int) -> float:
+        """Seconds to evaluate one architecture drawn from P(theta) as the retrieval will (BN
+        recalibration and held-out accuracy), alone: the retrieval shares the work of common
+        prefixes among its candidates, so this bounds its pace. The search's random states are left
+        as they were."""
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
+            configs, _ = sampler.draw(torch.Generator().manual_seed(step_seed(cfg.seed, round_index, ESTIMATE)))
+            seed = step_seed(cfg.seed, round_index, ESTIMATE, 1)
+            calibration = fixed_batches(self.train_set, min(cfg.bn_images, len(self.train_set)), cfg.eval_batch, seed)
+            held_out = fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed)
+            set_world(trainer.net, 1)  # as in the retrieval: one rank's evaluation
+            try:
+                started = time.perf_counter()
+                evaluate_all(trainer.net, [configs], calibration, held_out, self.device)
+                return time.perf_counter() - started
+            finally:
+                set_world(trainer.net, trainer.bn_world)
+                trainer.net.train()
 
     def _candidates(self, trainer: RoundTrainer, previous: list[Candidate], round_index: int) -> Drawn:
         """The round's candidates: D architectures drawn from P(theta), those within the constraint
