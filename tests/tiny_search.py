@@ -26,14 +26,11 @@ OPS = [{"name": "dw_k3_t1", "kind": "dw", "kernel": 3, "expand": 1},
        {"name": "ssc_k3_t1", "kind": "ssc", "kernel": 3, "expand": 1}]
 
 
-def make_tiny(folder: Path) -> dict[str, Any]:
+def fake_latency_table(space: Any, macro: Any, path: Path) -> Table:
+    """A table of `space` on `macro` whose latency is a function of MACs (no device needed)."""
     from hwnas.profiling.backends import get_backend
     from hwnas.profiling.build import build_table
 
-    macro = dataclasses.replace(load_file(REPO / "tests" / "data" / "tiny.json").macros["tiny"], input=16,
-                                classes=4, name="tiny16")
-    space = Space("tiny5", tuple(op_from_dict(o, "op") for o in OPS))
-    path = folder / "table.json"
     build_table(space, macro, 1.0, get_backend("none"), 16, path, progress=False)
     table = Table.load(path)
     for e in table.entries.values():
@@ -42,6 +39,15 @@ def make_tiny(folder: Path) -> dict[str, Any]:
     table.meta["backend"] = {"name": "fake"}
     table.meta["statistic"] = "median"
     table.save(path)
+    return Table.load(path)
+
+
+def make_tiny(folder: Path) -> dict[str, Any]:
+    macro = dataclasses.replace(load_file(REPO / "tests" / "data" / "tiny.json").macros["tiny"], input=16,
+                                classes=4, name="tiny16")
+    space = Space("tiny5", tuple(op_from_dict(o, "op") for o in OPS))
+    path = folder / "table.json"
+    table = fake_latency_table(space, macro, path)
     g = torch.Generator().manual_seed(0)
     n = 192
     y = torch.randint(0, 4, (n,), generator=g)
