@@ -91,6 +91,12 @@ def test_evolution_invariants(seed):
     assert rounds >= 2
 
 
+def test_a_space_smaller_than_k_is_searched_whole():
+    evo = Evolution.start(3, 5, 6, 0)
+    assert all(sorted(s) == list(range(5)) for s in evo.subsets)
+    assert not evo.replenish([[0], [1, 2], []])  # nothing fresh is left: NSE's end after one round
+
+
 # -- lock and rehearse -------------------------------------------------------------------------
 
 def test_simplify_never_prunes_inherited_ops(tiny):
@@ -359,6 +365,36 @@ def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
         b = json.loads((run / f"round_{r:02d}" / "thetas.json").read_text())
         assert a == b
     assert json.loads((finished / "result.json").read_text())["front"] == json.loads((run / "result.json").read_text())["front"]
+
+
+def test_preset_through_the_cli(tiny, tmp_path, capsys):
+    """--preset nse-paper: NSE's settings, the options given overriding them, each value's source
+    in config.json; a front that stays empty is an error that says what to change."""
+    run = tmp_path / "run"
+    args = ["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms",
+            str(interval_config(tiny).target), "--preset", "nse-paper", "--batch", "32", "--epochs", "1",
+            "--rounds", "1", "--samples", "6", "--edge-samples", "2", "-o", str(run), "--quiet"]
+    code = main(args + ["--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    recorded = json.loads((run / "config.json").read_text())
+    config, sources = recorded["config"], recorded["sources"]
+    assert (config["lr"], config["warmup_epochs"], config["theta_lr"], config["k"]) == (0.4, 2.0, 0.1, 6)
+    assert (config["constraint"], config["outer"], config["alpha_scaling"]) == ("interval", "sampled", "fixed")
+    assert sources["lr"] == sources["eval_images"] == "preset nse-paper" and sources["batch"] == "command line"
+    assert sources["eval_batch"] == "default"
+    assert recorded["regularizer"]["alpha"] == 2e-2 and recorded["regularizer"]["outer"] == "sampled"
+    assert json.loads((run / "round_01" / "samples.json").read_text())["drawn"] == 6
+    assert all(interval_config(tiny).target <= f["latency_ms"] for f in result["front"])
+    # a budget below every reachable cost: nothing accepted, no result, and the command says so
+    cheap = ["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms", "0.0001",
+             "--K", "2", "--epochs", "1", "--rounds", "1", "--samples", "6", "-o", str(tmp_path / "cheap"), "--quiet"]
+    assert main(cheap) == 1
+    assert "no architecture of the last round met the constraint (cost <= 0.0001 ms per batch)" in \
+        capsys.readouterr().err
+    assert json.loads((tmp_path / "cheap" / "result.json").read_text())["front"] == []
+    assert main(args[:-3] + ["--constraint", "budget", "-o", str(tmp_path / "r2")]) == 1  # edges need the interval
+    assert "edge_samples (2) need the interval constraint" in capsys.readouterr().err
 
 
 def test_config_file_settings_are_checked(tmp_path):
