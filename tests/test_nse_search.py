@@ -374,16 +374,16 @@ def test_preset_through_the_cli(tiny, tmp_path, capsys):
     args = ["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms",
             str(interval_config(tiny).target), "--preset", "nse-paper", "--batch", "32", "--epochs", "1",
             "--rounds", "1", "--samples", "6", "--edge-samples", "2", "-o", str(run), "--quiet"]
-    code = main(args + ["--json"])
+    code = main(args + ["--outer", "expected", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     recorded = json.loads((run / "config.json").read_text())
     config, sources = recorded["config"], recorded["sources"]
     assert (config["lr"], config["warmup_epochs"], config["theta_lr"], config["k"]) == (0.4, 2.0, 0.1, 6)
-    assert (config["constraint"], config["outer"], config["alpha_scaling"]) == ("interval", "sampled", "fixed")
-    assert sources["lr"] == sources["eval_images"] == "preset nse-paper" and sources["batch"] == "command line"
-    assert sources["eval_batch"] == "default"
-    assert recorded["regularizer"]["alpha"] == 2e-2 and recorded["regularizer"]["outer"] == "sampled"
+    assert (config["constraint"], config["outer"], config["alpha_scaling"]) == ("interval", "expected", "fixed")
+    assert sources["lr"] == sources["eval_images"] == sources["alpha_scaling"] == "preset nse-paper"
+    assert sources["batch"] == sources["outer"] == "command line" and sources["eval_batch"] == "default"
+    assert recorded["regularizer"]["alpha"] == 2e-2 and recorded["regularizer"]["outer"] == "expected"
     assert json.loads((run / "round_01" / "samples.json").read_text())["drawn"] == 6
     assert all(interval_config(tiny).target <= f["latency_ms"] for f in result["front"])
     # a budget below every reachable cost: nothing accepted, no result, and the command says so

@@ -97,8 +97,10 @@ def register_run(actions: Any) -> None:
                     "accuracy), keep its ops and refill each layer to K with ops not tried there yet; repeat "
                     "until a layer's pool runs out or the rounds are spent. The run folder keeps a checkpoint "
                     "(--resume), the log, every round's subset, thetas, samples and front, and the final front as "
-                    "architecture files for 'hwnas export onnx', 'hwnas bench' and 'hwnas predict'. Every "
-                    "setting can come from --config (YAML or JSON; the options below override it). Launched by "
+                    "architecture files for 'hwnas export onnx', 'hwnas bench' and 'hwnas predict'. After a "
+                    "round's first steps it prints (and logs) an estimate of the round's time: training, theta "
+                    "and retrieval; where retrieval takes most of it, lower --samples. Every setting can come "
+                    "from --preset, then --config (YAML or JSON), the options below overriding both. Launched by "
                     "torchrun (torchrun --nproc-per-node N -m hwnas.cli.main search run ...), it trains data-parallel "
                     "over the N processes, the batch being the global one; only rank 0 writes and prints.",
         formatter_class=argparse.HelpFormatter)
