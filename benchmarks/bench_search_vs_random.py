@@ -45,7 +45,8 @@ import torch
 from bench_search_digits import digits, latency_table, latency_target, random_like, train_standalone
 from hwnas.profiling.predict import predict
 from hwnas.profiling.table import Table
-from hwnas.search import SearchConfig, TensorImages, search
+from hwnas.search import TensorImages, search
+from hwnas.search.config import layered
 from hwnas.spaces.catalog import catalog_from_dict
 
 RESOLUTION = 8
@@ -75,11 +76,14 @@ def pick(front: list[dict[str, Any]]) -> dict[str, Any] | None:
 def one_seed(seed: int, args: argparse.Namespace, table: Table, x: torch.Tensor, y: torch.Tensor, target: float,
              out: Path) -> dict[str, Any]:
     train, test = split(x, y, args.train_share, seed)
-    cfg = SearchConfig(metric="latency", target=target, rounds=args.rounds, k=args.k, epochs=args.epochs, batch=64,
-                       lr=0.2, samples=args.samples, seed=seed, checkpoint_every=1000)
+    # hwnas's practical defaults with this script's sizes; config.json records each setting's source
+    cfg, sources = layered("latency", None, None, None,
+                           {"metric": "latency", "target": target, "rounds": args.rounds, "k": args.k,
+                            "epochs": args.epochs, "samples": args.samples, "seed": seed, "checkpoint_every": 1000})
     run = out / f"run_{seed}"
     t0 = time.perf_counter()
-    result = search(table, train, cfg, run, resume=(run / "checkpoint.pt").exists(), progress=not args.quiet)
+    result = search(table, train, cfg, run, resume=(run / "checkpoint.pt").exists(), progress=not args.quiet,
+                    setting_sources=sources)
     searched_s = time.perf_counter() - t0
     chosen = pick(result.front)
     record: dict[str, Any] = {"seed": seed, "train": len(train), "test": len(test), "search_s": round(searched_s, 1),
@@ -128,7 +132,7 @@ def paired_statistics(searched: list[float], random_mean: list[float]) -> dict[s
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--output", required=True, help="folder for the table, the runs and report.json")
-    ap.add_argument("--seeds", type=int, default=8, help="seeds, each its own split and search (at least 5 for "
+    ap.add_argument("--seeds", type=int, default=10, help="seeds, each its own split and search (at least 5 for "
                                                          "the tests to mean much)")
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
