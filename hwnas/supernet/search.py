@@ -28,9 +28,9 @@ DEFAULT_LR = 0.2
 # Adam's betas for theta. The second moment remembers about 1 / (1 - beta2) steps: with the
 # usual 0.999, the large gradients of the start (E[C] far from the target) keep Adam's steps
 # small long after the gradient has shrunk near the target, and a far target is approached
-# slowly (from NSENet-GPU's MACs, 21% of the uniform start: 5.4% off after 400 steps); a memory
-# of about 10 steps keeps the step size matched to the current gradient (measured: within 0.2%
-# by 150 steps).
+# slowly (from NSENet-GPU's MACs, 21% of the uniform start: 5-7% off after 400 steps); a memory
+# of about 10 steps keeps the step size matched to the current gradient (measured: within 0.4%
+# by 150 steps, docs/measured.md).
 THETA_BETAS = (0.9, 0.9)
 
 
