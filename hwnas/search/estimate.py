@@ -76,11 +76,16 @@ class RoundEstimate:
         many = "" if self.measured_retrieval else "up to "
         where = "as in the last round" if self.measured_retrieval else "one measured"
         share = self.retrieval_s / self.total_s if self.total_s > 0 else 0.0
-        return (f"round {self.round}: about {duration(self.total_s)}: training {duration(self.train_s)} "
-                f"({self.weight_steps} steps of {self.weight_step_s:.3g} s), theta {duration(self.theta_s)} "
-                f"({self.theta_steps} updates of {self.theta_step_s:.3g} s), retrieval {duration(self.retrieval_s)} "
-                f"({many}{self.candidates} candidates of {self.candidate_s:.3g} s, {where}; {share:.0%} of the "
-                f"round)")
+        return (f"round {self.round}: about {duration(self.total_s)} to go: training {duration(self.train_s)} "
+                f"({count(self.weight_steps, 'step')} of {self.weight_step_s:.3g} s), theta {duration(self.theta_s)} "
+                f"({count(self.theta_steps, 'update')} of {self.theta_step_s:.3g} s), retrieval "
+                f"{duration(self.retrieval_s)} ({many}{count(self.candidates, 'candidate')} of "
+                f"{self.candidate_s:.3g} s, {where}; {share:.0%} of it)")
+
+
+def count(n: int, noun: str) -> str:
+    """'1 step', '3 steps'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def duration(seconds: float) -> str:
