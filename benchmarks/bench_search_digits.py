@@ -228,6 +228,11 @@ def main() -> int:
     for r in report["rounds"]:
         print(f"| {r['round']} | {r['seconds']} ({r['retrieval_seconds']}) | {r['drawn']} / {r['accepted']} / "
               f"{r['edge']} / {r['evaluated']} | " + ", ".join(f"{c} / {a:.3f}" for c, a, _ in r["front"]) + " |")
+    if not compared:
+        print(f"no architecture of the last round met the constraint ({result.constraint}): nothing to compare; "
+              f"more rounds or epochs let the regularizer bring the architectures to the target, and more "
+              f"--samples draw more of them")
+        return 0
     print("| architecture | predicted ms | vs target | test accuracy | random, same latency (ms: accuracy) |\n|---|---|---|---|---|")
     for c in compared:
         print(f"| {c['arch']} | {c['latency_ms']:.4f} | {c['vs_target']:+.1%} | {c['test_accuracy']:.3f} | "
