@@ -92,3 +92,28 @@ def test_searched_against_random_runs_at_a_tiny_size(vs_random, tmp_path):
     other = subprocess.run(command[:at + 1] + ["3"] + command[at + 3:], capture_output=True, text=True, timeout=900,
                            env=env)  # a kept seed measured otherwise is not mixed in
     assert other.returncode != 0 and "seed_0.json was measured with other settings" in other.stderr
+
+
+def test_digits_load_from_scikit_learn():
+    """The benchmarks' dataset: scikit-learn's 8x8 digits in [0, 1], at 8x8 or upsampled."""
+    pytest.importorskip("sklearn", reason="scikit-learn (hwnas's test extra) holds the digits")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from bench_search_digits import digits
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    x, y = digits(8)
+    assert x.shape == (1797, 1, 8, 8) and y.shape == (1797,) and set(y.tolist()) == set(range(10))
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert digits(16)[0].shape == (1797, 1, 16, 16)
+
+
+@pytest.mark.parametrize("script", ["bench_search_vs_random.py", "bench_search_digits.py"])
+def test_without_scikit_learn_the_scripts_say_what_to_install(script, tmp_path):
+    hide = ("import runpy, sys; sys.modules['sklearn'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", hide, str(BENCHMARKS / script), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=BENCHMARKS)
+    assert proc.returncode == 1 and "pip install scikit-learn" in proc.stderr
+    assert not (tmp_path / "out" / "report.json").exists()
