@@ -256,7 +256,7 @@ def test_quiet_hides_the_bars_and_the_log_shows_the_retrievals_progress(tiny, tm
             bars[-1]["states"].append((self.n, kw))
 
     monkeypatch.setattr(run_mod, "progress_bar", Bar)
-    cfg = interval_config(tiny, rounds=1, epochs=1, samples=10, edge_samples=3)  # edge samples evaluated too
+    cfg = tiny_config(tiny, rounds=1, epochs=1, samples=20)  # a budget: no edge samples
     config = tmp_path / "search.json"
     config.write_text(json.dumps({k: v for k, v in cfg.to_dict().items()
                                   if k not in ("metric", "target", "rounds", "k", "epochs")}))
