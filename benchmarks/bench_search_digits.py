@@ -10,6 +10,11 @@ same budget.
 
     pip install scikit-learn
     python benchmarks/bench_search_digits.py -o digits_run [--rounds 4] [--epochs 4] [--train-epochs 15]
+    python benchmarks/bench_search_digits.py -o digits_paper --preset nse-paper [--rounds 4]
+
+With --preset nse-paper the search takes NSE's appendix settings (hwnas.search.config.PRESETS), the
+options of this script overriding them only where given; without it, hwnas's practical defaults
+with this script's sizes. The run's config.json records every setting and its source.
 
 Writes OUT/report.json and prints the tables that docs/search.md shows.
 """
@@ -33,26 +38,61 @@ from hwnas.profiling.build import build_table
 from hwnas.profiling.predict import predict
 from hwnas.profiling.protocol import Protocol
 from hwnas.profiling.table import Table
-from hwnas.search import SearchConfig, TensorImages, search
+from hwnas.search import TensorImages, search
+from hwnas.search.config import PRESETS, layered
 from hwnas.spaces import builtin
 from hwnas.spaces.arch import Architecture
 from hwnas.spaces.catalog import catalog_from_dict
 from hwnas.spaces.sampling import sample_architecture
 
-MACRO = {"digits16": {"input": 16, "stem": {"channels": 16, "stride": 1}, "head": {"conv1x1": 128, "classes": 10},
-                      "stages": [{"channels": 16, "cells": 1, "first": "N"}, {"channels": 24, "cells": 2, "first": "R"},
-                                 {"channels": 40, "cells": 2, "first": "R"}, {"channels": 64, "cells": 1, "first": "E"}]}}
+def macro(resolution: int = 16) -> dict[str, Any]:
+    """A small macro-architecture for digits at `resolution` (stem 16 channels stride 1; stages 16,
+    24 (2 cells), 40 (2 cells), 64; head 128), as an hwnas macro file's mapping."""
+    return {f"digits{resolution}": {
+        "input": resolution, "stem": {"channels": 16, "stride": 1}, "head": {"conv1x1": 128, "classes": 10},
+        "stages": [{"channels": 16, "cells": 1, "first": "N"}, {"channels": 24, "cells": 2, "first": "R"},
+                   {"channels": 40, "cells": 2, "first": "R"}, {"channels": 64, "cells": 1, "first": "E"}]}}
 
 
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
+MACRO = macro(16)
+
+
+def digits(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits in [0, 1], (N, 1, R, R), upsampled when R > 8."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        sys.exit("this demonstration needs scikit-learn (its digits dataset ships inside it): pip install scikit-learn")
+        sys.exit("this benchmark needs scikit-learn (its digits dataset ships inside it): pip install scikit-learn")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    x = F.interpolate(x, size=16, mode="bilinear", align_corners=False)
+    if resolution != 8:
+        x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False)
     return x, torch.tensor(d.target)
+
+
+def latency_table(out: Path, resolution: int = 16) -> tuple[Table, float | None]:
+    """The latency19 table of the digits macro-architecture, built with onnxruntime on the CPU at
+    batch 16 (5 interleaved rounds) into OUT, or the one already there; and the build's seconds."""
+    name = f"digits{resolution}"
+    path = out / f"{name}_latency19_ort.json"
+    seconds = None
+    if not path.exists() or not Table.load(path).meta.get("complete"):
+        cat = catalog_from_dict({"macro": macro(resolution)}, name, builtin())
+        t0 = time.perf_counter()
+        build_table(cat.spaces["latency19"], cat.macros[name], 1.0, get_backend("ort", threads=1), 16, path,
+                    resume=path.exists(), protocol=Protocol(rounds=5), progress=True)
+        seconds = round(time.perf_counter() - t0, 1)
+    return Table.load(path), seconds
+
+
+def latency_target(table: Table, quantile: float, seed: int) -> tuple[float, list[float]]:
+    """This quantile of the predicted latency of 300 random architectures with about as many ops per
+    cell as a round's sampled subnets (p = 0.1 of 19 ops: ~2 per cell, as Bernoulli(0.5) over
+    K = 4), and those latencies, sorted."""
+    rng = random.Random(seed)
+    lat = sorted(predict(table, sample_architecture(table.space(), table.macro(), 1.0, rng, p=0.1))["latency_ms"]
+                 for _ in range(300))
+    return round(lat[int(quantile * len(lat))], 4), lat
 
 
 def train_standalone(arch: Architecture, train: TensorImages, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -93,19 +133,37 @@ def random_like(table: Table, latency: float, rng: random.Random, tolerance: flo
     return None
 
 
+def settings(pairs: list[str]) -> dict[str, Any]:
+    """NAME=VALUE pairs as settings, each VALUE read as JSON where it is (3, 0.5, true), else a string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"--set {pair}: expected NAME=VALUE")
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--output", required=True, help="folder for the table, the run and report.json")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="start from these search settings (NSE's appendix)")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=4, help="supernet epochs per round")
-    ap.add_argument("--samples", type=int, default=100, help="D")
+    ap.add_argument("--k", type=int, help="candidate ops per layer (default 4; the preset's with --preset)")
+    ap.add_argument("--epochs", type=int, help="supernet epochs per round (default 4; the preset's with --preset)")
+    ap.add_argument("--samples", type=int, help="D, drawn (default: hwnas's, or the preset's with --preset)")
     ap.add_argument("--train-epochs", type=int, default=15, help="standalone training of each compared network")
     ap.add_argument("--finalists", type=int, default=3, help="searched architectures compared")
     ap.add_argument("--randoms", type=int, default=2, help="random architectures per searched one")
     ap.add_argument("--target-quantile", type=float, default=0.3,
                     help="the target: this quantile of the predicted latency of random architectures "
                          "with about two ops per cell")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="any other search setting (hwnas.search.SearchConfig), e.g. --set outer=sampled "
+                         "--set alpha_scaling=fixed; repeatable")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -120,33 +178,26 @@ def main() -> int:
     train = TensorImages(x[order[:cut]], y[order[:cut]])
     test = TensorImages(x[order[cut:]], y[order[cut:]])  # standalone test split, unseen by the search
 
-    table_path = out / "digits16_latency19_ort.json"
-    cat = catalog_from_dict({"macro": MACRO}, "digits16", builtin())
-    if not table_path.exists() or not Table.load(table_path).meta.get("complete"):
-        t0 = time.perf_counter()
-        quick = Protocol(rounds=5)
-        build_table(cat.spaces["latency19"], cat.macros["digits16"], 1.0, get_backend("ort", threads=1), 16,
-                    table_path, resume=table_path.exists(), protocol=quick, progress=True)
-        report["table_build_s"] = round(time.perf_counter() - t0, 1)
-    table = Table.load(table_path)
-
-    rng = random.Random(args.seed)
-    # Random architectures with about as many ops per cell as a round's sampled subnets (p = 0.1
-    # of 19 ops: ~2 per cell, as Bernoulli(0.5) over K = 4)
-    lat = sorted(predict(table, sample_architecture(table.space(), table.macro(), 1.0, rng, p=0.1))["latency_ms"]
-                 for _ in range(300))
-    target = round(lat[int(args.target_quantile * len(lat))], 4)
+    table, report["table_build_s"] = latency_table(out)
+    target, lat = latency_target(table, args.target_quantile, args.seed)
     report["target_ms"] = target
     report["random_latency_ms"] = {"min": lat[0], "median": lat[len(lat) // 2], "max": lat[-1]}
-    cfg = SearchConfig(metric="latency", target=target, rounds=args.rounds, k=args.k, epochs=args.epochs, batch=64,
-                       lr=0.2, samples=args.samples, edge_samples=max(1, args.samples // 20), edge_margin=0.1,
-                       bn_images=512, eval_batch=256, seed=args.seed, checkpoint_every=100)
+    # this script's sizes over hwnas's defaults without a preset; with one, only the options given
+    sizes = {"k": args.k, "epochs": args.epochs, "samples": args.samples}
+    if args.preset is None:
+        sizes = {"k": 4, "epochs": 4, **{k: v for k, v in sizes.items() if v is not None}}
+    options = {"metric": "latency", "target": target, "rounds": args.rounds, "seed": args.seed,
+               "checkpoint_every": 100, **{k: v for k, v in sizes.items() if v is not None}, **settings(args.set)}
+    cfg, sources = layered("latency", args.preset, None, None, options)
+    report["settings"] = {k: [v, sources[k]] for k, v in cfg.to_dict().items()}
     t0 = time.perf_counter()
     run = out / "run"
-    result = search(table, train, cfg, run, resume=(run / "checkpoint.pt").exists())
+    result = search(table, train, cfg, run, resume=(run / "checkpoint.pt").exists(), setting_sources=sources)
     report["search_s"] = round(time.perf_counter() - t0, 1)
     summary = json.loads((run / "result.json").read_text())
-    report["rounds"] = [{"round": h["round"], "seconds": h["seconds"], "evaluated": h["evaluated"],
+    report["constraint"] = summary["constraint"]
+    report["rounds"] = [{"round": h["round"], "seconds": h["seconds"], "retrieval_seconds": h["retrieval_seconds"],
+                         "evaluated": h["evaluated"], "drawn": h["drawn"], "accepted": h["accepted"], "edge": h["edge"],
                          "front": [(round(f["cost"], 4), round(f["accuracy"], 4), f["kind"]) for f in h["front"]]}
                         for h in summary["history"]]
     report["stopped"] = result.stopped
@@ -170,11 +221,18 @@ def main() -> int:
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
 
     print(f"target {target} ms per batch of 16 (the {args.target_quantile:.0%} quantile of random architectures' "
-          f"predicted latency); {len(report['rounds'])} rounds in {report['search_s']} s, ended: {result.stopped}")
-    print("| round | seconds | evaluated | front (ms, supernet accuracy) |\n|---|---|---|---|")
+          f"predicted latency), constraint {result.constraint}; {len(report['rounds'])} rounds in "
+          f"{report['search_s']} s, ended: {result.stopped}")
+    print("| round | seconds (retrieval) | drawn / accepted / edge / evaluated | front (ms / supernet accuracy) |\n"
+          "|---|---|---|---|")
     for r in report["rounds"]:
-        print(f"| {r['round']} | {r['seconds']} | {r['evaluated']} | "
-              + ", ".join(f"{c} / {a:.3f}" for c, a, _ in r["front"]) + " |")
+        print(f"| {r['round']} | {r['seconds']} ({r['retrieval_seconds']}) | {r['drawn']} / {r['accepted']} / "
+              f"{r['edge']} / {r['evaluated']} | " + ", ".join(f"{c} / {a:.3f}" for c, a, _ in r["front"]) + " |")
+    if not compared:
+        print(f"no architecture of the last round met the constraint ({result.constraint}): nothing to compare; "
+              f"more rounds or epochs let the regularizer bring the architectures to the target, and more "
+              f"--samples draw more of them")
+        return 0
     print("| architecture | predicted ms | vs target | test accuracy | random, same latency (ms: accuracy) |\n|---|---|---|---|---|")
     for c in compared:
         print(f"| {c['arch']} | {c['latency_ms']:.4f} | {c['vs_target']:+.1%} | {c['test_accuracy']:.3f} | "

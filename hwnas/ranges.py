@@ -102,3 +102,4 @@ MILLISECONDS = Range(float, 0, 3600 * 1000, unit="ms")
 PERCENT = Range(float, 0, 100, unit="percent")
 FRACTION = Range(float, 0, 1)
 SHARE = Range(float, 0, 1, lo_open=True)  # a part of a whole that cannot be nothing
+ADAM_BETA = Range(float, 0, 0.9999)  # an Adam moment's decay (1 would never forget)

@@ -18,12 +18,13 @@ from hwnas.errors import HwnasError
 from hwnas.profiling.predict import predict
 from hwnas.search import Evolution, Search, SearchConfig, TensorImages, aggregate, pareto_front
 from hwnas.search.data import load_npz
-from hwnas.search.retrieval import Sampler, beyond, recalibrate_bn, within
+from hwnas.search.constraint import Constraint, constrained_front, draw
+from hwnas.search.retrieval import Sampler, recalibrate_bn
 from hwnas.search.run import architecture
 from hwnas.search.training import RoundTrainer
 
 from conftest import REPO
-from tiny_search import make_tiny, tiny_config
+from tiny_search import interval_config, make_tiny, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +91,12 @@ def test_evolution_invariants(seed):
     assert rounds >= 2
 
 
+def test_a_space_smaller_than_k_is_searched_whole():
+    evo = Evolution.start(3, 5, 6, 0)
+    assert all(sorted(s) == list(range(5)) for s in evo.subsets)
+    assert not evo.replenish([[0], [1, 2], []])  # nothing fresh is left: NSE's end after one round
+
+
 # -- lock and rehearse -------------------------------------------------------------------------
 
 def test_simplify_never_prunes_inherited_ops(tiny):
@@ -114,22 +121,55 @@ def test_simplify_never_prunes_inherited_ops(tiny):
     trainer.train_step()  # the pruned supernet and its optimisers still train
 
 
+# -- the regularizer and theta's optimiser as settings ------------------------------------------
+
+def test_regularizer_and_theta_settings_reach_the_trainer(tiny):
+    ds = load_npz(tiny["npz"])
+    layers = [[0, 1, 2] for _ in tiny["table"].macro().slots(1.0)]
+    locked = [[] for _ in layers]
+    target = tiny["target"]
+    default = RoundTrainer(tiny["table"], layers, locked, tiny_config(tiny), ds, ds, 1)
+    assert default.regularizer.outer == "expected"
+    assert default.regularizer.alpha == pytest.approx(2e-2 * (7.0 / target) ** 2)  # relative to the target
+    assert default.theta_opt.param_groups[0]["betas"] == (0.9, 0.9)
+    paper = RoundTrainer(tiny["table"], layers, locked, tiny_config(tiny, outer="sampled", alpha_scaling="fixed",
+                                                                    theta_beta2=0.999, theta_schedule="constant"),
+                         ds, ds, 1)
+    assert paper.regularizer.outer == "sampled" and paper.regularizer.alpha == 2e-2
+    assert paper.theta_opt.param_groups[0]["betas"] == (0.9, 0.999)
+    for trainer in (default, paper):
+        for _ in range(4):
+            trainer.train_step()
+    assert paper.theta_opt.param_groups[0]["lr"] == 0.2  # constant
+    assert default.theta_opt.param_groups[0]["lr"] < 0.2  # cosine-decayed
+
+
 # -- edge samples and pricing ------------------------------------------------------------------
 
-def test_samples_within_and_edge_samples_beyond_the_constraint(tiny):
+@pytest.mark.parametrize("mode", ["budget", "interval"])
+def test_draw_counts_drawn_architectures_and_keeps_those_within_the_constraint(tiny, mode):
+    """D is the number of distinct architectures drawn (NSE's), not of those accepted; edge samples
+    only for an interval, only just below its lower end; prices are hwnas predict's."""
     table = tiny["table"]
     ds = load_npz(tiny["npz"])
     slots = table.macro().slots(1.0)
     trainer = RoundTrainer(table, [[0, 1, 2, 3, 4] for _ in slots], [[] for _ in slots], tiny_config(tiny), ds, ds, 1)
     sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
-    gen = torch.Generator().manual_seed(0)
     target = tiny["target"]
-    inside = sampler.sample(20, within(target), "sample", gen, 2000)
-    edge = sampler.sample(10, beyond(target, 0.3), "edge", gen, 4000)
-    assert inside and edge
-    assert all(c.cost <= target for c in inside)
-    assert all(target < c.cost <= 1.3 * target for c in edge)
-    assert len({c.key for c in inside + edge}) == len(inside) + len(edge)  # distinct
+    constraint = Constraint(mode, target, margin=0.3, edge_margin=0.3)
+    drawn = draw(sampler, constraint, 200, 10 if mode == "interval" else 0, torch.Generator().manual_seed(0))
+    inside = [c for c in drawn.candidates if c.kind == "sample"]
+    edge = [c for c in drawn.candidates if c.kind == "edge"]
+    assert drawn.drawn == 200 and len(sampler.seen) >= 200 and drawn.draws >= 200
+    assert 0 < len(inside) < 200  # some of the D drawn are discarded
+    if mode == "budget":
+        assert all(c.cost <= target for c in inside) and not edge
+        assert any(c.cost > 0.9 * target for c in inside)  # up to the budget, no lower end
+    else:
+        assert all(target <= c.cost <= 1.3 * target for c in inside)
+        assert len(edge) == 10 and all(0.7 * target <= c.cost < target for c in edge)
+    assert len({c.key for c in drawn.candidates}) == len(drawn.candidates)  # distinct
+    assert drawn.summary()["accepted"] == len(inside)
     for c in inside[:5] + edge[:5]:  # the sampler's price is hwnas predict's
         assert c.cost == pytest.approx(predict(table, architecture(table, c.ops, "a"))["latency_ms"], rel=1e-9)
 
@@ -206,13 +246,14 @@ def finished(tiny):
     cfg = tiny_config(tiny)
     folder = tiny["folder"]
     config = folder / "search.yaml"
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("metric", "target", "rounds", "k", "epochs")}
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k not in ("metric", "target", "rounds", "k", "epochs", "samples")}
     config.write_text(pytest.importorskip("yaml").safe_dump(settings))
     run = folder / "run"
     torch.set_num_threads(1)
     code = main(["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms",
                  str(cfg.target), "--rounds", "2", "--K", "2", "--epochs", "2", "--config", str(config), "-o", str(run),
-                 "--quiet", "--json"])
+                 "--samples", str(cfg.samples), "--quiet", "--json"])
     assert code == 0
     return run
 
@@ -221,7 +262,14 @@ def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys
     run = finished
     result = json.loads((run / "result.json").read_text())
     assert result["rounds"] == 2 and len(result["history"]) == 2
-    assert (run / "config.source.yaml").exists() and json.loads((run / "config.json").read_text())["config"]["k"] == 2
+    assert (run / "config.source.yaml").exists()
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["config"]["k"] == 2 and recorded["config"]["samples"] == 12
+    sources = recorded["sources"]
+    assert sources["samples"] == sources["k"] == "command line"
+    assert sources["constraint"] == f"config file {tiny['folder'] / 'search.yaml'}"
+    assert recorded["constraint"] == {"mode": "budget", "target": tiny["target"], "upper": tiny["target"]}
+    assert recorded["regularizer"]["outer"] == "expected" and recorded["regularizer"]["alpha"] > 0
     for r in (1, 2):
         for name in ("subset.json", "thetas.json", "samples.json", "front.json"):
             assert (run / f"round_{r:02d}" / name).exists()
@@ -230,6 +278,7 @@ def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys
         points = [(s["cost"], s["accuracy"]) for s in samples]
         assert sorted(map(tuple, ([f["cost"], f["accuracy"]] for f in front))) == sorted(
             points[i] for i in pareto_front(points))
+        assert all(s["cost"] <= tiny["target"] and s["kind"] != "edge" for s in samples)  # a budget: no edge samples
     subset1 = json.loads((run / "round_01" / "subset.json").read_text())
     subset2 = json.loads((run / "round_02" / "subset.json").read_text())
     front1 = json.loads((run / "round_01" / "front.json").read_text())["front"]
@@ -239,9 +288,21 @@ def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys
         assert set(new) - kept <= set(range(5)) - set(old)  # refilled with ops the layer had not had
     samples2 = json.loads((run / "round_02" / "samples.json").read_text())["samples"]
     assert {"previous", "sample"} <= {s["kind"] for s in samples2}
-    assert all(s["cost"] > tiny["target"] for s in samples2 if s["kind"] == "edge")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any("expected_cost" in r for r in log) and sum(r.get("event") == "round" for r in log) == 2
+    # each round's estimate, from its first steps: round 1 times one evaluation and counts the most
+    # candidates it can have; round 2 takes round 1's count and pace
+    estimates = [r for r in log if r.get("event") == "estimate"]
+    rounds = [r for r in log if r.get("event") == "round"]
+    assert [e["round"] for e in estimates] == [1, 2]
+    assert estimates[0]["candidates"] == 12 and not estimates[0]["measured_retrieval"]
+    assert estimates[1]["candidates"] == rounds[0]["evaluated"] and estimates[1]["measured_retrieval"]
+    assert estimates[1]["candidate_s"] == pytest.approx(rounds[0]["retrieval_seconds"] / rounds[0]["evaluated"],
+                                                        rel=0.01, abs=1e-3)
+    for e in estimates:
+        assert e["weight_steps"] == result["history"][0]["steps"] - 5  # 5 timed: 1 skipped, 2 with theta, 2 without
+        assert e["weight_step_s"] > 0 and e["candidate_s"] > 0
+        assert e["total_s"] == pytest.approx(e["train_s"] + e["theta_s"] + e["retrieval_s"], abs=0.2)
     final = result["front"]
     assert final and all(f["latency_ms"] <= tiny["target"] for f in final)
     capsys.readouterr()
@@ -257,6 +318,31 @@ def test_search_writes_rounds_and_architectures(tiny, finished, tmp_path, capsys
                  "--iterations", "2", "--table", str(tiny["path"]), "--json"]) == 0
 
 
+def test_interval_search_keeps_only_architectures_within_the_interval(tiny, tmp_path, capsys):
+    """NSE's interval: the edge samples below it correct each round's front and never join it; only
+    the front's ops are inherited and locked; only architectures within the interval are results."""
+    cfg = interval_config(tiny, epochs=1)
+    low, high = cfg.target, cfg.target * (1 + cfg.margin)
+    run = tmp_path / "run"
+    result = Search(tiny["table"], load_npz(tiny["npz"]), cfg, run, progress=True).run()
+    err = capsys.readouterr().err  # each round's estimate is printed (no bar: not a terminal)
+    assert "round 1: about" in err and "round 2: about" in err and "candidates" in err
+    rounds = [{name: json.loads((run / f"round_{r:02d}" / f"{name}.json").read_text())
+               for name in ("samples", "front", "subset")} for r in (1, 2)]
+    for r, files in enumerate(rounds, 1):
+        samples, front = files["samples"]["samples"], files["front"]["front"]
+        assert all(0.5 * low <= s["cost"] < low if s["kind"] == "edge" else low <= s["cost"] <= high for s in samples)
+        points = [(s["cost"], s["accuracy"]) for s in samples]
+        unconstrained = pareto_front(points)
+        # the front: the candidates within the interval that no candidate (edge samples included) dominates
+        assert sorted((f["cost"], f["accuracy"]) for f in front) == sorted(
+            points[i] for i in unconstrained if samples[i]["kind"] != "edge")
+        assert samples[unconstrained[0]]["kind"] == "edge"  # the cheapest candidate: an edge sample, filtered out
+    inherited = aggregate([f["ops"] for f in rounds[0]["front"]["front"]], len(rounds[0]["subset"]["layers"]))
+    assert rounds[1]["subset"]["locked"] == inherited  # the front's ops, and no edge sample's
+    assert all(low <= f["latency_ms"] <= high for f in result.front)
+
+
 def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
     cfg = tiny_config(tiny)
     run = tmp_path / "run"
@@ -269,7 +355,8 @@ def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "hwnas.cli.main", "search", "run", "--table", str(tiny["path"]),
                            "--data", str(tiny["npz"]), "--target-ms", str(cfg.target), "--rounds", "2", "--K", "2",
-                           "--epochs", "2", "--config", str(tiny["folder"] / "search.yaml"), "-o", str(run),
+                           "--epochs", "2", "--samples", str(cfg.samples), "--config", str(tiny["folder"] / "search.yaml"),
+                           "-o", str(run),
                            "--resume", "--quiet", "--json", "--threads", "1"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -278,6 +365,36 @@ def test_resume_after_a_kill_gives_the_same_thetas(tiny, finished, tmp_path):
         b = json.loads((run / f"round_{r:02d}" / "thetas.json").read_text())
         assert a == b
     assert json.loads((finished / "result.json").read_text())["front"] == json.loads((run / "result.json").read_text())["front"]
+
+
+def test_preset_through_the_cli(tiny, tmp_path, capsys):
+    """--preset nse-paper: NSE's settings, the options given overriding them, each value's source
+    in config.json; a front that stays empty is an error that says what to change."""
+    run = tmp_path / "run"
+    args = ["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms",
+            str(interval_config(tiny).target), "--preset", "nse-paper", "--batch", "32", "--epochs", "1",
+            "--rounds", "1", "--samples", "6", "--edge-samples", "2", "-o", str(run), "--quiet"]
+    code = main(args + ["--outer", "expected", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    recorded = json.loads((run / "config.json").read_text())
+    config, sources = recorded["config"], recorded["sources"]
+    assert (config["lr"], config["warmup_epochs"], config["theta_lr"], config["k"]) == (0.4, 2.0, 0.1, 6)
+    assert (config["constraint"], config["outer"], config["alpha_scaling"]) == ("interval", "expected", "fixed")
+    assert sources["lr"] == sources["eval_images"] == sources["alpha_scaling"] == "preset nse-paper"
+    assert sources["batch"] == sources["outer"] == "command line" and sources["eval_batch"] == "default"
+    assert recorded["regularizer"]["alpha"] == 2e-2 and recorded["regularizer"]["outer"] == "expected"
+    assert json.loads((run / "round_01" / "samples.json").read_text())["drawn"] == 6
+    assert all(interval_config(tiny).target <= f["latency_ms"] for f in result["front"])
+    # a budget below every reachable cost: nothing accepted, no result, and the command says so
+    cheap = ["search", "run", "--table", str(tiny["path"]), "--data", str(tiny["npz"]), "--target-ms", "0.0001",
+             "--K", "2", "--epochs", "1", "--rounds", "1", "--samples", "6", "-o", str(tmp_path / "cheap"), "--quiet"]
+    assert main(cheap) == 1
+    assert "no architecture of the last round met the constraint (cost <= 0.0001 ms per batch)" in \
+        capsys.readouterr().err
+    assert json.loads((tmp_path / "cheap" / "result.json").read_text())["front"] == []
+    assert main(args[:-3] + ["--constraint", "budget", "-o", str(tmp_path / "r2")]) == 1  # edges need the interval
+    assert "edge_samples (2) need the interval constraint" in capsys.readouterr().err
 
 
 def test_config_file_settings_are_checked(tmp_path):

@@ -25,7 +25,7 @@ from hwnas.search.retrieval import evaluate, recalibrate_bn
 from hwnas.search.training import RoundTrainer
 from hwnas.supernet.cell import sample_config
 
-from tiny_search import make_tiny, tiny_config
+from tiny_search import interval_config, make_tiny, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -256,7 +256,7 @@ def test_quiet_hides_the_bars_and_the_log_shows_the_retrievals_progress(tiny, tm
             bars[-1]["states"].append((self.n, kw))
 
     monkeypatch.setattr(run_mod, "progress_bar", Bar)
-    cfg = tiny_config(tiny, rounds=1, epochs=1, samples=10, edge_samples=3)
+    cfg = tiny_config(tiny, rounds=1, epochs=1, samples=20)  # a budget: no edge samples
     config = tmp_path / "search.json"
     config.write_text(json.dumps({k: v for k, v in cfg.to_dict().items()
                                   if k not in ("metric", "target", "rounds", "k", "epochs")}))
@@ -286,7 +286,7 @@ def test_quiet_hides_the_bars_and_the_log_shows_the_retrievals_progress(tiny, tm
 
 def test_a_search_evaluates_as_the_reference_does(tiny, tmp_path, monkeypatch):
     """The search's samples get the reference's accuracies (the reference swapped in)."""
-    cfg = tiny_config(tiny, rounds=1, epochs=1, samples=10, edge_samples=3)
+    cfg = interval_config(tiny, rounds=1, epochs=1, samples=10, edge_samples=3)  # edge samples evaluated too
     Search(tiny["table"], load_npz(tiny["npz"]), cfg, tmp_path / "fast", progress=False).run()
 
     def one_at_a_time(net, configs_list, calibration, held_out, device="cpu", on_progress=None, **kw):

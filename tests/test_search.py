@@ -38,6 +38,20 @@ def test_dry_run_reaches_a_far_target(latency19_macs):
     assert abs(result["relative_error"]) <= 0.02
 
 
+def test_sampled_outer_settles_off_a_far_target(latency19_macs):
+    """NSE's literal form (the penalty's derivative at the sampled cost) keeps E[C] well away from a
+    far target where the derivative at the exact E[C] reaches it."""
+    from hwnas.profiling.predict import predict
+    from hwnas.spaces import builtin
+
+    target = predict(latency19_macs, builtin().networks["nsenet_gpu"])["macs"] / 1e6
+    runs = {outer: dry_run(latency19_macs, "macs", target, steps=150, outer=outer) for outer in ("expected", "sampled")}
+    assert abs(runs["expected"]["relative_error"]) < 0.01
+    assert runs["sampled"]["relative_error"] > 0.05
+    assert runs["expected"]["alpha"] == pytest.approx(1e-5 * (300 / target) ** 2)  # relative to the target
+    assert dry_run(latency19_macs, "macs", target, steps=1, alpha_scaling="fixed")["alpha"] == 1e-5
+
+
 @pytest.mark.skipif(not SHIPPED.exists(), reason=f"the shipped latency table {SHIPPED.name} is missing")
 @pytest.mark.parametrize("fraction", [0.6, 0.9])
 def test_dry_run_reaches_latency_target(fraction):

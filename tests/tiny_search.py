@@ -26,14 +26,11 @@ OPS = [{"name": "dw_k3_t1", "kind": "dw", "kernel": 3, "expand": 1},
        {"name": "ssc_k3_t1", "kind": "ssc", "kernel": 3, "expand": 1}]
 
 
-def make_tiny(folder: Path) -> dict[str, Any]:
+def fake_latency_table(space: Any, macro: Any, path: Path) -> Table:
+    """A table of `space` on `macro` whose latency is a function of MACs (no device needed)."""
     from hwnas.profiling.backends import get_backend
     from hwnas.profiling.build import build_table
 
-    macro = dataclasses.replace(load_file(REPO / "tests" / "data" / "tiny.json").macros["tiny"], input=16,
-                                classes=4, name="tiny16")
-    space = Space("tiny5", tuple(op_from_dict(o, "op") for o in OPS))
-    path = folder / "table.json"
     build_table(space, macro, 1.0, get_backend("none"), 16, path, progress=False)
     table = Table.load(path)
     for e in table.entries.values():
@@ -42,6 +39,15 @@ def make_tiny(folder: Path) -> dict[str, Any]:
     table.meta["backend"] = {"name": "fake"}
     table.meta["statistic"] = "median"
     table.save(path)
+    return Table.load(path)
+
+
+def make_tiny(folder: Path) -> dict[str, Any]:
+    macro = dataclasses.replace(load_file(REPO / "tests" / "data" / "tiny.json").macros["tiny"], input=16,
+                                classes=4, name="tiny16")
+    space = Space("tiny5", tuple(op_from_dict(o, "op") for o in OPS))
+    path = folder / "table.json"
+    table = fake_latency_table(space, macro, path)
     g = torch.Generator().manual_seed(0)
     n = 192
     y = torch.randint(0, 4, (n,), generator=g)
@@ -55,7 +61,18 @@ def make_tiny(folder: Path) -> dict[str, Any]:
 
 
 def tiny_config(tiny: dict[str, Any], **kw: Any) -> SearchConfig:
-    base = dict(metric="latency", target=tiny["target"], rounds=2, k=2, epochs=2, batch=32, samples=12,
-                edge_samples=4, edge_margin=0.5, bn_images=64, eval_batch=64, checkpoint_every=3, seed=1)
+    """A 2-round search with the budget constraint (cost <= target)."""
+    base = dict(metric="latency", target=tiny["target"], rounds=2, k=2, epochs=2, batch=32, samples=12, bn_images=64,
+                eval_batch=64, checkpoint_every=3, seed=1)
     base.update(kw)
     return SearchConfig(**base)
+
+
+def interval_config(tiny: dict[str, Any], **kw: Any) -> SearchConfig:
+    """tiny_config with NSE's interval constraint, [target, 1.5 target], its target low enough in
+    the subsets' reachable costs that draws fall both inside the interval and in its edge band
+    [0.5 target, target)."""
+    base = dict(constraint="interval", target=round(0.6 * tiny["target"], 4), margin=0.5, edge_samples=4,
+                edge_margin=0.5)
+    base.update(kw)
+    return tiny_config(tiny, **base)

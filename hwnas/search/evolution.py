@@ -36,12 +36,13 @@ class Evolution:
 
     @classmethod
     def start(cls, layers: int, ops: int, k: int, seed: int) -> Evolution:
-        """K ops per layer, the first K of each layer's shuffle (all when the space has fewer)."""
+        """K ops per layer, the first K of each layer's shuffle (all when the space has fewer: one
+        round searches it whole, and the pools cannot refill after it)."""
         rng = random.Random(seed)
         pools = [LayerPool(rng.sample(range(ops), ops)) for _ in range(layers)]
-        evo = cls(k, pools, [[] for _ in range(layers)], [[] for _ in range(layers)])
+        evo = cls(min(k, ops), pools, [[] for _ in range(layers)], [[] for _ in range(layers)])
         ok = evo.replenish([[] for _ in range(layers)])
-        assert ok or ops < k
+        assert ok
         return evo
 
     def replenish(self, inherited: Sequence[Sequence[int]]) -> bool:

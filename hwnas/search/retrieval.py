@@ -60,6 +60,7 @@ class Sampler:
     costs: CostModel
     layer_ops: list[list[int]]
     seen: set[Any] = field(default_factory=set)
+    draws: int = 0  # configurations drawn, repeats included
 
     def price(self, configs: Sequence[torch.Tensor]) -> float:
         return self.costs.cost(configs)  # in the metric's units, as `hwnas predict` reports
@@ -78,6 +79,7 @@ class Sampler:
             if len(out) >= count:
                 break
             configs, cost = self.draw(generator)
+            self.draws += 1
             if not accept(cost):
                 continue
             cand = Candidate(ops_of(configs, self.layer_ops), cost, kind)
@@ -86,15 +88,6 @@ class Sampler:
             self.seen.add(cand.key)
             out.append(cand)
         return out
-
-
-def within(target: float) -> Any:
-    return lambda cost: cost <= target
-
-
-def beyond(target: float, margin: float) -> Any:
-    """The edge of the constraint: over the target, by at most `margin` of it."""
-    return lambda cost: target < cost <= target * (1 + margin)
 
 
 def _batch_norms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -19,6 +19,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,19 +33,22 @@ from hwnas.profiling.predict import predict
 from hwnas.progress import progress_bar
 from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
+from hwnas.search.config import setting_sources as sources_of
+from hwnas.search.constraint import Constraint, Drawn, constrained_front, draw, previous_front
 from hwnas.search.data import (as_dataset, check_against_macro, check_split, data_shape, fixed_batches,
                                split_held_out, step_seed)
 from hwnas.search.distributed import join, lost_peer
+from hwnas.search.estimate import RoundEstimate, StepTimer
 from hwnas.search.evolution import Evolution, aggregate
 from hwnas.search.evaluation import Progress, evaluate_all, trie_order
-from hwnas.search.retrieval import Candidate, Sampler, beyond, configs_of, front_of, within
-from hwnas.search.training import RoundTrainer
+from hwnas.search.retrieval import Candidate, Sampler, configs_of
+from hwnas.search.training import RoundTrainer, penalty_constants
 from hwnas.spaces.arch import Architecture, Cell, architecture_from_dict
 from hwnas.supernet.global_bn import set_world
 
 # version 2: each epoch's order comes from torch's DistributedSampler (version 1's order differs)
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "hwnas-search-checkpoint", 2
-RETRIEVAL = 3  # tag of the retrieval's generator
+RETRIEVAL, ESTIMATE = 3, 4  # tags of the retrieval's and the round estimate's generators
 # the retrieval's progress is logged this often (and at its end): a line at least every 10 s while
 # the engine reports twice a second or more (hwnas.search.evaluation.REPORT_EVERY_S)
 LOG_EVERY_S = 9.0
@@ -105,7 +109,7 @@ def seconds_text(value: float | None) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-def plot_round(path: Path, candidates: list[Candidate], front: list[Candidate], target: float, unit: str,
+def plot_round(path: Path, candidates: list[Candidate], front: list[Candidate], constraint: Constraint, unit: str,
                title: str) -> bool:
     """Cost against accuracy: samples, edge samples, the previous front, this front. False when
     matplotlib is not installed."""
@@ -124,7 +128,9 @@ def plot_round(path: Path, candidates: list[Candidate], front: list[Candidate], 
             ax.scatter(costs, accs, s=10, alpha=0.6, color=colour, label=kind)
     if front:
         ax.plot([c.cost for c in front], [float(c.accuracy or 0.0) for c in front], "k.-", label="Pareto front")
-    ax.axvline(target, color="red", linestyle="--", linewidth=1, label="target")
+    ax.axvline(constraint.target, color="red", linestyle="--", linewidth=1, label="target")
+    if constraint.mode == "interval":
+        ax.axvspan(constraint.target, constraint.upper, color="red", alpha=0.08, label="interval")
     ax.set_xlabel(f"table cost ({unit})")
     ax.set_ylabel("held-out accuracy (supernet weights)")
     ax.set_title(title)
@@ -143,6 +149,7 @@ class SearchResult:
     front: list[dict[str, Any]]
     stopped: str
     main: bool = True  # False on the other ranks of a data-parallel run
+    constraint: str = ""  # the constraint the front satisfies, in words
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "rounds": self.rounds, "front": self.front, "stopped": self.stopped}
@@ -154,8 +161,11 @@ class Search:
 
     def __init__(self, table: Table, data: Any, cfg: SearchConfig, run_dir: str | Path, held_out: Any = None,
                  device: str | torch.device | None = None, progress: bool = True,
-                 config_source: str | Path | None = None, sources: dict[str, Any] | None = None):
+                 config_source: str | Path | None = None, sources: dict[str, Any] | None = None,
+                 setting_sources: dict[str, str] | None = None):
+        self.sources = sources_of(cfg, setting_sources)  # before check() resolves the derived settings
         self.table, self.cfg = table, cfg.check()
+        self.constraint = Constraint.of(self.cfg)
         self.space, self.macro = table.space(), table.macro()
         if cfg.metric == "latency" and not table.has_latency:
             raise HwnasError("the table holds no latency (backend 'none'): search for MACs (metric macs) or use a "
@@ -182,6 +192,8 @@ class Search:
         self.config_source = Path(config_source) if config_source else None
         self._log = Log(None)  # the run's, from run()
         self.stop_after: int | None = None  # tests: raise KeyboardInterrupt after this many weight steps
+        self.last_draw: dict[str, int] = {}  # the last retrieval's counts (drawn, accepted, edge, previous)
+        self.last_retrieval: tuple[int, float] | None = None  # its candidates and seconds per candidate
         self._steps_done = 0
 
     # -- files -----------------------------------------------------------------------------------
@@ -214,12 +226,20 @@ class Search:
         if self.checkpoint_path.exists():
             raise HwnasError(f"{self.run_dir} already holds a run: continue it with --resume, or choose another folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {"config": self.cfg.to_dict(), "identity": self.identity}
+        record: dict[str, Any] = {"config": self.cfg.to_dict(), "identity": self.identity, **self._settings_record()}
         if self.config_source is not None:
             copy = self.run_dir / f"config.source{self.config_source.suffix}"
             files.write_bytes(copy, files.read_bytes(self.config_source, "config file"))
             record["config_file"] = str(self.config_source)
         self._write_json("config.json", record)
+
+    def _settings_record(self) -> dict[str, Any]:
+        """For config.json: each setting's source, the constraint, and the regularizer as it runs."""
+        cfg = self.cfg
+        alpha, beta = penalty_constants(cfg)
+        return {"sources": self.sources, "constraint": self.constraint.to_dict(),
+                "regularizer": {"form": cfg.form, "outer": cfg.outer, "alpha_scaling": cfg.alpha_scaling,
+                                "alpha": alpha, "beta": beta, "tau": cfg.target}}
 
     def _save(self, state: dict[str, Any]) -> None:
         if not self.main:
@@ -279,7 +299,8 @@ class Search:
             state = self._load()
             if state.get("done"):
                 done = state["result"]
-                return SearchResult(self.run_dir, done["rounds"], done["front"], done["stopped"], self.main)
+                return SearchResult(self.run_dir, done["rounds"], done["front"], done["stopped"], self.main,
+                                    self._constraint_words())
             evo = Evolution.from_dict(state["evolution"])
             round_index, previous = state["round"], [Candidate(**c) for c in state["previous_front"]]
             history = state["history"]
@@ -287,6 +308,7 @@ class Search:
                                                self.group) if state["trainer"] else None)
             log.write({"event": "resumed", "round": round_index, "step": trainer.step if trainer else 0})
         else:
+            assert cfg.k is not None  # check() resolved it
             evo = Evolution.start(len(self.macro.slots(float(self.table.meta["scale"]))), len(self.space.ops), cfg.k,
                                   cfg.seed)
             round_index, previous, history, trainer = 1, [], [], None
@@ -300,15 +322,20 @@ class Search:
                                   "ops": [[self.space.ops[i].name for i in s] for s in evo.subsets]})
             started = time.perf_counter()
             self._train(trainer, evo, round_index, previous, history, log)
+            retrieving = time.perf_counter()
             front, candidates = self._retrieve(trainer, previous, round_index)
+            retrieval_s = time.perf_counter() - retrieving
+            self.last_retrieval = (len(candidates), retrieval_s / max(len(candidates), 1))
             seconds = time.perf_counter() - started
             self._write_round(trainer, round_index, candidates, front)
-            summary = {"round": round_index, "seconds": round(seconds, 2), "steps": trainer.total_steps,
-                       "front": [c.to_dict() for c in front], "evaluated": len(candidates),
+            summary = {"round": round_index, "seconds": round(seconds, 2), "retrieval_seconds": round(retrieval_s, 2),
+                       "steps": trainer.total_steps,
+                       "front": [c.to_dict() for c in front], "evaluated": len(candidates), **self.last_draw,
                        "pruned": trainer.pruned, "layer": trainer.layer_path()}  # fused or eager, and why
             history.append(summary)
             log.write({"event": "round", **{k: v for k, v in summary.items() if k != "front"},
                        "front": [[c.cost, c.accuracy] for c in front]})
+            # the front holds only architectures within the constraint: only their ops are inherited and locked
             inherited = aggregate([c.ops for c in front], len(evo.subsets))
             if round_index >= cfg.rounds:
                 break
@@ -330,10 +357,17 @@ class Search:
                         "previous_front": [c.to_dict() for c in previous], "history": history,
                         "trainer": trainer.state_dict()})
 
+        timer: StepTimer | None = StepTimer()  # the round's first steps give its estimate
         with progress_bar(trainer.total_steps, f"round {round_index}", unit="step", enabled=self.progress and self.main,
                           initial=trainer.step, leave=False) as bar:
             while trainer.step < trainer.total_steps:
+                stepping = time.perf_counter()
                 record = trainer.train_step()
+                if timer is not None:
+                    timer.add(time.perf_counter() - stepping, "ce" in record)
+                    if timer.ready:
+                        self._estimate(trainer, round_index, previous, timer, log, bar)
+                        timer = None
                 record["round"] = round_index
                 log.write(record, global_step=trainer.step)
                 bar.update(1)
@@ -345,23 +379,62 @@ class Search:
                 if self.stop_after is not None and self._steps_done >= self.stop_after:
                     raise KeyboardInterrupt
 
-    def _retrieve(self, trainer: RoundTrainer, previous: list[Candidate],
-                  round_index: int) -> tuple[list[Candidate], list[Candidate]]:
+    def _estimate(self, trainer: RoundTrainer, round_index: int, previous: list[Candidate], timer: StepTimer,
+                  log: Log, bar: Any) -> None:
+        """Print and log how long the rest of the round will take: its steps at the pace of its first
+        ones; its retrieval at the last round's pace and count, or (first round, or after a resume)
+        one evaluation timed now and the most candidates it can have."""
+        cfg = self.cfg
+        if self.last_retrieval is not None:
+            candidates, per = self.last_retrieval
+        else:
+            candidates = cfg.samples + int(cfg.edge_samples or 0) + len(previous)
+            per = self._time_evaluation(trainer, round_index)
+        est = RoundEstimate(round_index, trainer.total_steps - trainer.step,
+                            trainer.total_theta_steps - trainer.theta_steps, timer.weight_step_s, timer.theta_step_s,
+                            candidates, per, self.last_retrieval is not None)
+        log.write({"event": "estimate", **est.to_dict()})
+        if self.progress and self.main:
+            bar.write(est.describe(), file=sys.stderr)
+
+    def _time_evaluation(self, trainer: RoundTrainer, round_index: int) -> float:
+        """Seconds to evaluate one architecture drawn from P(theta) as the retrieval will (BN
+        recalibration and held-out accuracy), alone: the retrieval shares the work of common
+        prefixes among its candidates, so this bounds its pace. The search's random states are left
+        as they were."""
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
+            configs, _ = sampler.draw(torch.Generator().manual_seed(step_seed(cfg.seed, round_index, ESTIMATE)))
+            seed = step_seed(cfg.seed, round_index, ESTIMATE, 1)
+            calibration = fixed_batches(self.train_set, min(cfg.bn_images, len(self.train_set)), cfg.eval_batch, seed)
+            held_out = fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed)
+            set_world(trainer.net, 1)  # as in the retrieval: one rank's evaluation
+            try:
+                started = time.perf_counter()
+                evaluate_all(trainer.net, [configs], calibration, held_out, self.device)
+                return time.perf_counter() - started
+            finally:
+                set_world(trainer.net, trainer.bn_world)
+                trainer.net.train()
+
+    def _candidates(self, trainer: RoundTrainer, previous: list[Candidate], round_index: int) -> Drawn:
+        """The round's candidates: D architectures drawn from P(theta), those within the constraint
+        kept, edge samples (interval), and the previous front within the constraint."""
         cfg = self.cfg
         sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, round_index, RETRIEVAL))
-        draws = 20 * (cfg.samples + cfg.edge_samples)
-        candidates = sampler.sample(cfg.samples, within(cfg.target), "sample", gen, draws)
-        candidates += sampler.sample(cfg.edge_samples, beyond(cfg.target, cfg.edge_margin), "edge", gen, draws)
-        for old in previous:  # lock and rehearse: the previous front, re-evaluated on this supernet
-            configs = configs_of(old.ops, trainer.layer_ops)
-            if configs is not None:
-                cand = Candidate(old.ops, sampler.price(configs), "previous")
-                if cand.key not in sampler.seen:
-                    sampler.seen.add(cand.key)
-                    candidates.append(cand)
+        drawn = draw(sampler, self.constraint, cfg.samples, int(cfg.edge_samples or 0), gen)
+        previous_front(drawn, sampler, previous, self.constraint, trainer.layer_ops)  # lock and rehearse
+        self.last_draw = drawn.summary()
+        return drawn
+
+    def _retrieve(self, trainer: RoundTrainer, previous: list[Candidate],
+                  round_index: int) -> tuple[list[Candidate], list[Candidate]]:
+        """The round's front within the constraint, and every candidate evaluated."""
+        candidates = self._candidates(trainer, previous, round_index).candidates
         self._evaluate(trainer, candidates, round_index)
-        return front_of(candidates), candidates
+        return constrained_front(candidates, self.constraint), candidates
 
     def _evaluate(self, trainer: RoundTrainer, candidates: list[Candidate], round_index: int) -> None:
         """Every candidate's held-out accuracy after recalibrating its batch norms, all at once
@@ -408,17 +481,18 @@ class Search:
         self._write_json(f"{folder}/thetas.json", {"round": round_index, "layers": trainer.layer_ops,
                                                    "thetas": trainer.thetas(), "pruned": trainer.pruned})
         self._write_json(f"{folder}/samples.json", {"round": round_index, "target": self.cfg.target,
-                                                    "metric": self.cfg.metric, "samples": [c.to_dict() for c in candidates]})
+                                                    "metric": self.cfg.metric, "constraint": self.constraint.to_dict(),
+                                                    **self.last_draw, "samples": [c.to_dict() for c in candidates]})
         self._write_json(f"{folder}/front.json", {"round": round_index, "front": [c.to_dict() for c in front]})
         if self.main:
-            plot_round(self.run_dir / folder / "front.png", candidates, front, self.cfg.target,
-                       "ms per batch" if self.cfg.metric == "latency" else "M MACs", f"round {round_index}")
+            plot_round(self.run_dir / folder / "front.png", candidates, front, self.constraint,
+                       self._unit(), f"round {round_index}")
 
     def _finish(self, front: list[Candidate], rounds: int, stopped: str, history: list[Any]) -> SearchResult:
-        """The last front within the constraint, as architecture files with their table prices."""
-        chosen = [c for c in front if c.cost <= self.cfg.target] or front[:1]
+        """The last front (within the constraint: nothing else reaches it), as architecture files with
+        their table prices. Empty when no architecture of the last round met the constraint."""
         out = []
-        for i, cand in enumerate(chosen, 1):
+        for i, cand in enumerate(front, 1):
             name = f"searched_{i:02d}"
             arch = architecture(self.table, cand.ops, name)
             price = predict(self.table, arch)
@@ -432,10 +506,16 @@ class Search:
             self._write_json(info["file"], doc)
             out.append(info)
         summary = {"rounds": rounds, "stopped": stopped, "target": self.cfg.target, "metric": self.cfg.metric,
-                   "front": out, "history": history}
+                   "constraint": self.constraint.to_dict(), "front": out, "history": history}
         self._write_json("final/front.json", out)
         self._write_json("result.json", summary)
-        return SearchResult(self.run_dir, rounds, out, stopped, self.main)
+        return SearchResult(self.run_dir, rounds, out, stopped, self.main, self._constraint_words())
+
+    def _constraint_words(self) -> str:
+        return self.constraint.describe(self._unit())
+
+    def _unit(self) -> str:
+        return "ms per batch" if self.cfg.metric == "latency" else "M MACs"
 
 
 def search(table: Table, data: Any, cfg: SearchConfig, run_dir: str | Path, **kwargs: Any) -> SearchResult:

@@ -30,22 +30,18 @@ from hwnas.supernet.costs import cost_model
 from hwnas.supernet.fitness import FitnessIndicators
 from hwnas.supernet.global_bn import set_world
 from hwnas.supernet.network import Supernet, theta_step, weight_step
-from hwnas.supernet.regularizer import PAPER_CONSTANTS, ResourceRegularizer
-from hwnas.supernet.search import THETA_BETAS, theta_lr_factor
+from hwnas.supernet.regularizer import ResourceRegularizer, constants
+from hwnas.supernet.search import theta_lr_factor
 from hwnas.supernet.simplify import simplify_layer
 
 WEIGHTS, THETA = 1, 2  # tags of the per-step generators
 
 
-def penalty_alpha(cfg: SearchConfig, tau: float) -> float | None:
-    """NSE's alpha was chosen for NSE's target (7 ms, 300 MFLOPs). For the NSE form and no alpha
-    given: the same penalty as a function of C / tau, alpha * (tau_NSE / tau) ** beta, so that
-    the regularizer weighs as much against the cross-entropy at any target's scale."""
-    if cfg.alpha is not None or cfg.form != "nse":
-        return cfg.alpha
-    alpha, beta, tau_nse = PAPER_CONSTANTS[cfg.metric]
-    beta = cfg.beta if cfg.beta is not None else beta
-    return float(alpha * (tau_nse / tau) ** beta)
+def penalty_constants(cfg: SearchConfig) -> tuple[float, float]:
+    """The regularizer's alpha and beta: those set, else NSE's; for the nse form NSE's alpha as
+    `alpha_scaling` says (relative: alpha_NSE * (tau_NSE / tau) ** beta, so that the penalty weighs
+    as much against the cross-entropy at any target's scale; fixed: NSE's constant)."""
+    return constants(cfg.metric, cfg.form, cfg.target, cfg.alpha, cfg.beta, cfg.alpha_scaling)
 
 
 class RoundTrainer:
@@ -74,7 +70,7 @@ class RoundTrainer:
             torch.manual_seed(step_seed(cfg.seed, round_index))
             self._build([list(o) for o in layer_ops])
         self.weight_opt = self._weight_optimizer()
-        self.theta_opt = torch.optim.Adam(self.fitness.parameters(), lr=cfg.theta_lr, betas=THETA_BETAS)
+        self.theta_opt = self._theta_optimizer()
         pin = self.device.type == "cuda"
         self.train_stream = BatchStream(self.batches, train_set, cfg.workers, pin)
         self.held_stream = BatchStream(self.held_batches, held_set, cfg.workers, pin)
@@ -95,9 +91,9 @@ class RoundTrainer:
     def _pricing(self) -> None:
         self.costs = cost_model(self.table, [(c.position, c.ops) for c in self.cells], self.cfg.metric,
                                 stem_and_head=True)  # priced as `hwnas predict` prices (latency calibrated)
-        self.regularizer = ResourceRegularizer(self.costs, self.cfg.target, self.cfg.form,
-                                               penalty_alpha(self.cfg, self.cfg.target), self.cfg.beta,
-                                               outer="expected")
+        alpha, beta = penalty_constants(self.cfg)
+        self.regularizer = ResourceRegularizer(self.costs, self.cfg.target, self.cfg.form, alpha, beta,
+                                               outer=self.cfg.outer)
 
     @property
     def bn_world(self) -> int:
@@ -131,6 +127,9 @@ class RoundTrainer:
         cfg = self.cfg
         return torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
+
+    def _theta_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.fitness.parameters(), lr=self.cfg.theta_lr, betas=(0.9, self.cfg.theta_beta2))
 
     # -- schedules -------------------------------------------------------------------------------
 
@@ -181,7 +180,8 @@ class RoundTrainer:
     def fitness_step(self) -> dict[str, float]:
         cfg, t = self.cfg, self.theta_steps
         for group in self.theta_opt.param_groups:
-            group["lr"] = cfg.theta_lr * theta_lr_factor(t, self.total_theta_steps)
+            group["lr"] = cfg.theta_lr * (theta_lr_factor(t, self.total_theta_steps)
+                                          if cfg.theta_schedule == "cosine" else 1.0)
         x, y = self._batch(self.held_stream, t)
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.round, t, THETA))
         self.net.train()
@@ -214,7 +214,7 @@ class RoundTrainer:
         for p in self.net.parameters():
             if p in old_weight_state:
                 self.weight_opt.state[p] = old_weight_state[p]
-        self.theta_opt = torch.optim.Adam(self.fitness.parameters(), lr=self.cfg.theta_lr, betas=THETA_BETAS)
+        self.theta_opt = self._theta_optimizer()
         for t, state, keep in zip(self.fitness.thetas, old_theta_state, keep_index):
             if state:
                 self.theta_opt.state[t] = {k: (v[keep].clone() if isinstance(v, torch.Tensor) and v.ndim else v)

@@ -37,6 +37,26 @@ OUTER = ("expected", "sampled")
 DEFAULT_OUTER = "expected"
 # NSE's constants per metric: alpha, beta, tau (ms per batch of 16 on its GPU; MFLOPs).
 PAPER_CONSTANTS = {"latency": (2e-2, 2.0, 7.0), "macs": (1e-5, 2.0, 300.0)}
+# How the nse form's default alpha meets a target other than NSE's: "relative" weighs the
+# penalty as a function of C / tau, alpha_NSE * (tau_NSE / tau) ** beta (NSE's weight at any
+# target's scale); "fixed" takes NSE's alpha as it is (its literal constant).
+ALPHA_SCALINGS = ("relative", "fixed")
+DEFAULT_ALPHA_SCALING = "relative"
+
+
+def constants(metric: str, form: str, target: float, alpha: float | None = None, beta: float | None = None,
+              scaling: str = DEFAULT_ALPHA_SCALING) -> tuple[float, float]:
+    """alpha and beta as a regularizer takes them: those given, else NSE's for the metric; for the
+    nse form, NSE's alpha scaled to the target as `scaling` says."""
+    if scaling not in ALPHA_SCALINGS:
+        raise HwnasError(f"unknown alpha scaling '{scaling}'; choose one of {', '.join(ALPHA_SCALINGS)}")
+    paper_alpha, paper_beta, tau_nse = PAPER_CONSTANTS[metric]
+    beta = paper_beta if beta is None else float(beta)
+    if alpha is not None:
+        return float(alpha), beta
+    if form == "nse" and scaling == "relative":
+        return float(paper_alpha * (tau_nse / target) ** beta), beta
+    return paper_alpha, beta
 
 
 class ResourceRegularizer(nn.Module):

@@ -18,7 +18,7 @@ from hwnas.profiling.table import Table
 from hwnas.spaces.macro import Position
 from hwnas.supernet.costs import cost_model
 from hwnas.supernet.fitness import FitnessIndicators
-from hwnas.supernet.regularizer import DEFAULT_OUTER, ResourceRegularizer
+from hwnas.supernet.regularizer import DEFAULT_ALPHA_SCALING, DEFAULT_OUTER, ResourceRegularizer, constants
 
 
 # Defaults shared by dry_run and the CLI: NSE's K for latency, a learning rate that
@@ -28,9 +28,9 @@ DEFAULT_LR = 0.2
 # Adam's betas for theta. The second moment remembers about 1 / (1 - beta2) steps: with the
 # usual 0.999, the large gradients of the start (E[C] far from the target) keep Adam's steps
 # small long after the gradient has shrunk near the target, and a far target is approached
-# slowly (from NSENet-GPU's MACs, 21% of the uniform start: 5.4% off after 400 steps); a memory
-# of about 10 steps keeps the step size matched to the current gradient (measured: within 0.2%
-# by 150 steps).
+# slowly (from NSENet-GPU's MACs, 21% of the uniform start: 5-7% off after 400 steps); a memory
+# of about 10 steps keeps the step size matched to the current gradient (measured: within 0.4%
+# by 150 steps, docs/measured.md).
 THETA_BETAS = (0.9, 0.9)
 
 
@@ -56,12 +56,15 @@ def supernet_layers(table: Table, k: int | None, seed: int) -> list[tuple[Positi
 
 def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: float | None = None,
             beta: float | None = None, steps: int = 400, lr: float = DEFAULT_LR, k: int | None = DEFAULT_K,
-            seed: int = 0, record_every: int = 10, pairs_per_step: int = 1, outer: str = DEFAULT_OUTER
-            ) -> dict[str, Any]:
+            seed: int = 0, record_every: int = 10, pairs_per_step: int = 1, outer: str = DEFAULT_OUTER,
+            alpha_scaling: str = DEFAULT_ALPHA_SCALING) -> dict[str, Any]:
     """Optimise theta against the regularizer alone (no data, no weights) and report the trajectory
-    of E[C] (`hwnas search --dry-run`): the tool for choosing alpha, beta and the target."""
+    of E[C] (`hwnas search --dry-run`): the tool for choosing alpha, beta and the target. alpha and
+    beta default as in the search (`constants`: NSE's, the nse form's alpha scaled to the target
+    as `alpha_scaling` says)."""
     layers = supernet_layers(table, k, seed)
     model = cost_model(table, layers, metric, stem_and_head=True)
+    alpha, beta = constants(metric, form, target, alpha, beta, alpha_scaling)
     reg = ResourceRegularizer(model, target, form, alpha, beta, outer)
     fitness = FitnessIndicators([len(ops) for _, ops in layers], [pos.cell_type != "N" for pos, _ in layers])
     gen = torch.Generator().manual_seed(seed)
@@ -89,7 +92,7 @@ def dry_run(table: Table, metric: str, target: float, form: str = "nse", alpha: 
     return {
         "metric": metric, "unit": model.unit, "form": form, "alpha": reg.alpha, "beta": reg.beta,
         "target": target, "steps": steps, "lr": lr, "seed": seed, "pairs_per_step": pairs_per_step, "k": k,
-        "outer": outer, "initial_expected": initial,
+        "outer": outer, "alpha_scaling": alpha_scaling, "initial_expected": initial,
         "final_expected": final, "relative_error": (final - target) / target,
         "fixed_cost": model.fixed, "min_cost": model.fixed + _extreme(model.layers, min),
         "max_cost": model.fixed + _extreme(model.layers, max), "trajectory": trajectory,
