@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from hwnas.cli.options import (ALPHA, BATCH, BETA, COUNT, COUNT0, FRACTION, LEARNING_RATE, NON_NEGATIVE, ROUNDS,
-                               SEED, TARGET, Range)
+from hwnas.ranges import (ALPHA, BATCH, BETA, COUNT, COUNT0, FRACTION, LEARNING_RATE, NON_NEGATIVE, ROUNDS,
+                          SEED, TARGET, Range)
 from hwnas.errors import HwnasError, SpecError
 
 METRICS = ("latency", "macs")
