@@ -339,10 +339,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from hwnas.profiling.build import calibrate_file
-    from hwnas.profiling.table import Table
 
-    if not Path(args.table).is_file():  # refused here: the lock would make a missing folder
-        Table.load(args.table)
     tbl = calibrate_file(args.table, seed=args.seed, progress=not args.quiet)
     c = tbl.meta["calibration"]
     print(f"calibrated {args.table}: " + _calibration_lines(tbl.meta)[0])

@@ -150,6 +150,13 @@ class Table:
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
+        """A table file, or a shipped table by name (hwnas.profiling.shipped: "latency19_ort-cpu_b16")."""
+        from hwnas.profiling.shipped import names, resolve
+
+        path = resolve(path)
+        if not path.exists() and len(path.parts) == 1 and names():
+            raise HwnasError(f"no such file or folder: {path}; give a table file's path, or the name of a table "
+                             f"shipped with hwnas ({', '.join(names())})")
         raw = read_json(path, "lookup table")
         old = isinstance(raw, dict) and raw.get("format") == FORMAT and raw.get("version") in READABLE_VERSIONS
         if not old:
