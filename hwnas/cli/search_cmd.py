@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         settings.update(metric="macs", target=args.target_macs)
     cfg = SearchConfig.from_dict(settings, args.config or "options").check(args.config or "options")
-    result = search(Table.load(args.table), load_data(args.data), cfg, args.output, resume=args.resume,
+    result = search(Table.load(args.table), load_data(args.data, progress=not args.quiet), cfg, args.output, resume=args.resume,
                     device=args.device, progress=not args.quiet, config_source=args.config,
                     sources={"paths": {"table": str(args.table), "data": str(args.data)}})
     if not result.main:  # a data-parallel run reports once, from rank 0
