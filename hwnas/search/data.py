@@ -366,11 +366,24 @@ class BatchStream:
             self.iterator = iter(loader(self.dataset, list(self.batches.epoch(epoch, start)), self.workers,
                                         step_seed(self.batches.seed, epoch), self.pin))
             self.epoch_end = (epoch + 1) * len(self.batches)
-        batch = next(self.iterator)
+        try:
+            batch = next(self.iterator)
+        except BaseException:  # a bad item (hwnas.search.checks), the user's Dataset failing, Ctrl-C
+            self._stop_workers()
+            raise
         self.next_step = step + 1
         if self.next_step == self.epoch_end:
             self.iterator = None  # the epoch's loader (and its workers) can go
         return batch
+
+
+    def _stop_workers(self) -> None:
+        """The loader's workers end now: the error's traceback holds the loader's iterator, and torch's
+        shutdown of it at a later garbage collection waits 5 s for each worker."""
+        iterator, self.iterator = self.iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own clean-up (absent: no workers)
+        if shutdown is not None:
+            shutdown()
 
 
 def fixed_batches(dataset: Dataset, count: int, batch: int, seed: int,  # type: ignore[type-arg]
