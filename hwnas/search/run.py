@@ -10,7 +10,7 @@ A run is a folder:
     final/               the last front as architecture files, and front.json
     result.json          a summary
 Only rank 0 writes (a data-parallel run has one writer), and one process at a time: rank 0 holds
-the folder's lock (RUN.lock beside it) for the whole run. Everything that can refuse a run (data,
+the folder's lock (<folder>.lock beside it) for the whole run. Everything that can refuse a run (data,
 settings, sizes, the folder, the checkpoint to resume) is checked before the folder is made; a
 run that fails before its first checkpoint removes what it made.
 """
