@@ -94,6 +94,8 @@ def group_threads() -> list[str]:
 
 
 def _bn_worker(rank: int, world: int, store: str, fused: bool, pos: Position, out: str) -> None:
+    import hwnas.search  # noqa: F401 - before the group, as docs/search.md asks of a script that starts its own
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
@@ -373,12 +375,44 @@ def test_a_refusal_on_rank_0_stops_every_rank(problem, tmp_path):
     code, err = finish(torchrun(2, *cli(problem, tmp_path / "none", "--resume")))
     assert code != 0 and err.count("holds no checkpoint to resume") == 2, err[-3000:]  # both ranks, none waits
     assert not (tmp_path / "none").exists()
-    (tmp_path / "file").write_text("")  # rank 0 cannot make the run folder: an OSError, not a refusal
-    code, err = finish(torchrun(2, *cli(problem, tmp_path / "file" / "run")))
+    # rank 0 cannot make the run folder (a name longer than the file system takes): its refusal on every rank
+    code, err = finish(torchrun(2, *cli(problem, tmp_path / ("x" * 300) / "run")))
     # the two processes share stderr: their lines may interleave, so count the messages, not lines
-    assert code != 0 and err.count("hwnas: error:") == 2, err[-3000:]
-    assert "rank 1: rank 0 failed (NotADirectoryError" in err and "a part of the path is a file" in err, err[-3000:]
+    assert code != 0 and err.count("hwnas: error: file name too long") == 2, err[-3000:]
     assert "internal error" not in err
+
+
+def _failing_main_worker(rank: int, world: int, port: int, out: str) -> None:
+    from hwnas.search.distributed import join
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    group = join("cpu")
+
+    def decide() -> int:
+        raise ValueError("rank 0's own failure")
+
+    try:
+        group.from_main(decide)
+    except Exception as exc:  # noqa: BLE001 - what each rank raised is the result
+        raised = f"{type(exc).__name__}: {exc}"
+    finally:
+        group.close()
+    Path(f"{out}.{rank}").write_text(raised)
+
+
+def test_an_error_on_rank_0_that_is_not_a_refusal_stops_every_rank(tmp_path):
+    """Rank 0 raises its own error as it was; the others raise one that names it, instead of
+    waiting for a result that never comes."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_failing_main_worker, args=(2, port, str(tmp_path / "raised")), nprocs=2)
+    assert (tmp_path / "raised.0").read_text() == "ValueError: rank 0's own failure"
+    assert (tmp_path / "raised.1").read_text() == (
+        "HwnasError: rank 1: rank 0 failed (ValueError: rank 0's own failure); its own message says more")
 
 
 def test_a_batch_that_does_not_split_is_refused_before_anything_is_written(problem, tmp_path):
