@@ -1,7 +1,8 @@
-"""Ships the top-level kernels/ sources inside the wheel as hwnas/kernels/csrc/ (package data).
+"""Ships the top-level kernels/ sources inside the wheel as hwnas/kernels/csrc/, and the tables of
+latency_tables/ (not their validation reports) as hwnas/data/tables/ (package data).
 
-Everything else about the build is in pyproject.toml; this only adds the copy, which
-pyproject.toml cannot express for a folder outside the package.
+Everything else about the build is in pyproject.toml; this only adds the copies, which
+pyproject.toml cannot express for folders outside the package.
 """
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 KERNELS = Path(__file__).resolve().parent / "kernels"
+TABLES = Path(__file__).resolve().parent / "latency_tables"
 
 
 class BuildWithKernelSources(build_py):
@@ -20,6 +22,11 @@ class BuildWithKernelSources(build_py):
         for source in sorted(KERNELS.iterdir()):
             if source.suffix in (".h", ".cu", ".cpp"):
                 self.copy_file(str(source), str(target / source.name))
+        tables = Path(self.build_lib) / "hwnas" / "data" / "tables"  # hwnas.profiling.shipped reads them
+        tables.mkdir(parents=True, exist_ok=True)
+        for table in sorted(TABLES.iterdir()):
+            if table.suffix == ".json" and ".validation" not in table.name:  # shipped.is_table_file
+                self.copy_file(str(table), str(tables / table.name))
 
 
 setup(cmdclass={"build_py": BuildWithKernelSources})

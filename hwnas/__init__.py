@@ -37,7 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from hwnas._version import __version__
 
 # public name -> module that defines it (imported on first access)
 _HOMES: dict[str, str] = {

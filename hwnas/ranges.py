@@ -17,25 +17,26 @@ from hwnas.errors import SpecError
 
 @dataclass(frozen=True)
 class Range:
-    """An int or float in [lo, hi] (an end that is None is open; `lo_open` excludes lo)."""
+    """An int or float in [lo, hi] (an end that is None is open; `lo_open` excludes lo, `hi_open` hi)."""
 
     kind: type
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
+    hi_open: bool = False
     unit: str = ""
 
     def describe(self) -> str:
         """The allowed values, as --help and the errors say them: 'an integer in 1..65536'."""
         noun = "an integer" if self.kind is int else "a finite number"
-        if self.lo is not None and self.hi is not None and not self.lo_open:
+        if self.lo is not None and self.hi is not None and not (self.lo_open or self.hi_open):
             text = f"{noun} in {_fmt(self.lo)}..{_fmt(self.hi)}"
         else:
             parts = []
             if self.lo is not None:
                 parts.append(f"{'>' if self.lo_open else '>='} {_fmt(self.lo)}")
             if self.hi is not None:
-                parts.append(f"<= {_fmt(self.hi)}")
+                parts.append(f"{'<' if self.hi_open else '<='} {_fmt(self.hi)}")
             text = f"{noun} {' and '.join(parts)}" if parts else noun
         return text + (f" ({self.unit})" if self.unit else "")
 
@@ -49,7 +50,7 @@ class Range:
             return f"must be {self.describe()}, not {value}"
         if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
             return f"must be {self.describe()}"
-        if self.hi is not None and value > self.hi:
+        if self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi):
             return f"must be {self.describe()}"
         return None
 
@@ -103,3 +104,5 @@ PERCENT = Range(float, 0, 100, unit="percent")
 FRACTION = Range(float, 0, 1)
 SHARE = Range(float, 0, 1, lo_open=True)  # a part of a whole that cannot be nothing
 ADAM_BETA = Range(float, 0, 0.9999)  # an Adam moment's decay (1 would never forget)
+OPEN_FRACTION = Range(float, 0, 1, lo_open=True, hi_open=True)  # a share of the data carved out
+ANY_NUMBER = Range(float)  # any finite number (a threshold on theta)

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from hwnas.cache import kernel_dir
 from hwnas.errors import HwnasError
 from hwnas.kernels import cpu
 from hwnas.kernels.sources import source_dir
@@ -32,7 +33,7 @@ def cache(tmp_path, monkeypatch):
     built = cpu.build()
     monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HWNAS_FUSED", raising=False)
-    folder = cpu.cache_dir()
+    folder = kernel_dir()
     folder.mkdir(parents=True)
     shutil.copy(built, folder / built.name)
     cpu.library.cache_clear()

@@ -36,3 +36,55 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch):
     else:
         raise AssertionError("require() did not fail for a blocked module")
     assert importlib.import_module("hwnas.errors")
+
+
+def _imports(path):
+    """(module imported, names taken from it) for every import statement of a source file."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, ()) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module, tuple(alias.name for alias in node.names)
+
+
+def _names_the_cache_variable(path):
+    """Whether the code (not its docstrings and comments) reads $HWNAS_CACHE."""
+    import ast
+
+    return any(isinstance(node, ast.Constant) and node.value == "HWNAS_CACHE"
+               for node in ast.walk(ast.parse(path.read_text())))
+
+
+def test_layers_point_downwards():
+    """The command line sits on top: nothing below it imports hwnas.cli (settings' ranges live in
+    hwnas.ranges). No module reaches up into the package root for a name (hwnas/__init__.py
+    imports lazily; __version__ has its own module). The cache folder has one home."""
+    from pathlib import Path
+
+    root = Path(hwnas.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        for module, names in _imports(path):
+            if module.startswith("hwnas.cli") and not rel.startswith("hwnas/cli/"):
+                offenders.append(f"{rel} imports {module}")
+            submodules = {p.stem for p in root.iterdir()}
+            if rel != "hwnas/__init__.py" and module == "hwnas" and (not names or set(names) - submodules):
+                offenders.append(f"{rel} imports the package root ({', '.join(names) or 'hwnas'})")
+        if rel != "hwnas/cache.py" and _names_the_cache_variable(path):
+            offenders.append(f"{rel} decides where the cache is (hwnas.cache does)")
+    assert not offenders, offenders
+
+
+def test_version_has_one_home():
+    import tomllib
+    from pathlib import Path
+
+    from hwnas._version import __version__
+
+    pyproject = tomllib.loads((Path(hwnas.__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hwnas._version.__version__"}
+    assert hwnas.__version__ == __version__

@@ -1,7 +1,7 @@
 """README.md cannot drift from the code: its Python runs, its quick start runs, its commands parse.
 
-- Every ```python block of README.md is executed as written (from the repository root, where
-  its relative paths point).
+- Every ```python block of README.md is executed as written, from an empty folder (a user's
+  own, outside the checkout; tests/test_wheel.py runs them against an installed wheel too).
 - Every command of the quick start is run, or checked against CI where running it here would
   be circular (the install and the test command are what `.ci/run` runs). The `hwnas` commands
   run on a tiny space: QUICK_START_TINY below maps each part of the real command that would be
@@ -87,8 +87,8 @@ def test_there_is_a_python_example():
 
 
 @pytest.mark.parametrize("code,line", PYTHON_BLOCKS, ids=[f"README.md:{line}" for _, line in PYTHON_BLOCKS])
-def test_python_block_runs(code, line, monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
+def test_python_block_runs(code, line, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
     exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
 
 

@@ -308,3 +308,95 @@ def test_a_bad_shard_is_a_usage_error(tmp_path, capsys, text, why):
     err = capsys.readouterr().err
     assert code == 2 and why in err and err.count("\n") == 1
     assert not (tmp_path / "t.json").exists()
+
+
+# -- refusals: one line, nothing written -----------------------------------------------------------
+
+def _parts(folder):
+    """Two parts (1/2, 2/2), a whole table, a part of a three-way split, and files of other kinds."""
+    none = get_backend("none")
+    for name, shard in (("p1", "1/2"), ("p2", "2/2"), ("whole", None), ("q1", "1/3")):
+        build(folder / f"{name}.json", none, shard)
+    (folder / "arch.json").write_text(json.dumps({"networks": {}}))
+    (folder / "cut.json").write_text((folder / "p2.json").read_text()[:400])
+
+    def edited(name, change):
+        doc = json.loads((folder / "p2.json").read_text())
+        change(doc)
+        (folder / f"{name}.json").write_text(json.dumps(doc))
+
+    edited("index_x", lambda d: d["meta"]["shard"].update(index="x"))
+    edited("count_0", lambda d: d["meta"]["shard"].update(count=0))
+    edited("shard_text", lambda d: d["meta"].update(shard="2/2"))
+    edited("shard_empty", lambda d: d["meta"].update(shard={}))
+    edited("keys_5", lambda d: d["meta"]["shard"].update(keys=5))
+    edited("keys_other", lambda d: d["meta"]["shard"].update(keys=d["meta"]["shard"]["keys"][1:]))
+    p1 = json.loads((folder / "p1.json").read_text())
+    key = next(iter(p1["entries"]))
+
+    def stray(d):  # shard 2 holding one of shard 1's entries, shard 1 without it
+        d["entries"][key] = p1["entries"][key]
+    edited("stray", stray)
+    del p1["entries"][key]
+    (folder / "p1_less.json").write_text(json.dumps(p1))
+
+
+REFUSALS = {  # command (files of _parts; {out} the output) -> words of the one line
+    "merge: a missing part": (["table", "merge", "p1", "-o", "{out}"], "shard 2/2 missing"),
+    "merge: a missing file": (["table", "merge", "p1", "nope", "-o", "{out}"], "no such file"),
+    "merge: a part twice": (["table", "merge", "p1", "p1", "p2", "-o", "{out}"], "given twice"),
+    "merge: a whole table": (["table", "merge", "p1", "whole", "-o", "{out}"], "not a part of a sharded build"),
+    "merge: another N": (["table", "merge", "p1", "q1", "-o", "{out}"], "the same N"),
+    "merge: a cut file": (["table", "merge", "p1", "cut", "-o", "{out}"], "ends early"),
+    "merge: not a table": (["table", "merge", "p1", "arch", "-o", "{out}"], "not an hwnas lookup table"),
+    "merge: index not a number": (["table", "merge", "p1", "index_x", "-o", "{out}"], "meta.shard.index"),
+    "merge: count 0": (["table", "merge", "p1", "count_0", "-o", "{out}"], "meta.shard.count"),
+    "merge: shard as text": (["table", "merge", "p1", "shard_text", "-o", "{out}"], "meta.shard must be an object"),
+    "merge: shard empty": (["table", "merge", "p1", "shard_empty", "-o", "{out}"], "meta.shard.count"),
+    "merge: keys not a list": (["table", "merge", "p1", "keys_5", "-o", "{out}"], "meta.shard.keys"),
+    "merge: foreign keys": (["table", "merge", "p1", "keys_other", "-o", "{out}"], "records other entries"),
+    "merge: a stray entry": (["table", "merge", "p1_less", "stray", "-o", "{out}"], "of another shard"),
+    "build: more shards than entries": (["table", "build", "--space", TINY, "--macro", TINY, "--backend", "none",
+                                         "--shard", "999/999", "-o", "{out}"], "use at most"),
+    "build: shard 0": (["table", "build", "--space", TINY, "--macro", TINY, "--backend", "none", "--shard", "0/2",
+                        "-o", "{out}"], "I must be in 1..N"),
+    "calibrate: a part": (["table", "calibrate", "p1"], "merge all parts"),
+    "calibrate: a MACs table": (["table", "calibrate", "whole"], "holds no latency"),
+    "calibrate: a missing file": (["table", "calibrate", "new/t"], "no such file"),
+    "calibrate: not a table": (["table", "calibrate", "arch"], "not an hwnas lookup table"),
+}
+
+
+@pytest.fixture(scope="module")
+def parts_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("parts")
+    _parts(folder)
+    return folder
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else "folder" for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_refusals_are_one_line_and_write_nothing(capsys, parts_folder, tmp_path, case):
+    import shutil
+
+    argv, words = REFUSALS[case]
+    folder = shutil.copytree(parts_folder, tmp_path / "parts")
+    files_of = {p.stem for p in folder.iterdir()} | {"nope", "new/t"}
+    before = _snapshot(folder)
+    out = folder / "new" / "merged.json"  # in a folder that does not exist yet
+    argv = [str(out) if a == "{out}" else str(folder / f"{a}.json") if a in files_of else a for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code in (1, 2) and err.count("\n") == 1 and words in err, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert _snapshot(folder) == before  # no output, no folder, no lock
+
+
+def test_the_parts_merge_when_nothing_is_wrong(parts_folder, tmp_path):
+    """The control of the refusals above: the same parts, unbroken, merge."""
+    out = tmp_path / "new" / "merged.json"
+    assert main(["table", "merge", str(parts_folder / "p1.json"), str(parts_folder / "p2.json"), "-o", str(out)]) == 0
+    assert Table.load(out).entries == Table.load(parts_folder / "whole.json").entries

@@ -255,3 +255,34 @@ def test_metrics_against_numpy_and_scipy():
     assert m["mape"] == pytest.approx(rel.mean())
     assert m["rmse_ms"] == pytest.approx(np.sqrt(np.mean((np.array(pred) - meas) ** 2)))
     assert m["spearman"] == pytest.approx(stats.spearmanr(pred, meas).statistic)
+
+
+def test_shipped_tables_are_named_from_any_folder(tmp_path, monkeypatch, capsys):
+    """`Table.load("latency19_macs")` and `--table latency19_macs` read the shipped table from any
+    folder; a file of that name in the folder wins; an unknown name lists the shipped ones."""
+    import json as json_
+
+    from hwnas.cli.main import main
+    from hwnas.errors import HwnasError
+    from hwnas.profiling.shipped import names
+    from hwnas.profiling.table import Table
+
+    monkeypatch.chdir(tmp_path)
+    shipped = REPO / "latency_tables" / "latency19_macs.json"
+    assert "latency19_macs" in names() and "latency19_ort-cpu_b16" in names()
+    assert not [n for n in names() if "validation" in n]
+    for ref in ("latency19_macs", "latency19_macs.json"):
+        assert Table.load(ref).entries == Table.load(shipped).entries
+    assert main(["predict", "--table", "latency19_macs", "nsenet_gpu", "--json"]) == 0
+    assert json_.loads(capsys.readouterr().out)["macs"] > 0
+    with pytest.raises(HwnasError, match="no such file or folder: latency19_mac; .*latency19_macs"):
+        Table.load("latency19_mac")
+    # a name is read, never written: calibrate (in place) refuses it, and writes nothing anywhere
+    before = shipped.read_bytes()
+    assert main(["table", "calibrate", "latency19_macs"]) == 1
+    assert "names a table shipped with hwnas" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [] and shipped.read_bytes() == before
+    mine = Table.load(shipped)
+    del mine.entries["stem"]
+    mine.save(tmp_path / "latency19_macs.json")
+    assert "stem" not in Table.load("latency19_macs.json").entries  # the user's file, not the shipped one

@@ -38,6 +38,28 @@ def test_wheel_carries_the_kernel_sources(wheel):
         assert f"hwnas/kernels/csrc/{source.name}" in names, f"{source.name} is not in {wheel.name}"
 
 
+def test_wheel_carries_the_tables_not_their_reports(wheel):
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    tables = sorted(p.name for p in (REPO / "latency_tables").glob("*.json") if ".validation" not in p.name)
+    assert tables and all(f"hwnas/data/tables/{name}" in names for name in tables), names
+    assert not [n for n in names if ".validation" in n]
+
+
+def test_readme_python_runs_against_the_wheel_from_a_users_folder(installed, tmp_path):
+    """The README's Python example as a user runs it: from their own empty folder, with hwnas
+    installed from its wheel (a shipped table named without a path)."""
+    from test_readme import PYTHON_BLOCKS
+
+    assert PYTHON_BLOCKS
+    for code, line in PYTHON_BLOCKS:
+        proc = subprocess.run([str(installed), "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              env=clean_env(HWNAS_CACHE=str(tmp_path / "cache")), timeout=600)
+        assert proc.returncode == 0, f"README.md:{line}: {proc.stderr[-3000:]}"
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
 def test_installed_wheel_runs_the_fused_layer_outside_the_checkout(installed, tmp_path):
     """Today's failure: FileNotFoundError .../kernels/mixed_dw.h from the fused layer's first call."""
     probe = """

@@ -185,13 +185,13 @@ def _compiler() -> Piece:
 
 
 def _hwnas() -> Piece:
-    import hwnas
+    from hwnas._version import __version__
     from hwnas.kernels.sources import source_dir
 
     try:
-        return Piece("hwnas", True, hwnas.__version__, f"kernel sources in {source_dir()}")
+        return Piece("hwnas", True, __version__, f"kernel sources in {source_dir()}")
     except HwnasError as exc:
-        return Piece("hwnas", False, hwnas.__version__, str(exc))
+        return Piece("hwnas", False, __version__, str(exc))
 
 
 def gather(compile_only: bool) -> list[Piece]:

@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from hwnas import __version__
+from hwnas._version import __version__
 from hwnas.errors import BUG_REPORT, HwnasError
 
 EXIT_USER, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 3, 130

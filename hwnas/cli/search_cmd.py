@@ -4,6 +4,7 @@ resource regularizer alone."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from hwnas.cli import options as opt
@@ -174,7 +175,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         options.update(metric="macs", target=args.target_macs)
     cfg, given = layered(options["metric"], args.preset, read_config(args.config) if args.config else None,
                          args.config, options)
-    result = search(Table.load(args.table), load_data(args.data), cfg, args.output, resume=args.resume,
+    lut = Table.load(args.table)  # before the data: a large image folder takes a while to read
+    reading = not args.quiet and os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 shows the bar
+    result = search(lut, load_data(args.data, progress=reading), cfg, args.output, resume=args.resume,
                     device=args.device, progress=not args.quiet, config_source=args.config,
                     sources={"paths": {"table": str(args.table), "data": str(args.data)}}, setting_sources=given)
     if not result.main:  # a data-parallel run reports once, from rank 0

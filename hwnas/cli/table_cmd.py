@@ -192,19 +192,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     from hwnas.spaces import resolve_macro, resolve_space
 
     space, macro = resolve_space(args.space), resolve_macro(args.macro)
+    if args.shard:  # a shard this table cannot have is refused before the output's folder is made
+        from hwnas.profiling.entries import plan_groups
+        from hwnas.profiling.shards import estimated_share, owned
+
+        groups = plan_groups(space, macro, args.scale, args.batch)
+        share = f"{len(owned(groups, args.shard))} of {sum(map(len, groups))} entries"
     files.check_writable(args.output, "table")
     backend = get_backend(args.backend, precision=args.precision, threads=args.threads)
     protocol = Protocol()
     if args.rounds is not None:
         protocol = replace(protocol, rounds=args.rounds)
-    if args.shard:
-        from hwnas.profiling.entries import plan_groups
-        from hwnas.profiling.shards import estimated_share, owned
-
-        groups = plan_groups(space, macro, args.scale, args.batch)
-        if not args.quiet:
-            print(f"shard {args.shard}: {len(owned(groups, args.shard))} of {sum(map(len, groups))} entries, "
-                  f"{estimated_share(groups, args.shard):.1%} of the estimated time", file=sys.stderr)
+    if args.shard and not args.quiet:
+        print(f"shard {args.shard}: {share}, {estimated_share(groups, args.shard):.1%} of the estimated time",
+              file=sys.stderr)
     with files.exclusive(args.output, "table"):  # two builds into one file would undo each other's groups
         files.on_interrupt(f"{args.output} holds every group measured so far (if any): run the same command "
                            f"with --resume to continue")
@@ -304,13 +305,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from hwnas.profiling.shards import merge
     from hwnas.profiling.table import Table
 
-    out = check_writable(args.output, "merged table")
-    if out.exists() and not args.force:
-        raise HwnasError(f"{out} exists; choose another -o, or pass --force to overwrite it")
+    out = Path(args.output)
     if any(Path(p).resolve() == out.resolve() for p in args.parts):
         raise HwnasError(f"-o {out} is one of the parts: write the merged table to another file")
+    if out.is_file() and not args.force:
+        raise HwnasError(f"{out} exists; choose another -o, or pass --force to overwrite it")
+    # every part read and checked before anything is written (check_writable makes missing folders)
+    merged = merge([(p, Table.load(p)) for p in args.parts])
+    check_writable(out, "merged table")
     with exclusive(out, "merged table"):
-        merged = merge([(p, Table.load(p)) for p in args.parts])
+        if out.exists() and not args.force:  # written meanwhile by another process
+            raise HwnasError(f"{out} exists; choose another -o, or pass --force to overwrite it")
         merged.save(out)
     shards = merged.meta["shards"]
     if args.json:

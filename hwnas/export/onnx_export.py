@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import hwnas
+from hwnas._version import __version__
 from hwnas.errors import HwnasError
 from hwnas.files import atomic_path, write_bytes
 from hwnas.model.checkpoints import upgrade_state_dict
@@ -140,7 +140,7 @@ def _export_onnx(arch: Architecture, net: Network, out: Path, batch: int, dynami
                                  dtype=torch.float16 if fp16 else torch.float32)
     module.float()
     model = onnx.load_model_from_string(model_bytes)
-    meta = {"hwnas_version": hwnas.__version__, "hwnas_arch": json.dumps(arch.document()), "hwnas_arch_name": arch.name,
+    meta = {"hwnas_version": __version__, "hwnas_arch": json.dumps(arch.document()), "hwnas_arch_name": arch.name,
             "hwnas_space": arch.space.name, "hwnas_reparam": str(reparam), "hwnas_seed": str(seed),
             "hwnas_weights": weights or "seeded"}
     for key, value in meta.items():

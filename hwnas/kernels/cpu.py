@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from hwnas.cache import kernel_dir
 from hwnas.errors import HwnasError
 from hwnas.kernels.segments import CSegmentTable
 from hwnas.kernels.sources import source_dir
@@ -24,10 +25,6 @@ SOURCES = ("mixed_dw.h", "mixed_dw_planes.h", "mixed_dw_cpu.cpp")
 # one form each (no separate "_fast" plane form); grad_input_bn is the fast path's whole BN backward
 CPU_ONLY_FORM = ("bn_backward", "bn_coefficients", "channel_stats", "grad_input_bn")
 FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fPIC", "-shared", "-march=native")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas")) / "kernels"
 
 
 def compiler() -> str:
@@ -48,9 +45,14 @@ def library_key() -> str:
     return hashlib.sha256(b"\0".join([*texts, " ".join(FLAGS).encode(), cpu])).hexdigest()[:16]
 
 
+def library_path() -> Path:
+    """Where the built library is (or will be) kept."""
+    return kernel_dir() / f"mixed_dw_cpu-{library_key()}.so"
+
+
 def build(force: bool = False) -> Path:
     sources = source_dir()
-    lib = cache_dir() / f"mixed_dw_cpu-{library_key()}.so"
+    lib = library_path()
     if lib.exists() and not force:
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)

@@ -204,11 +204,16 @@ def _compile(arch: str, output: Literal["CUBIN", "PTX"]) -> tuple[bytes, str]:
     return bytes(image), log_text
 
 
+def cubin_path(arch: str) -> Path:
+    """Where compile_cubin's cubin for `arch` is kept, under the sources' hash."""
+    from hwnas.cache import kernel_dir
+
+    return kernel_dir() / f"mixed_dw-{arch}-{source_key(arch)}.cubin"
+
+
 def cached_cubin(arch: str) -> bytes:
     """compile_cubin's cubin, kept in the cache folder under the sources' hash."""
-    from hwnas.kernels.cpu import cache_dir
-
-    path = cache_dir() / f"mixed_dw-{arch}-{source_key(arch)}.cubin"
+    path = cubin_path(arch)
     if path.exists():
         return path.read_bytes()
     from hwnas.files import write_bytes

@@ -174,7 +174,12 @@ def calibrate_file(path: str | Path, seed: int = 0, progress: bool = True) -> Ta
 
     The file is locked meanwhile: another process writing it (a build, a calibration) is refused."""
     from hwnas.files import exclusive
+    from hwnas.profiling import shipped
 
+    if not Path(path).is_file():  # refused before the lock makes a missing folder
+        Table.load(path)  # why not, in one line (no such file, a folder...)
+        raise HwnasError(f"{path} names a table shipped with hwnas: calibrate changes a table file in place; "
+                         f"calibrate a copy of it (the shipped tables are in {shipped.tables_dir()})")
     with exclusive(path, "lookup table"):
         return _calibrate_file(path, seed, progress)
 

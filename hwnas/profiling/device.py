@@ -8,7 +8,7 @@ import re
 from importlib import metadata
 from typing import Any
 
-import hwnas
+from hwnas._version import __version__
 
 
 def cpu_fingerprint() -> dict[str, Any]:
@@ -55,7 +55,7 @@ def nvidia_driver_release() -> str | None:
 
 
 def software_versions(*extra: str) -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version(), "hwnas": hwnas.__version__}
+    out: dict[str, str | None] = {"python": platform.python_version(), "hwnas": __version__}
     for dist in ("torch", "onnx", *extra):
         try:
             out[dist] = metadata.version(dist)

@@ -173,6 +173,9 @@ def merge(parts: Sequence[tuple[str, Table]]) -> Table:
     groups = plan_of(first)
     plan = [e.key for g in groups for e in g]
     planned = set(plan)
+    if count > len(plan):
+        raise HwnasError(f"{first_name} is shard {part_of(first)} of a table of {len(plan)} entries: no build makes "
+                         f"more shards than entries (a part edited by hand?)")
     found: dict[str, tuple[str, Table]] = {}
     for name, table in parts:
         for key in table.entries:
@@ -183,6 +186,18 @@ def merge(parts: Sequence[tuple[str, Table]]) -> Table:
                 raise HwnasError(f"the entry '{key}' is in both {found[key][0]} and {name}: overlapping parts "
                                  f"(a part edited by hand, or built with another plan) cannot be merged")
             found[key] = (name, table)
+    for name, table in parts:  # each part holds its own shard's entries, as this hwnas slices the plan
+        shard = part_of(table)
+        assert shard is not None
+        own = owned(groups, shard)
+        if table.meta[PART_FIELD]["keys"] != own:
+            raise HwnasError(f"{name} records other entries than shard {shard} of this table owns: a part of another "
+                             f"plan (another hwnas version?) or edited by hand cannot be merged; rebuild it")
+        mine = set(own)
+        strays = [key for key in table.entries if key not in mine]
+        if strays:
+            raise HwnasError(f"{name} (shard {shard}) holds the entry '{strays[0]}' of another shard: a part edited "
+                             f"by hand or copied from another build cannot be merged; rebuild it")
     absent = [i for i in range(1, count + 1) if i not in by_index]
     if absent:
         raise HwnasError(f"shard{'s' if len(absent) > 1 else ''} {', '.join(f'{i}/{count}' for i in absent)} "

@@ -17,7 +17,7 @@ from typing import Any
 from hwnas.errors import HwnasError, SpecError
 from hwnas.files import check_format, read_json, write_json
 from hwnas.profiling.protocol import Protocol, Stats
-from hwnas.ranges import BATCH, NON_NEGATIVE, POSITIVE, SCALE, TALLY
+from hwnas.ranges import BATCH, COUNT, NON_NEGATIVE, POSITIVE, SCALE, TALLY
 from hwnas.spaces.arch import Space, space_from_dict
 from hwnas.spaces.macro import Macro, Position, macro_from_dict
 from hwnas.spaces.ops import OpSpec
@@ -150,6 +150,13 @@ class Table:
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
+        """A table file, or a shipped table by name (hwnas.profiling.shipped: "latency19_ort-cpu_b16")."""
+        from hwnas.profiling.shipped import names, resolve
+
+        path = resolve(path)
+        if not path.exists() and len(path.parts) == 1 and names():
+            raise HwnasError(f"no such file or folder: {path}; give a table file's path, or the name of a table "
+                             f"shipped with hwnas ({', '.join(names())})")
         raw = read_json(path, "lookup table")
         old = isinstance(raw, dict) and raw.get("format") == FORMAT and raw.get("version") in READABLE_VERSIONS
         if not old:
@@ -223,6 +230,16 @@ def check_table(raw: dict[str, Any]) -> None:
         assert isinstance(groups, list)
         for i, group in enumerate(groups):
             POSITIVE.check(group.get("median_ms"), f"meta.reference_level.groups[{i}].median_ms")
+    if PART_FIELD in meta:  # a part of a sharded build: which shard, and the keys it owns
+        part = meta[PART_FIELD]
+        where = f"meta.{PART_FIELD}"
+        _want(isinstance(part, dict), where, "an object (index, count, keys)", part)
+        count = COUNT.check(part.get("count"), f"{where}.count")
+        index = COUNT.check(part.get("index"), f"{where}.index")
+        _want(index <= count, f"{where}.index", f"at most the count ({count})", index)
+        keys = part.get("keys")
+        _want(isinstance(keys, list) and all(isinstance(k, str) for k in keys), f"{where}.keys",
+              "a list of entry keys", keys)
     for key, entry in entries.items():
         where = f"entries[{json.dumps(key)}]"
         _want(isinstance(entry, dict), where, "an object", entry)

@@ -9,14 +9,13 @@ Layers, each overriding the one before: defaults, preset, config file, command l
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from hwnas.errors import HwnasError, SpecError
-from hwnas.ranges import (ADAM_BETA, ALPHA, BATCH, BETA, COUNT, COUNT0, FRACTION, LEARNING_RATE, NON_NEGATIVE,
-                          POSITIVE, ROUNDS, SEED, SHARE, TARGET, Range)
+from hwnas.ranges import (ADAM_BETA, ALPHA, ANY_NUMBER, BATCH, BETA, COUNT, COUNT0, FRACTION, LEARNING_RATE,
+                          NON_NEGATIVE, OPEN_FRACTION, POSITIVE, ROUNDS, SEED, SHARE, TARGET, Range)
 from hwnas.supernet.regularizer import ALPHA_SCALINGS, DEFAULT_ALPHA_SCALING, DEFAULT_OUTER, FORMS, OUTER
 from hwnas.supernet.search import THETA_BETAS
 
@@ -98,12 +97,8 @@ class SearchConfig:
             need("alpha", ALPHA)
         if self.beta is not None:
             need("beta", BETA)
-        if isinstance(self.held_out, bool) or not isinstance(self.held_out, (int, float)) \
-                or not 0 < self.held_out < 1:
-            raise SpecError(f"{where}: held_out must be a fraction in (0, 1), got {self.held_out!r}")
-        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool) \
-                or not math.isfinite(self.threshold):
-            raise SpecError(f"{where}: threshold must be a finite number, got {self.threshold!r}")
+        need("held_out", OPEN_FRACTION)
+        need("threshold", ANY_NUMBER)
         for name in ("fused", "sync_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
@@ -117,7 +112,7 @@ class SearchConfig:
         if not isinstance(raw, dict):
             raise SpecError(f"{where}: expected a mapping of settings, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(repr(k) if not isinstance(k, str) else k for k in raw if k not in known)
         if unknown:
             raise SpecError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**{k: _number(v) for k, v in raw.items()})

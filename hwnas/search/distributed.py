@@ -27,6 +27,15 @@ from hwnas.errors import HwnasError
 
 T = TypeVar("T")
 
+# torch.distributed.nn.functional binds the default process group into its functions' default
+# arguments when it is first imported, and torch imports it lazily: torch._dynamo does, on the
+# first call of any torch.library custom op (the fused layer's kernels). First imported while a
+# group exists, it keeps that group alive past destroy_process_group(): the group's gloo threads
+# then run until the interpreter exits, where the process can abort ("terminate called without
+# an active exception", SIGABRT). Imported here, before any group, it binds None.
+if torch.distributed.is_available():
+    import torch.distributed.nn.functional  # noqa: F401
+
 
 @dataclass
 class Group:

@@ -9,16 +9,22 @@ A run is a folder:
     round_NN/            subset.json, thetas.json, samples.json, front.json, front.png (matplotlib)
     final/               the last front as architecture files, and front.json
     result.json          a summary
-Only rank 0 writes (a data-parallel run has one writer).
+Only rank 0 writes (a data-parallel run has one writer), and one process at a time: rank 0 holds
+the folder's lock (<folder>.lock beside it) for the whole run. Everything that can refuse a run (data,
+settings, sizes, the folder, the checkpoint to resume) is checked before the folder is made; a
+run that fails before its first checkpoint removes what it made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,8 +41,7 @@ from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
 from hwnas.search.config import setting_sources as sources_of
 from hwnas.search.constraint import Constraint, Drawn, constrained_front, draw, previous_front
-from hwnas.search.data import (as_dataset, check_against_macro, check_split, data_shape, fixed_batches,
-                               split_held_out, step_seed)
+from hwnas.search.data import check_sizes, checked_data, fixed_batches, split_held_out, step_seed
 from hwnas.search.distributed import join, lost_peer
 from hwnas.search.estimate import RoundEstimate, StepTimer
 from hwnas.search.evolution import Evolution, aggregate
@@ -170,18 +175,16 @@ class Search:
         if cfg.metric == "latency" and not table.has_latency:
             raise HwnasError("the table holds no latency (backend 'none'): search for MACs (metric macs) or use a "
                              "profiled table")
-        dataset = as_dataset(data)
-        shape = data_shape(dataset)
-        check_against_macro(shape, self.macro)
+        dataset, shape = checked_data(data, self.macro)  # hwnas.search.checks: refused or adapted
         self.train_set: Any
         self.held_set: Any
         if held_out is None:
             self.train_set, self.held_set = split_held_out(dataset, cfg.held_out, cfg.seed)
         else:
-            self.train_set, self.held_set = dataset, as_dataset(held_out)
-        self.run_dir = Path(run_dir)
+            self.train_set, self.held_set = dataset, checked_data(held_out, self.macro)[0]
+        self.run_dir = check_run_folder(run_dir)
         self.group = join(device)  # under torchrun: this rank's place in the data-parallel run
-        check_split(cfg.batch, self.group.world)  # before the run folder is made
+        check_sizes(len(self.train_set), len(self.held_set), cfg.batch, self.group.world)
         self.device = self.group.device
         self.progress, self.main = progress, self.group.main
         self.identity = {"table": {"space": table.meta.get("space"), "macro": table.meta.get("macro"),
@@ -191,6 +194,8 @@ class Search:
                                   "classes": shape.classes}, **(sources or {})}
         self.config_source = Path(config_source) if config_source else None
         self._log = Log(None)  # the run's, from run()
+        self.config_bytes = files.read_bytes(self.config_source, "config file") if self.config_source else None
+        self._made: Path | set[str] | None = None  # the first folder this run made, or the folder's old entries
         self.stop_after: int | None = None  # tests: raise KeyboardInterrupt after this many weight steps
         self.last_draw: dict[str, int] = {}  # the last retrieval's counts (drawn, accepted, edge, previous)
         self.last_retrieval: tuple[int, float] | None = None  # its candidates and seconds per candidate
@@ -206,10 +211,25 @@ class Search:
         if self.main:
             files.write_json(self.run_dir / rel, data)
 
-    def _start_folder(self, resume: bool) -> None:
-        self.group.from_main(lambda: self._check_folder(resume))  # rank 0's refusal stops every rank
+    def _start_folder(self, resume: bool, lock: contextlib.ExitStack) -> dict[str, Any] | None:
+        """Rank 0 takes the folder's lock and checks the folder (its refusal stops every rank); a
+        fresh run's folder is made. Resuming: the checkpoint, read on rank 0 and handed to every
+        rank (no shared file system needed)."""
+        def start() -> dict[str, Any] | None:
+            # the first folder of the path that does not exist yet (the lock makes the folder's parent)
+            top = next((f for f in reversed([self.run_dir, *self.run_dir.parents]) if not f.exists()), None)
+            lock.enter_context(files.exclusive(self.run_dir, "run folder"))
+            # from here on, what this run makes goes again if it stops before its first checkpoint
+            self._made = top if top is not None else set(os.listdir(self.run_dir))
+            return self._check_folder(resume)
 
-    def _check_folder(self, resume: bool) -> None:
+        state = self.group.from_main(start)
+        if state is not None:
+            torch.set_rng_state(state["rng"]["torch"])
+            random.setstate(state["rng"]["python"])
+        return state
+
+    def _check_folder(self, resume: bool) -> dict[str, Any] | None:
         if resume:
             if not self.checkpoint_path.exists():
                 raise HwnasError(f"{self.run_dir} holds no checkpoint to resume: start a run without --resume")
@@ -222,16 +242,36 @@ class Search:
                 raise HwnasError(f"--resume with another table than the run's ({recorded['identity']['table']})")
             if recorded.get("identity", {}).get("data") != self.identity["data"]:
                 raise HwnasError(f"--resume with other data than the run's ({recorded['identity']['data']})")
-            return
+            return self._read_checkpoint()
         if self.checkpoint_path.exists():
             raise HwnasError(f"{self.run_dir} already holds a run: continue it with --resume, or choose another folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "log.jsonl").unlink(missing_ok=True)  # a killed run's, before its first checkpoint
         record: dict[str, Any] = {"config": self.cfg.to_dict(), "identity": self.identity, **self._settings_record()}
-        if self.config_source is not None:
+        if self.config_source is not None and self.config_bytes is not None:
             copy = self.run_dir / f"config.source{self.config_source.suffix}"
-            files.write_bytes(copy, files.read_bytes(self.config_source, "config file"))
+            files.write_bytes(copy, self.config_bytes)
             record["config_file"] = str(self.config_source)
         self._write_json("config.json", record)
+        return None
+
+    def _discard(self) -> None:
+        """A run that stops before its first checkpoint leaves nothing: what it made goes (the
+        folders its lock made too, where a --resume was refused)."""
+        if not self.main or self._made is None or self.checkpoint_path.exists():
+            return
+        if isinstance(self._made, Path):
+            shutil.rmtree(self._made, ignore_errors=True)
+        else:
+            for name in set(os.listdir(self.run_dir)) - self._made:
+                path = self.run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        # what an interrupted command says it kept
+        files.WRITTEN[:] = [p for p in files.WRITTEN if not Path(p).is_relative_to(self.run_dir)]
+        files.INTERRUPT_NOTES[:] = ["the search stopped before its first checkpoint, so nothing of it was kept"]
 
     def _settings_record(self) -> dict[str, Any]:
         """For config.json: each setting's source, the constraint, and the regularizer as it runs."""
@@ -248,13 +288,6 @@ class Search:
                  "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
         with files.atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
-
-    def _load(self) -> dict[str, Any]:
-        """The checkpoint, read on rank 0 and handed to every rank (no shared file system needed)."""
-        state = self.group.from_main(self._read_checkpoint)
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        return state
 
     def _read_checkpoint(self) -> dict[str, Any]:
         try:
@@ -275,28 +308,37 @@ class Search:
 
     def run(self, resume: bool = False) -> SearchResult:
         log: Log | None = None
+        lock = contextlib.ExitStack()  # the run folder's, held by rank 0 until the run ends
         try:
-            self._start_folder(resume)
-            log = self._log = Log(self.run_dir if self.main else None)
-            files.on_interrupt(f"continue the search with --resume (from {self.checkpoint_path})")
-            return self._loop(resume, log)
-        except RuntimeError as exc:
-            if not (self.group.parallel and lost_peer(exc)):
-                raise
-            # gloo's "[.../pair.cc:537] Read error [addr]: Connection reset by peer. This is ..." -> its first sentence
-            first = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip()).split(". ")[0][:200] or type(exc).__name__
-            raise HwnasError(f"rank {self.group.rank}: another process of this data-parallel run stopped ({first}); "
-                             f"its own message says why. Continue the run with --resume (from "
-                             f"{self.checkpoint_path})") from None
+            try:
+                state = self._start_folder(resume, lock)
+                log = self._log = Log(self.run_dir if self.main else None)
+                files.on_interrupt(f"continue the search with --resume (from {self.checkpoint_path})")
+                return self._loop(state, log)
+            except RuntimeError as exc:
+                if not (self.group.parallel and lost_peer(exc)):
+                    raise
+                # gloo's "[.../pair.cc:537] Read error [addr]: Connection reset by peer. This is ..." -> its first sentence
+                first = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip()).split(". ")[0][:200] or type(exc).__name__
+                raise HwnasError(f"rank {self.group.rank}: another process of this data-parallel run stopped "
+                                 f"({first}); its own message says why. Continue the run with --resume (from "
+                                 f"{self.checkpoint_path})") from None
+        except BaseException:
+            if log is not None:
+                log.close()
+                log = None
+            self._discard()
+            raise
         finally:
             if log is not None:
                 log.close()
             self.group.close()
+            lock.close()
 
-    def _loop(self, resume: bool, log: Log) -> SearchResult:
+    def _loop(self, state: dict[str, Any] | None, log: Log) -> SearchResult:
+        """A fresh run (state None) or the resumed run of a checkpoint's state."""
         cfg = self.cfg
-        if resume:
-            state = self._load()
+        if state is not None:
             if state.get("done"):
                 done = state["result"]
                 return SearchResult(self.run_dir, done["rounds"], done["front"], done["stopped"], self.main,
@@ -516,6 +558,19 @@ class Search:
 
     def _unit(self) -> str:
         return "ms per batch" if self.cfg.metric == "latency" else "M MACs"
+
+
+def check_run_folder(path: str | Path) -> Path:
+    """A run folder's path, refused (before anything is made) where it cannot be one: a file, or
+    under a file."""
+    folder = Path(path)
+    if str(path) == "":
+        raise HwnasError(f"run folder {str(path)!r} is not a folder name: give a path such as runs/search1")
+    for f in (folder, *folder.parents):
+        if f.exists() and not f.is_dir():
+            raise HwnasError(f"cannot make the run folder {folder}: {f} is a file" + (", not a folder" if f != folder else
+                                                                                       "; choose another path"))
+    return folder
 
 
 def search(table: Table, data: Any, cfg: SearchConfig, run_dir: str | Path, **kwargs: Any) -> SearchResult:

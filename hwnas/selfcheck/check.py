@@ -98,15 +98,13 @@ def _compiled(device_type: str, index: int = 0) -> bool:
     """Whether the kernels for this device are in the cache already (no compile on the way)."""
     try:
         if device_type == "cpu":
-            from hwnas.kernels.cpu import cache_dir, library_key
+            from hwnas.kernels.cpu import library_path
 
-            return (cache_dir() / f"mixed_dw_cpu-{library_key()}.so").exists()
-        from hwnas.kernels.cpu import cache_dir
-        from hwnas.kernels.nvrtc import source_key
+            return library_path().exists()
+        from hwnas.kernels.nvrtc import cubin_path
 
         major, minor = torch.cuda.get_device_capability(index)
-        arch = f"sm_{major}{minor}"
-        return (cache_dir() / f"mixed_dw-{arch}-{source_key(arch)}.cubin").exists()
+        return cubin_path(f"sm_{major}{minor}").exists()
     except Exception:  # noqa: BLE001 - only an estimate
         return False
 

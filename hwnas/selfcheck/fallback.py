@@ -151,11 +151,11 @@ def machine_key(device: torch.device) -> list[str]:
 
 
 def verdict_file(device: torch.device, dtype: torch.dtype) -> Path:
-    from hwnas.kernels.cpu import cache_dir
+    from hwnas.cache import kernel_dir
 
     parts = [*machine_key(device), str(dtype), source_hash()]
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-    return cache_dir() / f"check-{device.type}-{str(dtype).removeprefix('torch.')}-{digest}.json"
+    return kernel_dir() / f"check-{device.type}-{str(dtype).removeprefix('torch.')}-{digest}.json"
 
 
 def _remember(path: Path, device: torch.device, dtype: torch.dtype, worst: float, seconds: float) -> None:
