@@ -16,6 +16,13 @@ identical, and the process's peak resident memory.
 The reference evaluates one candidate at a time and takes far longer than the new path: at the
 default size expect it to run for a long while. --reference-samples N times it on N of the
 candidates only (its seconds for all are then extrapolated, and the fronts are not compared).
+
+--fixture DIR writes the problem as files and stops: DIR/table.json (MACs only) and DIR/data.npz,
+and prints a `hwnas search run` command on them with the search's defaults (a MACs target at the
+median of random architectures), which times whole rounds:
+
+    python benchmarks/bench_retrieval.py --fixture fx
+    hwnas search run --table fx/table.json --data fx/data.npz --target-macs M --rounds 2 --K 3 --epochs 1 -o fx/run
 """
 
 from __future__ import annotations
@@ -56,12 +63,38 @@ def problem(folder: Path, images: int, seed: int) -> tuple[Table, TensorImages]:
     cat = catalog_from_dict({"spaces": space, "macro": MACRO}, "bench", builtin())
     path = folder / "table.json"
     build_table(cat.spaces["bench8"], cat.macros["bench32"], 1.0, get_backend("none"), 16, path, progress=False)
+    x, y = pixels(images, seed)
+    return Table.load(path), TensorImages(x, y)
+
+
+def pixels(images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] and labels: each class brightens its own band of one channel."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 4, (images,), generator=g)
     x = torch.rand(images, 3, 32, 32, generator=g) * 0.5
-    for c in range(4):  # each class brightens its own band of one channel
+    for c in range(4):
         x[y == c, c % 3, (c // 2) * 16:(c // 2) * 16 + 16, :] += 0.5
-    return Table.load(path), TensorImages(x.clamp(0, 1), y)
+    return x.clamp(0, 1), y
+
+
+def write_fixture(folder: Path, images: int, seed: int) -> int:
+    """The problem as a table and an .npz, and a search command on them."""
+    import numpy as np
+
+    from hwnas.profiling.predict import predict
+    from hwnas.spaces.sampling import sample_architecture
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table, _ = problem(folder, images, seed)
+    x, y = pixels(images, seed)
+    np.savez(folder / "data.npz", images=x.numpy(), labels=y.numpy())
+    rng = random.Random(seed)
+    macs = sorted(predict(table, sample_architecture(table.space(), table.macro(), 1.0, rng))["macs"]
+                  for _ in range(200))
+    target = round(macs[len(macs) // 2] / 1e6, 3)
+    print(f"hwnas search run --table {folder}/table.json --data {folder}/data.npz --target-macs {target} "
+          f"--rounds 2 --K 3 --epochs 1 -o {folder}/run")
+    return 0
 
 
 def candidates(trainer: RoundTrainer, count: int, seed: int) -> tuple[list[Any], list[float]]:
@@ -81,7 +114,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", help="write the report as JSON here")
+    ap.add_argument("--fixture", metavar="DIR", help="write the problem's table and data here and stop")
     args = ap.parse_args()
+    if args.fixture:
+        return write_fixture(Path(args.fixture), args.images, args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Where hwnas keeps what it builds for this machine (the compiled kernels): `$HWNAS_CACHE`,
+"""Where hwnas keeps what it builds for the machine it runs on (the compiled kernels): `$HWNAS_CACHE`,
 by default `~/.cache/hwnas`. One home, so that every builder and the docs agree on it."""
 
 from __future__ import annotations
