@@ -297,3 +297,24 @@ def test_a_search_evaluates_as_the_reference_does(tiny, tmp_path, monkeypatch):
     fast, ref = (json.loads((tmp_path / r / "round_01" / "samples.json").read_text()) for r in ("fast", "ref"))
     assert fast == ref
     assert len({s["accuracy"] for s in ref["samples"]}) > 1
+
+
+def test_the_planned_work_is_the_work_the_walk_does(tiny, monkeypatch):
+    """`planned_work` (the round estimate's scale from one timed candidate to all) counts what the
+    walk then runs, shared prefixes once: the sum of the work the walk reports, branch by branch."""
+    trainer, calibration, held_out = trained(tiny, torch.float32)
+    configs = draws(trainer, 30)
+    done: list[float] = []
+    counted = ev._Meter.work
+
+    def work(self, amount):
+        done.append(amount)
+        counted(self, amount)
+
+    monkeypatch.setattr(ev._Meter, "work", work)
+    evaluate_all(trainer.net, configs, calibration, held_out)
+    planned = ev.planned_work(trainer.net, configs, calibration, held_out)
+    assert sum(done) == pytest.approx(planned, rel=1e-12) and planned > 0
+    alone = [ev.planned_work(trainer.net, [c], calibration, held_out) for c in configs]
+    assert planned < sum(alone)  # the shared prefixes are counted once
+    assert ev.planned_work(trainer.net, [], calibration, held_out) == 0.0

@@ -47,7 +47,7 @@ class RoundEstimate:
     weight_step_s: float
     theta_step_s: float
     candidates: int  # to evaluate in the retrieval (at most, before the first retrieval)
-    candidate_s: float
+    candidate_s: float  # seconds per candidate, their shared prefixes computed once
     measured_retrieval: bool  # candidate_s and candidates from the previous round's retrieval
 
     @property
@@ -74,7 +74,8 @@ class RoundEstimate:
 
     def describe(self) -> str:
         many = "" if self.measured_retrieval else "up to "
-        where = "as in the last round" if self.measured_retrieval else "one measured"
+        where = ("as in the last round" if self.measured_retrieval
+                 else "one timed, the others scaled by their work with shared prefixes counted once")
         share = self.retrieval_s / self.total_s if self.total_s > 0 else 0.0
         return (f"round {self.round}: about {duration(self.total_s)} to go: training {duration(self.train_s)} "
                 f"({count(self.weight_steps, 'step')} of {self.weight_step_s:.3g} s), theta {duration(self.theta_s)} "

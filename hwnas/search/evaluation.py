@@ -497,6 +497,32 @@ def available_bytes(device: torch.device | str) -> float:
     return 8.0 * 2**30
 
 
+def _plan(net: nn.Module, configs_list: Sequence[Sequence[Tensor]], calibration: Batches, held_out: Batches,
+          device: torch.device | str, work: Callable[[float], None], group_size: int | None,
+          memory_mb: float | None) -> tuple[_Walker, list[list[int]], list[_Node], float]:
+    """The walk of `evaluate_all`: its walker, groups, their tries, and the work planned (the
+    multiply-accumulates of every branch and head it will run)."""
+    budget = (available_bytes(device) / 2) if memory_mb is None else memory_mb * 2**20
+    walker = _Walker(net, device, work, budget * 3 / 4)
+    keys = [_key(c) for c in configs_list]
+    size = group_size if group_size is not None else max(64, math.ceil(len(configs_list) / 10))
+    groups = _groups(keys, trie_order(configs_list), walker, size, budget / 4)
+    roots = [_build(keys, g) for g in groups]
+    calibration_plan, held_out_plan = (walker.plan(_largest_batch(b)) for b in (calibration, held_out))
+    planned = sum(walker.runs(r, calibration_plan, True) * _images(calibration)
+                  + walker.runs(r, held_out_plan, False) * _images(held_out) for r in roots)
+    return walker, groups, roots, planned
+
+
+def planned_work(net: nn.Module, configs_list: Sequence[Sequence[Tensor]], calibration: Batches,
+                 held_out: Batches, device: torch.device | str = "cpu") -> float:
+    """The multiply-accumulates `evaluate_all` will run for these configurations, their shared
+    prefixes counted once (nothing is run): with the time of a few, the time of all."""
+    if not configs_list:
+        return 0.0
+    return _plan(net, configs_list, calibration, held_out, device, lambda amount: None, None, None)[3]
+
+
 @torch.no_grad()
 def evaluate_all(net: nn.Module, configs_list: Sequence[Sequence[Tensor]], calibration: Batches, held_out: Batches,
                  device: torch.device | str = "cpu", on_progress: Callable[[Progress], None] | None = None,
@@ -516,16 +542,9 @@ def evaluate_all(net: nn.Module, configs_list: Sequence[Sequence[Tensor]], calib
     accuracies: list[float] = [0.0] * total
     if not total:
         return accuracies
-    budget = (available_bytes(device) / 2) if memory_mb is None else memory_mb * 2**20
     meter = _Meter(on_progress, total, 0.0)
-    walker = _Walker(net, device, meter.work, budget * 3 / 4)
-    keys = [_key(c) for c in configs_list]
-    size = group_size if group_size is not None else max(64, math.ceil(total / 10))
-    groups = _groups(keys, trie_order(configs_list), walker, size, budget / 4)
-    roots = [_build(keys, g) for g in groups]
-    calibration_plan, held_out_plan = (walker.plan(_largest_batch(b)) for b in (calibration, held_out))
-    meter.planned = sum(walker.runs(r, calibration_plan, True) * _images(calibration)
-                        + walker.runs(r, held_out_plan, False) * _images(held_out) for r in roots)
+    walker, groups, roots, meter.planned = _plan(net, configs_list, calibration, held_out, device, meter.work,
+                                                 group_size, memory_mb)
     meter.report()
     for indices, root in zip(groups, roots):
         walker.prepare(root)

@@ -40,12 +40,12 @@ from hwnas.progress import progress_bar
 from hwnas.profiling.table import Table
 from hwnas.search.config import SearchConfig
 from hwnas.search.config import setting_sources as sources_of
-from hwnas.search.constraint import Constraint, Drawn, constrained_front, draw, previous_front
+from hwnas.search.constraint import DRAWS_PER_SAMPLE, Constraint, Drawn, constrained_front, draw, previous_front
 from hwnas.search.data import check_sizes, checked_data, fixed_batches, split_held_out, step_seed
 from hwnas.search.distributed import join, lost_peer
 from hwnas.search.estimate import RoundEstimate, StepTimer
 from hwnas.search.evolution import Evolution, aggregate
-from hwnas.search.evaluation import Progress, evaluate_all, trie_order
+from hwnas.search.evaluation import Progress, evaluate_all, planned_work, trie_order
 from hwnas.search.retrieval import Candidate, Sampler, configs_of
 from hwnas.search.training import RoundTrainer, penalty_constants
 from hwnas.spaces.arch import Architecture, Cell, architecture_from_dict
@@ -431,7 +431,7 @@ class Search:
             candidates, per = self.last_retrieval
         else:
             candidates = cfg.samples + int(cfg.edge_samples or 0) + len(previous)
-            per = self._time_evaluation(trainer, round_index)
+            per = self._time_evaluation(trainer, round_index, candidates)
         est = RoundEstimate(round_index, trainer.total_steps - trainer.step,
                             trainer.total_theta_steps - trainer.theta_steps, timer.weight_step_s, timer.theta_step_s,
                             candidates, per, self.last_retrieval is not None)
@@ -439,26 +439,31 @@ class Search:
         if self.progress and self.main:
             bar.write(est.describe(), file=sys.stderr)
 
-    def _time_evaluation(self, trainer: RoundTrainer, round_index: int) -> float:
-        """Seconds to evaluate one architecture drawn from P(theta) as the retrieval will (BN
-        recalibration and held-out accuracy), alone: the retrieval shares the work of common
-        prefixes among its candidates, so this bounds its pace. The search's random states are left
-        as they were."""
+    def _time_evaluation(self, trainer: RoundTrainer, round_index: int, count: int) -> float:
+        """Seconds per candidate of a retrieval of `count` architectures drawn from P(theta) now:
+        one evaluated as the retrieval evaluates (BN recalibration and held-out accuracy), timed,
+        then scaled by the work of all of them against its own, shared prefixes counted once
+        (`planned_work`; nothing more is run). The search's random states are left as they were."""
         cfg = self.cfg
         with torch.random.fork_rng(devices=[]):
             sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
-            configs, _ = sampler.draw(torch.Generator().manual_seed(step_seed(cfg.seed, round_index, ESTIMATE)))
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed, round_index, ESTIMATE))
+            drawn = sampler.sample(count, lambda cost: True, "sample", gen, DRAWS_PER_SAMPLE * count)
+            configs: list[Any] = [configs_of(c.ops, trainer.layer_ops) for c in drawn]
             seed = step_seed(cfg.seed, round_index, ESTIMATE, 1)
             calibration = fixed_batches(self.train_set, min(cfg.bn_images, len(self.train_set)), cfg.eval_batch, seed)
             held_out = fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed)
             set_world(trainer.net, 1)  # as in the retrieval: one rank's evaluation
             try:
                 started = time.perf_counter()
-                evaluate_all(trainer.net, [configs], calibration, held_out, self.device)
-                return time.perf_counter() - started
+                evaluate_all(trainer.net, configs[:1], calibration, held_out, self.device)
+                one = time.perf_counter() - started
+                work_one = planned_work(trainer.net, configs[:1], calibration, held_out, self.device)
+                work_all = planned_work(trainer.net, configs, calibration, held_out, self.device)
             finally:
                 set_world(trainer.net, trainer.bn_world)
                 trainer.net.train()
+        return one * work_all / work_one / len(configs) if work_one > 0 else one
 
     def _candidates(self, trainer: RoundTrainer, previous: list[Candidate], round_index: int) -> Drawn:
         """The round's candidates: D architectures drawn from P(theta), those within the constraint
