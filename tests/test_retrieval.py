@@ -318,3 +318,15 @@ def test_the_planned_work_is_the_work_the_walk_does(tiny, monkeypatch):
     alone = [ev.planned_work(trainer.net, [c], calibration, held_out) for c in configs]
     assert planned < sum(alone)  # the shared prefixes are counted once
     assert ev.planned_work(trainer.net, [], calibration, held_out) == 0.0
+
+
+def test_the_round_estimate_fits_a_fixed_cost_and_a_cost_per_mac():
+    from hwnas.search.estimate import retrieval_seconds
+
+    # timings that are exactly 0.5 s + 2 s per unit of work: the fit gives any other work's time
+    assert retrieval_seconds([(1.0, 2.5), (3.0, 6.5)], 10.0) == pytest.approx(20.5)
+    # one timing, or one not larger than the first: in proportion to the first
+    assert retrieval_seconds([(2.0, 3.0)], 10.0) == pytest.approx(15.0)
+    assert retrieval_seconds([(2.0, 3.0), (4.0, 2.9)], 10.0) == pytest.approx(15.0)
+    # a fitted fixed cost below zero (noise) is taken as none
+    assert retrieval_seconds([(1.0, 1.0), (2.0, 3.0)], 10.0) == pytest.approx(20.0)

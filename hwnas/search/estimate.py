@@ -9,6 +9,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+TIMED_SMALL = 4  # the round estimate times the retrieval of 1 and of this many candidates
+
+
+def retrieval_seconds(timed: list[tuple[float, float]], work: float) -> float:
+    """A retrieval's seconds for `work` multiply-accumulates, from (work, seconds) of smaller ones
+    timed alike: a fixed cost (the loaders' passes, the walk's set-up) plus a cost per
+    multiply-accumulate, fitted to the first and last timed; in proportion to the one timed
+    where one is all there is, or the fit is not positive."""
+    (w0, t0), (w1, t1) = timed[0], timed[-1]
+    if w1 > w0 and t1 > t0:
+        per = (t1 - t0) / (w1 - w0)
+        return max(t0 - per * w0, 0.0) + per * work
+    return t0 * work / w0 if w0 > 0 else t0
+
+
 @dataclass
 class StepTimer:
     """The seconds of a round's first weight steps, apart from those that also update theta (the
@@ -75,7 +90,7 @@ class RoundEstimate:
     def describe(self) -> str:
         many = "" if self.measured_retrieval else "up to "
         where = ("as in the last round" if self.measured_retrieval
-                 else "one timed, the others scaled by their work with shared prefixes counted once")
+                 else f"from 1 and {TIMED_SMALL} timed, scaled by the work of all with shared prefixes once")
         share = self.retrieval_s / self.total_s if self.total_s > 0 else 0.0
         return (f"round {self.round}: about {duration(self.total_s)} to go: training {duration(self.train_s)} "
                 f"({count(self.weight_steps, 'step')} of {self.weight_step_s:.3g} s), theta {duration(self.theta_s)} "

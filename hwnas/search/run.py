@@ -43,7 +43,7 @@ from hwnas.search.config import setting_sources as sources_of
 from hwnas.search.constraint import DRAWS_PER_SAMPLE, Constraint, Drawn, constrained_front, draw, previous_front
 from hwnas.search.data import check_sizes, checked_data, fixed_batches, split_held_out, step_seed
 from hwnas.search.distributed import join, lost_peer
-from hwnas.search.estimate import RoundEstimate, StepTimer
+from hwnas.search.estimate import TIMED_SMALL, RoundEstimate, StepTimer, retrieval_seconds
 from hwnas.search.evolution import Evolution, aggregate
 from hwnas.search.evaluation import Progress, evaluate_all, planned_work, trie_order
 from hwnas.search.retrieval import Candidate, Sampler, configs_of
@@ -440,10 +440,12 @@ class Search:
             bar.write(est.describe(), file=sys.stderr)
 
     def _time_evaluation(self, trainer: RoundTrainer, round_index: int, count: int) -> float:
-        """Seconds per candidate of a retrieval of `count` architectures drawn from P(theta) now:
-        one evaluated as the retrieval evaluates (BN recalibration and held-out accuracy), timed,
-        then scaled by the work of all of them against its own, shared prefixes counted once
-        (`planned_work`; nothing more is run). The search's random states are left as they were."""
+        """Seconds per candidate of a retrieval of `count` architectures drawn from P(theta) now,
+        evaluated as the retrieval evaluates them (BN recalibration and held-out accuracy): the
+        first one, then the first TIMED_SMALL, are timed, and a fixed cost plus a cost per
+        multiply-accumulate fitted to the two is applied to the work of all of them, shared
+        prefixes counted once (`planned_work`, which runs nothing). The search's random states
+        are left as they were."""
         cfg = self.cfg
         with torch.random.fork_rng(devices=[]):
             sampler = Sampler(trainer.fitness, trainer.costs, trainer.layer_ops)
@@ -455,15 +457,18 @@ class Search:
             held_out = fixed_batches(self.held_set, cfg.eval_images, cfg.eval_batch, seed)
             set_world(trainer.net, 1)  # as in the retrieval: one rank's evaluation
             try:
-                started = time.perf_counter()
-                evaluate_all(trainer.net, configs[:1], calibration, held_out, self.device)
-                one = time.perf_counter() - started
-                work_one = planned_work(trainer.net, configs[:1], calibration, held_out, self.device)
+                timed = []  # (work, seconds) of the first one and of the first few
+                for n in sorted({1, min(TIMED_SMALL, len(configs))}):
+                    started = time.perf_counter()
+                    evaluate_all(trainer.net, configs[:n], calibration, held_out, self.device)
+                    seconds = time.perf_counter() - started
+                    timed.append((planned_work(trainer.net, configs[:n], calibration, held_out, self.device),
+                                  seconds))
                 work_all = planned_work(trainer.net, configs, calibration, held_out, self.device)
             finally:
                 set_world(trainer.net, trainer.bn_world)
                 trainer.net.train()
-        return one * work_all / work_one / len(configs) if work_one > 0 else one
+        return retrieval_seconds(timed, work_all) / max(len(configs), 1)
 
     def _candidates(self, trainer: RoundTrainer, previous: list[Candidate], round_index: int) -> Drawn:
         """The round's candidates: D architectures drawn from P(theta), those within the constraint
