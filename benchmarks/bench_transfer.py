@@ -105,7 +105,8 @@ def network_metrics(predicted: list[float], measured: list[float]) -> dict[str, 
 def entry_errors(transferred: Any, full: Any) -> dict[str, Any]:
     """The transferred entries against the full build's, as ratios to the reference network both
     tables timed (the same graph): the machine's state during each build cancels."""
-    errors, by_family = [], {}
+    errors: list[float] = []
+    by_family: dict[str, list[float]] = {}
     for key in transferred.transferred:
         e = transferred.ratio(key) / full.ratio(key) - 1
         errors.append(abs(e))
@@ -158,7 +159,7 @@ def run_pair(name: str, args: argparse.Namespace, protocol: Any, times: dict[str
     archs = [sample_architecture(new.space(), new.macro(), float(new.meta["scale"]), rng, name=f"sample{i}")
              for i in range(args.samples)]
     assert [[list(c.ops) for c in a.cells] for a in archs] == [s["cells"] for s in report["samples"]]
-    result = {
+    result: dict[str, Any] = {
         "source": source_path.name, "source_device": (source.meta.get("device") or {}).get("name"),
         "target": {"backend": backend, "threads": threads, "device": (new.meta.get("device") or {}).get("name")},
         "entries": len(new.entries), "measured": len(new.entries) - len(new.transferred),
