@@ -24,16 +24,7 @@ from hwnas.search.run import architecture
 from hwnas.search.training import RoundTrainer
 
 from conftest import REPO
-from tiny_search import interval_config, make_tiny, tiny_config
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions run fastest on one thread, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tiny_search import interval_config, make_tiny, tiny_config, one_thread  # noqa: F401 - autouse: one torch thread
 
 
 @pytest.fixture(scope="module")

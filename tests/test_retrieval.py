@@ -25,15 +25,7 @@ from hwnas.search.retrieval import evaluate, recalibrate_bn
 from hwnas.search.training import RoundTrainer
 from hwnas.supernet.cell import sample_config
 
-from tiny_search import interval_config, make_tiny, tiny_config
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tiny_search import interval_config, make_tiny, tiny_config, one_thread  # noqa: F401 - autouse: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,7 @@ from hwnas.search.checks import DataError
 
 from conftest import REPO
 from test_cli_inputs import assert_refused, leftovers, run
-from tiny_search import make_tiny, tiny_config
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tiny_search import make_tiny, tiny_config, one_thread  # noqa: F401 - autouse: one torch thread
 
 
 @pytest.fixture(scope="module")
