@@ -586,16 +586,21 @@ class Interrupted(Exception):
     pass
 
 
+class Flaky(PowerBackend):
+    """Killed at its sixth graph load, as a transfer killed while measuring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
+        self.loads += 1
+        if self.loads == 6:
+            raise Interrupted
+        return super().load(module, input_shapes)
+
+
 def test_an_interrupted_transfer_resumes_to_the_same_table(devices, registered, tmp_path, capsys):
-    class Flaky(PowerBackend):
-        loads = 0
-
-        def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
-            Flaky.loads += 1
-            if Flaky.loads == 6:
-                raise Interrupted
-            return super().load(module, input_shapes)
-
     out = tmp_path / "new.json"
     with pytest.raises(Interrupted):
         transfer_table(devices["source"], "source.json", Flaky(), out, 0.3, QUICK, progress=False)
@@ -621,15 +626,6 @@ def test_a_transfer_resumed_on_a_slower_machine_refers_to_one_reference_state(de
     """Killed while measuring, resumed on the machine now 1.3x slower: every entry keeps its ratio,
     measured and transferred alike, the level is the median over the groups of both states, and the
     resume is recorded and said."""
-    class Flaky(PowerBackend):
-        loads = 0
-
-        def load(self, module: nn.Module, input_shapes: Any) -> hwnas.Runner:
-            Flaky.loads += 1
-            if Flaky.loads == 6:
-                raise Interrupted
-            return super().load(module, input_shapes)
-
     out = tmp_path / "new.json"
     with pytest.raises(Interrupted):
         transfer_table(devices["source"], "source.json", Flaky(), out, 0.3, QUICK, progress=False)
