@@ -11,6 +11,7 @@ from torch import nn
 
 from hwnas.errors import HwnasError
 from hwnas.profiling.backends.base import Backend, Shape
+from hwnas.profiling.cpu_allocator import keep_freed_memory
 from hwnas.profiling.device import cpu_fingerprint, gpu_fingerprint, software_versions
 from hwnas.profiling.gpu_timing import TIMING_METHOD, GraphTimer
 from hwnas.profiling.protocol import Runner
@@ -58,11 +59,16 @@ class TorchBackend(Backend):
             # torch's intra-op thread count is process-wide; the backend owns it while it profiles.
             self.threads = threads or 1
             torch.set_num_threads(self.threads)
+            self.allocator: str | None = keep_freed_memory()
+        else:
+            self.allocator = None  # torch's CUDA caching allocator, and CUDA graphs, keep memory
 
     def describe(self) -> dict[str, Any]:
         device = gpu_fingerprint(self.device.index or 0) if self.device.type == "cuda" else cpu_fingerprint()
         described = {"name": self.name, "version": torch.__version__, "precision": self.precision,
                      "threads": self.threads, "device": device, "software": software_versions()}
+        if self.allocator:
+            described["allocator"] = self.allocator
         if self.device.type == "cuda":
             described["timing"] = TIMING_METHOD
         return described
