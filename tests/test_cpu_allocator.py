@@ -70,3 +70,15 @@ def test_the_setting_is_recorded_in_a_torch_cpu_table_meta():
 
     described = get_backend("torch", threads=1).describe()
     assert described["allocator"] == cpu_allocator.keep_freed_memory()
+
+
+def test_a_cpu_search_keeps_freed_memory_and_logs_it(tmp_path):
+    from hwnas.search import load_npz, search
+    from tiny_search import make_tiny, tiny_config
+
+    tiny = make_tiny(tmp_path)
+    cfg = tiny_config(tiny, rounds=1, epochs=1, samples=4, edge_samples=0)
+    result = search(tiny["table"], load_npz(tiny["npz"]), cfg, tmp_path / "run", progress=False, device="cpu")
+    log = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    (round_event,) = [r for r in log if r.get("event") == "round"]
+    assert round_event["allocator"] == cpu_allocator.keep_freed_memory()

@@ -3,14 +3,18 @@
 glibc serves a large block (from 128 KiB; a threshold it raises, up to 32 MiB, each time such a
 block is freed) with its own mmap, and unmaps it on free. An eager network at batch 16 then
 faults in fresh pages for most activations on every run, and how many take that path depends on
-what the process allocated before: timed after a large graph, the same graph ran up to 4x faster
-than timed after a small one, and the table's reference network 2x. A serving process, or
-PyTorch's CPU tuning advice (a caching allocator: jemalloc, tcmalloc), keeps that memory; so does
-the torch backend, through glibc's documented `mallopt`, once per process, from the first CPU
-backend on. onnxruntime keeps its own arena and needs none of this.
+what the process allocated before: an entry's ratio to the reference changed by a fifth between
+two groups, the reference network ran up to 2x slower in a transfer's small groups than in a full
+build's, and an entry ran 3.8x slower than with freed memory kept
+(benchmarks/bench_torch_cpu_allocator.py). A serving process, or
+PyTorch's CPU tuning advice (a caching allocator: jemalloc, tcmalloc), keeps that memory; so do
+the torch backend and the search on the CPU (training allocates the same large activations every
+step), through glibc's documented `mallopt`, once per process. onnxruntime keeps its own arena
+and needs none of this.
 
 HWNAS_CPU_ALLOCATOR=system leaves the allocator as it is (a preloaded jemalloc or tcmalloc is
-left alone in any case). What was done is recorded in the table (`meta.backend.allocator`).
+left alone in any case). What was done is recorded in the table (`meta.backend.allocator`) and in a search's
+round events (`log.jsonl`, `allocator`).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import torch
 
 from hwnas import files
 from hwnas.errors import HwnasError
+from hwnas.profiling.cpu_allocator import keep_freed_memory
 from hwnas.profiling.predict import predict
 from hwnas.progress import progress_bar
 from hwnas.profiling.table import Table
@@ -186,6 +187,9 @@ class Search:
         self.group = join(device)  # under torchrun: this rank's place in the data-parallel run
         check_sizes(len(self.train_set), len(self.held_set), cfg.batch, self.group.world)
         self.device = self.group.device
+        # CPU training allocates the same large activations every step: keep them in the process
+        # rather than have glibc map and unmap them (hwnas.profiling.cpu_allocator)
+        self.allocator = keep_freed_memory() if self.device.type == "cpu" else None
         self.progress, self.main = progress, self.group.main
         self.identity = {"table": {"space": table.meta.get("space"), "macro": table.meta.get("macro"),
                                    "digest": table_digest(table)},
@@ -373,7 +377,7 @@ class Search:
             summary = {"round": round_index, "seconds": round(seconds, 2), "retrieval_seconds": round(retrieval_s, 2),
                        "steps": trainer.total_steps,
                        "front": [c.to_dict() for c in front], "evaluated": len(candidates), **self.last_draw,
-                       "pruned": trainer.pruned, "layer": trainer.layer_path()}  # fused or eager, and why
+                       "pruned": trainer.pruned, "layer": trainer.layer_path(), "allocator": self.allocator}  # fused or eager, and why
             history.append(summary)
             log.write({"event": "round", **{k: v for k, v in summary.items() if k != "front"},
                        "front": [[c.cost, c.accuracy] for c in front]})
