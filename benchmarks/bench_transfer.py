@@ -22,7 +22,7 @@ the validated networks within +-10%, Spearman at least 0.9 in the band, time at 
 full build's.
 
     PYTHONPATH=. python benchmarks/bench_transfer.py --out bench_transfer [--pairs shipped,threads,torch]
-        [--samples 60] [--budget 0.1] [--seed 0] [--json]
+        [--samples 60] [--branches 1-3] [--budget 0.1] [--seed 0] [--json]
 
 The tables are kept in OUT (a killed run continues where it stopped: a finished table is reused,
 its time then reported as not measured in this run); OUT/report.json is rewritten after every pair.
@@ -45,6 +45,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from hwnas.cli.table_cmd import branch_range  # the --branches of 'hwnas validate'
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "latency_tables" / "latency19_ort-cpu_b16.json"
@@ -126,7 +128,7 @@ def run_pair(name: str, args: argparse.Namespace, protocol: Any, times: dict[str
     from hwnas.profiling.table import Table
     from hwnas.profiling.transfer import transfer_table
     from hwnas.profiling.validate import validate
-    from hwnas.spaces.sampling import sample_architecture
+    from hwnas.spaces.sampling import slot_architecture
 
     source_name, (backend, threads) = PAIRS[name]
     if source_name == "shipped":
@@ -146,19 +148,15 @@ def run_pair(name: str, args: argparse.Namespace, protocol: Any, times: dict[str
     full = build_full(full_name(backend, threads), args, protocol, times)
     full_s = times[full_name(backend, threads)]
     print(f"== validate: {name}", flush=True)
-    report = validate(new, args.samples, args.seed)
+    report = validate(new, args.samples, args.seed, branches=args.branches)
     measured = [s["measured_ms"] for s in report["samples"]]
     # the same networks referred to the full build's machine state: their ratios to the reference
     # network (the same graph in both tables) times the full build's level
     assert new.meta["reference"] == full.meta["reference"]
     measured_full = [s["ratio"] * reference_of(full).level_ms for s in report["samples"]]
-    # the same networks validate timed (its sampling, by seed), priced by the full build's table
-    import random
-
-    rng = random.Random(args.seed)
-    archs = [sample_architecture(new.space(), new.macro(), float(new.meta["scale"]), rng, name=f"sample{i}")
-             for i in range(args.samples)]
-    assert [[list(c.ops) for c in a.cells] for a in archs] == [s["cells"] for s in report["samples"]]
+    # the same networks validate timed, priced by the full build's table
+    archs = [slot_architecture(new.space(), new.macro(), float(new.meta["scale"]), s["cells"], f"sample{i}")
+             for i, s in enumerate(report["samples"])]
     result: dict[str, Any] = {
         "source": source_path.name, "source_device": (source.meta.get("device") or {}).get("name"),
         "target": {"backend": backend, "threads": threads, "device": (new.meta.get("device") or {}).get("name")},
@@ -167,6 +165,8 @@ def run_pair(name: str, args: argparse.Namespace, protocol: Any, times: dict[str
         "entry_error": entry_errors(new, full),
         "held_out": {k: new.meta["transfer"]["model"]["held_out"][k] for k in ("n", "mape", "within_10pct")},
         "networks": {"n": len(measured), "measured": report["measured"],
+                     "branches_per_cell": "0.5 of the ops (supernet density)" if args.branches is None
+                     else "{:g}-{:g}".format(*args.branches),
                      "transferred": network_metrics([s["predicted_ms"] for s in report["samples"]], measured),
                      "full_build": network_metrics([predict(full, a)["latency_ms"] for a in archs], measured_full)},
         "calibration_factor": {"transferred": new.calibration_factor, "full_build": full.calibration_factor},
@@ -200,6 +200,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench_transfer"), help="folder of the tables and the report")
     ap.add_argument("--pairs", default="shipped,threads,torch", help="comma-separated: " + ", ".join(PAIRS))
     ap.add_argument("--samples", type=int, default=60, help="random networks validated per pair")
+    ap.add_argument("--branches", type=branch_range, metavar="FEWEST-MOST",
+                    help="validate on sparse networks, their mean branches per cell evenly spaced over this range "
+                         "(as 'hwnas validate --branches'; e.g. 1-3, as searches end with); default: every op of "
+                         "every cell drawn with probability 0.5")
     ap.add_argument("--budget", type=float, default=0.1, help="share of the entries the transfer measures")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--space", default="latency19")

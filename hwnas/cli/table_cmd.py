@@ -143,7 +143,7 @@ def register(sub: Any) -> None:
                      help="first re-time the table's calibration architectures on the current device and "
                           "also report predictions with that factor ('recalibrated'): on a shared "
                           "machine the factor moves with the machine's state")
-    val.add_argument("--branches", type=_branches, metavar="FEWEST-MOST", default=None,
+    val.add_argument("--branches", type=branch_range, metavar="FEWEST-MOST", default=None,
                      help="sample sparser networks: their mean branches per cell evenly spaced from MOST down to "
                           "FEWEST, as the calibration's (e.g. 1-3; numbers > 0, MOST at most the space's ops); "
                           "default: every branch with probability 0.5")
@@ -159,7 +159,7 @@ def register(sub: Any) -> None:
     val.set_defaults(func=cmd_validate)
 
 
-def _branches(text: str) -> tuple[float, float]:
+def branch_range(text: str) -> tuple[float, float]:
     """FEWEST-MOST: two numbers > 0, the fewest first."""
     import re
 
