@@ -13,8 +13,8 @@ step), through glibc's documented `mallopt`, once per process. onnxruntime keeps
 and needs none of this.
 
 HWNAS_CPU_ALLOCATOR=system leaves the allocator as it is (a preloaded jemalloc or tcmalloc is
-left alone in any case). What was done is recorded in the table (`meta.backend.allocator`) and in a search's
-round events (`log.jsonl`, `allocator`).
+left alone in any case). What was done is recorded in the table (`meta.backend.allocator`) and
+in a search's round events (`log.jsonl`, `allocator`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def requested() -> str:
 def keep_freed_memory() -> str:
     """Configure the allocator once per process; returns what was done, for the table's metadata."""
     global _state
-    if _state is None:  # mallopt cannot be undone: the first CPU backend's setting holds for the process
+    if _state is None:  # mallopt cannot be undone: the first call's setting holds for the process
         _state = _configure(requested())
     return _state
 

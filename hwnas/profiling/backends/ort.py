@@ -48,8 +48,9 @@ class OrtRunner(Runner):
 
 # An InferenceSession's idle intra-op workers spin for a while after each run (onnxruntime's
 # default). The protocol interleaves many graphs, each in its own InferenceSession, whose spinning
-# workers then take the cores from the one being timed: on 2 cores at 2 threads, entries ran 3.5x slower and their ratios to the reference scattered
-# by 35%, against 5-7% without. One thread has no workers; the setting is recorded from two on.
+# workers then take the cores from the one being timed: on 2 cores at 2 threads, entries ran 3.5x
+# slower and their ratios to the reference scattered by 35%, against 5-7% without. One thread has
+# no workers; the setting is recorded from two on.
 SPINNING = "session.intra_op.allow_spinning"
 
 
