@@ -20,10 +20,9 @@ in a search's round events (`log.jsonl`, `allocator`).
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 
-from hwnas.errors import HwnasError
+from hwnas.environment import env_choice
 
 ENV = "HWNAS_CPU_ALLOCATOR"
 CHOICES = ("kept", "system")
@@ -36,11 +35,8 @@ _state: str | None = None
 
 
 def requested() -> str:
-    value = os.environ.get(ENV, "kept").strip().lower() or "kept"
-    if value not in CHOICES:
-        raise HwnasError(f"{ENV}={os.environ[ENV]!r}: use 'kept' (the default: freed memory stays in the process, "
-                         f"so graphs are timed at their steady state) or 'system' (the allocator as it is)")
-    return value
+    return env_choice(ENV, CHOICES, ": use 'kept' (the default: freed memory stays in the process, so graphs are "
+                                    "timed at their steady state) or 'system' (the allocator as it is)")
 
 
 def keep_freed_memory() -> str:

@@ -377,7 +377,8 @@ class Search:
             summary = {"round": round_index, "seconds": round(seconds, 2), "retrieval_seconds": round(retrieval_s, 2),
                        "steps": trainer.total_steps,
                        "front": [c.to_dict() for c in front], "evaluated": len(candidates), **self.last_draw,
-                       "pruned": trainer.pruned, "layer": trainer.layer_path(), "allocator": self.allocator}  # fused or eager, and why
+                       "pruned": trainer.pruned, "layer": trainer.layer_path(),  # fused or eager, and why
+                       "allocator": self.allocator}
             history.append(summary)
             log.write({"event": "round", **{k: v for k, v in summary.items() if k != "front"},
                        "front": [[c.cost, c.accuracy] for c in front]})

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from hwnas.environment import env_choice
 from hwnas.errors import HwnasError
 
 SETTING = "HWNAS_FUSED"
@@ -38,11 +38,8 @@ CHECK_VERSION = 1  # bump when the first-use check changes: verdicts on disk are
 
 def fused_mode() -> str:
     """HWNAS_FUSED: auto (default), off or force."""
-    raw = os.environ.get(SETTING, "").strip().lower() or "auto"
-    if raw not in MODES:
-        raise HwnasError(f"{SETTING}={os.environ[SETTING]!r} is not a setting: use auto (check the fused kernels "
-                         f"on first use, fall back if they fail), off (never fused) or force (fused, unchecked)")
-    return raw
+    return env_choice(SETTING, MODES, " is not a setting: use auto (check the fused kernels on first use, fall "
+                                      "back if they fail), off (never fused) or force (fused, unchecked)")
 
 
 @dataclass(frozen=True)
